@@ -1,0 +1,34 @@
+"""Shared API plumbing: every error answers JSON with a message, never a 5xx page."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    """A refusal by a service that the caller should see as a 4xx with a message."""
+
+    status_code = status.HTTP_409_CONFLICT
+
+    def __init__(self, message: str, *, code: str = "refused", status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response({"detail": exc.message, "code": exc.code}, status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        return Response({"detail": exc.messages, "code": "invalid"}, status=status.HTTP_400_BAD_REQUEST)
+    return drf_exception_handler(exc, context)

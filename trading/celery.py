@@ -1,0 +1,27 @@
+"""The Celery application shared by every worker kind and by beat."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.schedules import crontab
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trading.settings")
+
+app = Celery("trading")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+from trading.queues import TASK_ROUTES, Queue  # noqa: E402
+
+app.conf.task_routes = TASK_ROUTES
+app.conf.task_default_queue = Queue.DEFAULT.value
+app.conf.beat_schedule = {
+    "signals-expire": {"task": "automations.tasks.detect_expire_signals_task", "schedule": 5.0, "options": {"expires": 5}},
+    "orders-reconcile": {"task": "execution.tasks.order_reconcile_task", "schedule": 15.0, "options": {"expires": 15}},
+    "raw-seal-yesterday": {"task": "ingestion.tasks.raw_seal_task", "schedule": crontab(minute=5, hour=0)},
+}
+
+# Heartbeats for worker processes: a thread started when the worker is ready.
+import trading.heartbeat  # noqa: E402,F401

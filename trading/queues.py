@@ -1,0 +1,25 @@
+"""Queue names and task routes: one queue per worker kind."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Queue(StrEnum):
+    INGEST = "ingest"
+    DETECT = "detect"
+    EXECUTE = "execute"
+    DEFAULT = "default"
+
+
+# Tasks reach their worker by name and route, never by import across layers:
+# the detect worker enqueues "execution.tasks.order_execute_task" by name.
+TASK_ROUTES = {
+    "ingestion.tasks.*": {"queue": Queue.INGEST.value},
+    "automations.tasks.detect_*": {"queue": Queue.DETECT.value},
+    "execution.tasks.*": {"queue": Queue.EXECUTE.value},
+}
+
+ORDER_EXECUTE_TASK = "execution.tasks.order_execute_task"
+DETECT_SYMBOL_TASK = "automations.tasks.detect_symbol_task"
+INGEST_BATCH_TASK = "ingestion.tasks.ingest_batch_task"

@@ -18,8 +18,13 @@ TASK_ROUTES = {
     "ingestion.tasks.*": {"queue": Queue.INGEST.value},
     "automations.tasks.detect_*": {"queue": Queue.DETECT.value},
     "execution.tasks.*": {"queue": Queue.EXECUTE.value},
+    # Alert delivery and risk housekeeping ride on the detect worker; nothing
+    # there holds broker credentials, and cancelling orders is execute's job.
+    "risk.tasks.*": {"queue": Queue.DETECT.value},
 }
 
 ORDER_EXECUTE_TASK = "execution.tasks.order_execute_task"
 DETECT_SYMBOL_TASK = "automations.tasks.detect_symbol_task"
 INGEST_BATCH_TASK = "ingestion.tasks.ingest_batch_task"
+ORDERS_CANCEL_ALL_TASK = "execution.tasks.orders_cancel_all_task"
+ALERT_RAISE_TASK = "risk.tasks.alert_raise_task"

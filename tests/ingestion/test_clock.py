@@ -51,7 +51,7 @@ def test_it_raises_the_drift_alert_on_the_recorded_quotes_with_no_assumed_latenc
     # The README's figures, recomputed: lags from ~115 ms (114.5 exactly) to 2.4 s, median ~122 ms.
     assert 114 < min(lags_ms) < 116
     assert 120 < statistics.median(lags_ms) < 124
-    assert max(lags_ms) < 2400
+    assert 2400 < max(lags_ms) < 2500
     assert state.offset_ms == state.baseline_ms > 100
     assert state.drift_alert is True
 

@@ -267,13 +267,13 @@ def _fast_builder(cls: type, expected: tuple[str, ...]) -> Callable[..., Any]:
     either, we fall back to the real constructor (slower, always correct).
     """
     names = tuple(f.name for f in dataclasses.fields(cls))
-    if names != expected or tuple(cls.__slots__) != expected or hasattr(cls, "__post_init__"):
+    if names != expected or tuple(getattr(cls, "__slots__", ())) != expected or hasattr(cls, "__post_init__"):
         return cls
     s0, s1, s2, s3, s4, s5, s6, s7 = (cls.__dict__[name].__set__ for name in expected)
     new = object.__new__
 
     def build(a: Any, b: Any, c: Any, d: Any, e: Any, f: Any, g: Any, h: Any) -> Any:
-        obj = new(cls)
+        obj: Any = new(cls)
         s0(obj, a)
         s1(obj, b)
         s2(obj, c)
@@ -288,13 +288,9 @@ def _fast_builder(cls: type, expected: tuple[str, ...]) -> Callable[..., Any]:
 
 
 # Positional order: symbol, source_ts_ns, recv_ts_ns, bid, bid_size, ask, ask_size, raw.
-_quote = _fast_builder(
-    QuoteTick, ("symbol", "source_ts_ns", "recv_ts_ns", "bid", "bid_size", "ask", "ask_size", "raw")
-)
+_quote = _fast_builder(QuoteTick, ("symbol", "source_ts_ns", "recv_ts_ns", "bid", "bid_size", "ask", "ask_size", "raw"))
 # Positional order: symbol, source_ts_ns, recv_ts_ns, price, size, aggressor, trade_id, raw.
-_trade = _fast_builder(
-    TradeTick, ("symbol", "source_ts_ns", "recv_ts_ns", "price", "size", "aggressor", "trade_id", "raw")
-)
+_trade = _fast_builder(TradeTick, ("symbol", "source_ts_ns", "recv_ts_ns", "price", "size", "aggressor", "trade_id", "raw"))
 
 
 # --------------------------------------------------------------------------
@@ -331,9 +327,7 @@ def _csv_fields(payload: bytes, expected: int) -> list[str]:
     return fields
 
 
-def parse_tardis_quotes(
-    payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None
-) -> list[Tick]:
+def parse_tardis_quotes(payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None) -> list[Tick]:
     _exchange, sym, ts, local_ts, ask_amount, ask_price, bid_price, bid_amount = _csv_fields(payload, 8)
     # ``_csv_fields`` already refused non-ASCII lines on this path, so a plain
     # ``isdigit`` is enough to refuse signs, spaces and underscores cheaply.
@@ -360,9 +354,7 @@ def parse_tardis_quotes(
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 
 
-def parse_tardis_trades(
-    payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None
-) -> list[Tick]:
+def parse_tardis_trades(payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None) -> list[Tick]:
     _exchange, sym, ts, local_ts, trade_id, side, price, amount = _csv_fields(payload, 8)
     if not trade_id:
         raise ParseError("bad_id: empty trade id")
@@ -385,9 +377,7 @@ def parse_tardis_trades(
 # --------------------------------------------------------------------------
 
 
-def parse_bybit_ob(
-    payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None
-) -> list[Tick]:
+def parse_bybit_ob(payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None) -> list[Tick]:
     msg = _json_object(payload)
     kind = msg.get("type")
     if kind not in ("snapshot", "delta"):
@@ -426,9 +416,7 @@ def _binance_ts_ns(event: dict[str, Any]) -> int:
     return _int_json(value, "T") * 1_000_000
 
 
-def parse_binance_ws(
-    payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None
-) -> list[Tick]:
+def parse_binance_ws(payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None) -> list[Tick]:
     msg = _json_object(payload)
     if "lastUpdateId" in msg:
         if symbol is None:
@@ -513,9 +501,7 @@ def parse_binance_ws(
 # --------------------------------------------------------------------------
 
 
-def parse_sim(
-    payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None
-) -> list[Tick]:
+def parse_sim(payload: bytes, *, recv_ns: int, symbol: str | None = None, raw: RawRef | None = None) -> list[Tick]:
     msg = _json_object(payload)
     kind = msg.get("type")
     if kind not in ("quote", "trade", "book"):

@@ -125,9 +125,9 @@ class Validator:
         state = self._state.get(tick.symbol)
         if state is None:
             state = self._state[tick.symbol] = _SymbolState()
-        if type(tick) is QuoteTick:
+        if isinstance(tick, QuoteTick):
             return self._check_quote(tick, state)
-        if type(tick) is TradeTick:
+        if isinstance(tick, TradeTick):
             return self._check_trade(tick, state)
         return self._check_book(tick, state)
 
@@ -200,10 +200,7 @@ class Validator:
             and state.last_book_update_id is not None
             and tick.last_update_id <= state.last_book_update_id
         ):
-            return (
-                f"duplicate: book update {tick.last_update_id} already applied "
-                f"(last {state.last_book_update_id})"
-            )
+            return f"duplicate: book update {tick.last_update_id} already applied (last {state.last_book_update_id})"
         state.last_book_ts_ns = tick.source_ts_ns
         if tick.last_update_id is not None:
             state.last_book_update_id = tick.last_update_id

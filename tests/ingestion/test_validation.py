@@ -140,9 +140,7 @@ def test_it_accepts_every_recorded_tardis_quote_and_trade():
     ):
         validator = Validator(known_symbols={"BTCUSDT"})
         reasons = [
-            validator.check(tick)
-            for record, _ in iter_file_records(fmt, DATA / name)
-            for tick in parse(fmt, record, recv_ns=0)
+            validator.check(tick) for record, _ in iter_file_records(fmt, DATA / name) for tick in parse(fmt, record, recv_ns=0)
         ]
         assert [r for r in reasons if r is not None] == []
         assert len(reasons) == 9999

@@ -20,12 +20,11 @@ strategies convert to ``Decimal`` only when they build an order intent.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from functools import cached_property
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 if TYPE_CHECKING:
     from automations.strategies.base import MarketWindow
@@ -188,45 +187,116 @@ def price_decimals(prices: np.ndarray) -> int:
 # --- the shared per-window frame ---------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
 class FeatureFrame:
     """Features of one MarketWindow, computed once and shared by every automation.
 
-    All arrays are numpy float64 (timestamps int64), oldest first, one element
-    per quote (``q_*`` / derived) or per trade (``t_*``). The frame also keeps
-    a small cache of tail statistics keyed by window length, so a thousand
-    automations with the same window pay for the statistic once.
+    Arrays are numpy float64 (timestamps int64), oldest first, one element per
+    quote or, for ``t_*``, per trade. Each array is computed on first use and
+    kept: a window whose strategies never look at trades never pays for them.
+    Tail statistics are cached by window length, so a thousand automations
+    with the same window pay for a statistic once. Not thread-safe; build one
+    frame per worker thread.
     """
 
-    symbol: str
-    now_ns: int
-    ts_ns: np.ndarray
-    bid: np.ndarray
-    ask: np.ndarray
-    bid_size: np.ndarray
-    ask_size: np.ndarray
-    mid: np.ndarray
-    spread_bps: np.ndarray
-    microprice: np.ndarray
-    tob_imbalance: np.ndarray
-    price_decimals: int
-    t_ts_ns: np.ndarray
-    t_size: np.ndarray
-    t_signed: np.ndarray
-    # Cumulative sums with a leading zero, so a time-window flow is two
-    # binary searches and two subtractions.
-    t_cum_signed: np.ndarray
-    t_cum_size: np.ndarray
-    book: BookSnapshot | None
-    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    def __init__(self, window: MarketWindow) -> None:
+        quotes, trades = window.quotes, window.trades
+        missing = [c for c in QUOTE_COLUMNS if c not in quotes.columns]
+        if missing:
+            raise ValueError(f"quotes frame is missing columns {missing}")
+        if trades is not None and len(trades):
+            missing = [c for c in TRADE_COLUMNS if c not in trades.columns]
+            if missing:
+                raise ValueError(f"trades frame is missing columns {missing}")
+        self.symbol = window.symbol
+        self.now_ns = int(window.now_ns)
+        self.book = window.book
+        self._quotes = quotes
+        self._trades = trades if trades is not None and len(trades) else None
+        self._cache: dict[Any, Any] = {}
+        self.n_quotes = len(quotes)
 
-    @property
-    def n_quotes(self) -> int:
-        return len(self.ts_ns)
+    # Quote columns.
 
-    @property
+    def _q(self, name: str, dtype: Any) -> np.ndarray:
+        if not self.n_quotes:
+            return _EMPTY_I8 if dtype is np.int64 else _EMPTY
+        return self._quotes[name].to_numpy(dtype=dtype, copy=False)
+
+    @cached_property
+    def ts_ns(self) -> np.ndarray:
+        return self._q("ts_ns", np.int64)
+
+    @cached_property
+    def bid(self) -> np.ndarray:
+        return self._q("bid", np.float64)
+
+    @cached_property
+    def ask(self) -> np.ndarray:
+        return self._q("ask", np.float64)
+
+    @cached_property
+    def bid_size(self) -> np.ndarray:
+        return self._q("bid_size", np.float64)
+
+    @cached_property
+    def ask_size(self) -> np.ndarray:
+        return self._q("ask_size", np.float64)
+
+    # Derived quote features.
+
+    @cached_property
+    def mid(self) -> np.ndarray:
+        return mid_price(self.bid, self.ask)
+
+    @cached_property
+    def spread_bps(self) -> np.ndarray:
+        return spread_bps(self.bid, self.ask)
+
+    @cached_property
+    def microprice(self) -> np.ndarray:
+        return microprice(self.bid, self.ask, self.bid_size, self.ask_size)
+
+    @cached_property
+    def tob_imbalance(self) -> np.ndarray:
+        return top_of_book_imbalance(self.bid_size, self.ask_size)
+
+    @cached_property
+    def price_decimals(self) -> int:
+        """Decimal places of the window's quoted prices (2 for an empty window)."""
+        if not self.n_quotes:
+            return 2
+        return price_decimals(np.concatenate((self.bid, self.ask)))
+
+    # Trades.
+
+    @cached_property
     def n_trades(self) -> int:
-        return len(self.t_ts_ns)
+        return 0 if self._trades is None else len(self._trades)
+
+    @cached_property
+    def t_ts_ns(self) -> np.ndarray:
+        return _EMPTY_I8 if self._trades is None else self._trades["ts_ns"].to_numpy(dtype=np.int64, copy=False)
+
+    @cached_property
+    def t_size(self) -> np.ndarray:
+        return _EMPTY if self._trades is None else self._trades["size"].to_numpy(dtype=np.float64, copy=False)
+
+    @cached_property
+    def t_signed(self) -> np.ndarray:
+        if self._trades is None:
+            return _EMPTY
+        return signed_trade_flow(self.t_size, self._trades["side"].to_numpy(dtype=object))
+
+    @cached_property
+    def t_cum_signed(self) -> np.ndarray:
+        # A leading zero makes a time-window sum two binary searches and a subtraction.
+        return np.concatenate(([0.0], np.cumsum(self.t_signed)))
+
+    @cached_property
+    def t_cum_size(self) -> np.ndarray:
+        return np.concatenate(([0.0], np.cumsum(self.t_size)))
+
+    # Cached statistics.
 
     def tail_mean_std(self, name: str, window: int) -> tuple[float, float]:
         """Mean and population std (ddof=0) of the ``window`` values **before** the latest.
@@ -257,8 +327,9 @@ class FeatureFrame:
         key = ("flow", window_ns)
         hit = self._cache.get(key)
         if hit is None:
-            lo = int(np.searchsorted(self.t_ts_ns, self.now_ns - window_ns, side="right"))
-            hi = int(np.searchsorted(self.t_ts_ns, self.now_ns, side="right"))
+            ts = self.t_ts_ns
+            lo = int(np.searchsorted(ts, self.now_ns - window_ns, side="right"))
+            hi = int(np.searchsorted(ts, self.now_ns, side="right"))
             if hi <= lo:
                 hit = (0.0, 0.0, 0)
             else:
@@ -281,57 +352,10 @@ class FeatureFrame:
         return Decimal(repr(float(self.ask[-1])))
 
 
-def _column(frame: pd.DataFrame, name: str, dtype: Any) -> np.ndarray:
-    return frame[name].to_numpy(dtype=dtype, copy=False)
-
-
 def compute_features(window: MarketWindow) -> FeatureFrame:
-    """Compute every shared feature of a window once.
+    """The shared features of a window, computed once (lazily, column by column).
 
     Raises ValueError when a required column is missing, so a caller that
     built the DataFrames wrongly hears about it instead of getting NaNs.
     """
-    quotes, trades = window.quotes, window.trades
-    missing = [c for c in QUOTE_COLUMNS if c not in quotes.columns]
-    if missing:
-        raise ValueError(f"quotes frame is missing columns {missing}")
-    if len(quotes):
-        ts = _column(quotes, "ts_ns", np.int64)
-        bid = _column(quotes, "bid", np.float64)
-        ask = _column(quotes, "ask", np.float64)
-        bsz = _column(quotes, "bid_size", np.float64)
-        asz = _column(quotes, "ask_size", np.float64)
-    else:
-        ts, bid, ask, bsz, asz = _EMPTY_I8, _EMPTY, _EMPTY, _EMPTY, _EMPTY
-
-    if trades is not None and len(trades):
-        missing = [c for c in TRADE_COLUMNS if c not in trades.columns]
-        if missing:
-            raise ValueError(f"trades frame is missing columns {missing}")
-        t_ts = _column(trades, "ts_ns", np.int64)
-        t_size = _column(trades, "size", np.float64)
-        t_signed = signed_trade_flow(t_size, trades["side"].to_numpy(dtype=object))
-    else:
-        t_ts, t_size, t_signed = _EMPTY_I8, _EMPTY, _EMPTY
-
-    decimals = price_decimals(np.concatenate((bid, ask))) if len(bid) else 2
-    return FeatureFrame(
-        symbol=window.symbol,
-        now_ns=int(window.now_ns),
-        ts_ns=ts,
-        bid=bid,
-        ask=ask,
-        bid_size=bsz,
-        ask_size=asz,
-        mid=mid_price(bid, ask),
-        spread_bps=spread_bps(bid, ask),
-        microprice=microprice(bid, ask, bsz, asz),
-        tob_imbalance=top_of_book_imbalance(bsz, asz),
-        price_decimals=decimals,
-        t_ts_ns=t_ts,
-        t_size=t_size,
-        t_signed=t_signed,
-        t_cum_signed=np.concatenate(([0.0], np.cumsum(t_signed))),
-        t_cum_size=np.concatenate(([0.0], np.cumsum(t_size))),
-        book=window.book,
-    )
+    return FeatureFrame(window)

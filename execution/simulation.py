@@ -241,9 +241,7 @@ def _walk(order: OrderSpec, levels: Sequence[Level]) -> tuple[list[Leg], Decimal
     return legs, order.quantity - remaining
 
 
-def _apply_fill_rules(
-    legs: list[Leg], filled: Decimal, order: OrderSpec, params: FillModelParams
-) -> tuple[list[Leg], Decimal]:
+def _apply_fill_rules(legs: list[Leg], filled: Decimal, order: OrderSpec, params: FillModelParams) -> tuple[list[Leg], Decimal]:
     """Drop the fill when the venue would not execute it (too small, or FOK short)."""
     if filled < params.min_fill_qty or (not params.allow_partial and filled < order.quantity):
         return [], _ZERO

@@ -241,8 +241,7 @@ def check_order(limits: LimitSet, state: RiskState, order: OrderCheck) -> list[B
                     "max_drawdown",
                     drawdown,
                     limits.max_drawdown,
-                    f"drawdown {_fmt(drawdown)} from the day's peak PnL has reached the limit of "
-                    f"{_fmt(limits.max_drawdown)}",
+                    f"drawdown {_fmt(drawdown)} from the day's peak PnL has reached the limit of {_fmt(limits.max_drawdown)}",
                 )
             )
     if limits.max_consecutive_losses is not None and state.consecutive_losses >= limits.max_consecutive_losses:
@@ -251,14 +250,10 @@ def check_order(limits: LimitSet, state: RiskState, order: OrderCheck) -> list[B
                 "max_consecutive_losses",
                 state.consecutive_losses,
                 limits.max_consecutive_losses,
-                f"{state.consecutive_losses} consecutive losses have reached the limit of "
-                f"{limits.max_consecutive_losses}",
+                f"{state.consecutive_losses} consecutive losses have reached the limit of {limits.max_consecutive_losses}",
             )
         )
-    if (
-        limits.max_slippage_breaches_per_day is not None
-        and state.slippage_breaches_today >= limits.max_slippage_breaches_per_day
-    ):
+    if limits.max_slippage_breaches_per_day is not None and state.slippage_breaches_today >= limits.max_slippage_breaches_per_day:
         add(
             Breach(
                 "max_slippage_breaches_per_day",
@@ -289,8 +284,7 @@ def check_order(limits: LimitSet, state: RiskState, order: OrderCheck) -> list[B
                     "max_order_notional",
                     _ZERO,
                     limits.max_order_notional,
-                    "no reference price to value a market order against the notional limit of "
-                    f"{_fmt(limits.max_order_notional)}",
+                    f"no reference price to value a market order against the notional limit of {_fmt(limits.max_order_notional)}",
                 )
             )
         else:

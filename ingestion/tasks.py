@@ -1,0 +1,31 @@
+"""Ingest worker tasks: thin wrappers over ``ingestion.services``."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from ingestion.services import decode_records, worker_pipeline
+
+
+@shared_task(name="ingestion.tasks.ingest_batch_task", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def ingest_batch_task(stream: str, fmt: str, records: list[list[object]], symbol: str | None = None) -> dict[str, object]:
+    """Store one batch of raw records. Idempotent: a redelivered batch adds nothing."""
+    return worker_pipeline().ingest(stream=stream, fmt=fmt, records=decode_records(records), symbol=symbol).as_dict()
+
+
+@shared_task(name="ingestion.tasks.raw_seal_task", ignore_result=True)
+def raw_seal_task() -> list[str]:
+    """Seal yesterday's raw segments (manifest + Merkle root, read-only files)."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from ingestion.rawstore import RawStore
+
+    day = (timezone.now() - timedelta(days=1)).date()
+    store = RawStore(settings.RAW_STORE_DIR)
+    if day not in set(store.days()):
+        return []
+    manifest = store.seal_day(day)
+    return [str(day), str(manifest)]

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Static checks CI runs: ruff, the import-linter layer contracts, Django's checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+echo "== ruff"; .venv/bin/ruff check .
+echo "== import-linter"; .venv/bin/lint-imports
+echo "== django check"; $PY manage.py check --fail-level WARNING
+if [ -f scripts/check_no_bulk_history.py ]; then echo "== no bulk writes on versioned models"; $PY scripts/check_no_bulk_history.py; fi

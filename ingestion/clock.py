@@ -49,13 +49,17 @@ import ctypes
 import ctypes.util
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 _NS_PER_MS = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__,
+# which tripled the cost of ``update``; the estimator never keeps or mutates
+# a state it has returned, so nothing is lost.
+@dataclass(slots=True)
 class ClockState:
     """The estimator's view of one source after the latest sample.
 
@@ -110,6 +114,22 @@ class ClockEstimator:
 
     def update(self, source_ns: int, recv_ns: int) -> ClockState:
         """Add one sample (venue timestamp, our receive timestamp, both ns) and return the new state."""
+        lag = self._add(source_ns, recv_ns)
+        return self._state(lag)
+
+    def update_many(self, samples: Iterable[tuple[int, int]]) -> ClockState | None:
+        """Add ``(source_ns, recv_ns)`` samples of one batch; return the state after the last.
+
+        Identical to calling ``update`` for each sample, but builds one state
+        per batch instead of one per tick (the ingest worker works in batches).
+        """
+        add = self._add
+        lag = None
+        for source_ns, recv_ns in samples:
+            lag = add(source_ns, recv_ns)
+        return None if lag is None else self._state(lag)
+
+    def _add(self, source_ns: int, recv_ns: int) -> int:
         lag = recv_ns - source_ns
         index = self._index
         self._index += 1
@@ -131,8 +151,7 @@ class ClockEstimator:
         mins.append((index, lag))
         if mins[0][0] <= index - self.window:
             mins.popleft()
-
-        return self._state(lag)
+        return lag
 
     def _state(self, lag: int) -> ClockState:
         count = len(self._lags)

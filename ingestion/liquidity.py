@@ -23,6 +23,7 @@ quotes only (a NaN price would make every figure NaN). Pure: no Django, no ORM.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ingestion.types import QuoteTick
@@ -30,7 +31,10 @@ from ingestion.types import QuoteTick
 _NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of these fields through
+# object.__setattr__, which doubled the cost of ``update``; the monitor never
+# keeps or mutates a state it has returned.
+@dataclass(slots=True)
 class LiquidityState:
     symbol: str
     ts_ns: int
@@ -45,11 +49,25 @@ class LiquidityState:
     wide_spread: bool
     thin_book: bool
     slow_quotes: bool
-    reasons: tuple[str, ...] = field(default=())
+    max_spread_bps: float
+    min_top_notional: float
+    min_quote_rate: float
 
     @property
     def low_liquidity(self) -> bool:
         return self.wide_spread or self.thin_book or self.slow_quotes
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """One coded reason per raised flag (built on demand: most callers only read the flags)."""
+        out = []
+        if self.wide_spread:
+            out.append(f"wide_spread: mean {self.mean_spread_bps:.2f} bps > {self.max_spread_bps} bps")
+        if self.thin_book:
+            out.append(f"thin_book: top notional {self.top_notional:.2f} < {self.min_top_notional}")
+        if self.slow_quotes:
+            out.append(f"slow_quotes: {self.quote_rate:.2f}/s < {self.min_quote_rate}/s")
+        return tuple(out)
 
 
 @dataclass(slots=True)
@@ -61,6 +79,8 @@ class _Window:
     spread_sum: float = 0.0
     added: int = 0
     last_spread_bps: float = 0.0
+    bid_notional: float = 0.0
+    ask_notional: float = 0.0
 
 
 class LiquidityMonitor:
@@ -95,6 +115,22 @@ class LiquidityMonitor:
 
     def update(self, quote: QuoteTick) -> LiquidityState:
         """Add one quote and return its symbol's liquidity state."""
+        win = self._add(quote)
+        return self._state(win, quote.source_ts_ns)
+
+    def update_many(self, quotes: Iterable[QuoteTick]) -> dict[str, LiquidityState]:
+        """Add a batch of quotes; return each touched symbol's state after its last quote.
+
+        Identical to calling ``update`` per quote, but builds one state per
+        symbol per batch instead of one per tick.
+        """
+        last: dict[str, tuple[_Window, int]] = {}
+        add = self._add
+        for quote in quotes:
+            last[quote.symbol] = (add(quote), quote.source_ts_ns)
+        return {symbol: self._state(win, ts) for symbol, (win, ts) in last.items()}
+
+    def _add(self, quote: QuoteTick) -> _Window:
         bid = float(quote.bid)
         ask = float(quote.ask)
         mid = (bid + ask) / 2
@@ -109,9 +145,17 @@ class LiquidityMonitor:
         win.added += 1
         win.last = quote
         win.last_spread_bps = spread_bps
+        win.bid_notional = bid * float(quote.bid_size)
+        win.ask_notional = ask * float(quote.ask_size)
+        # Evict here too, so a long batch through ``update_many`` keeps the
+        # window bounded without building a state per quote.
+        cutoff = ts - self.window_ns
+        entries = win.entries
+        while entries[0][0] <= cutoff:
+            win.spread_sum -= entries.popleft()[1]
         if win.added % self._RESUM_EVERY == 0:
-            win.spread_sum = sum(spread for _ts, spread in win.entries)
-        return self._state(win, ts)
+            win.spread_sum = sum(spread for _ts, spread in entries)
+        return win
 
     def state_at(self, symbol: str, now_ns: int) -> LiquidityState | None:
         """The state of ``symbol`` at ``now_ns`` without a new quote, or None if never quoted.
@@ -134,11 +178,10 @@ class LiquidityMonitor:
             win.spread_sum -= entries.popleft()[1]
         if not entries:
             win.spread_sum = 0.0
-        quote = win.last
         count = len(entries)
         mean_spread = win.spread_sum / count if count else win.last_spread_bps
-        bid_notional = float(quote.bid) * float(quote.bid_size)
-        ask_notional = float(quote.ask) * float(quote.ask_size)
+        bid_notional = win.bid_notional
+        ask_notional = win.ask_notional
         top_notional = min(bid_notional, ask_notional)
         quote_rate = count / self.window_s
         warm = now_ns - win.first_ts_ns >= self.window_ns
@@ -146,15 +189,8 @@ class LiquidityMonitor:
         wide = mean_spread > self.max_spread_bps
         thin = top_notional < self.min_top_notional
         slow = warm and quote_rate < self.min_quote_rate
-        reasons = []
-        if wide:
-            reasons.append(f"wide_spread: mean {mean_spread:.2f} bps > {self.max_spread_bps} bps")
-        if thin:
-            reasons.append(f"thin_book: top notional {top_notional:.2f} < {self.min_top_notional}")
-        if slow:
-            reasons.append(f"slow_quotes: {quote_rate:.2f}/s < {self.min_quote_rate}/s")
         return LiquidityState(
-            symbol=quote.symbol,
+            symbol=win.last.symbol,
             ts_ns=now_ns,
             spread_bps=win.last_spread_bps,
             mean_spread_bps=mean_spread,
@@ -167,5 +203,7 @@ class LiquidityMonitor:
             wide_spread=wide,
             thin_book=thin,
             slow_quotes=slow,
-            reasons=tuple(reasons),
+            max_spread_bps=self.max_spread_bps,
+            min_top_notional=self.min_top_notional,
+            min_quote_rate=self.min_quote_rate,
         )

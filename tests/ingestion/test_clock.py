@@ -118,3 +118,16 @@ def test_it_reports_unavailable_when_libc_has_no_adjtimex(monkeypatch):
 
     assert status["available"] is False
     assert "no libc here" in status["error"]
+
+
+def test_its_batch_update_gives_the_same_state_as_per_sample_updates():
+    pairs = _tardis_pairs()
+    one_by_one = ClockEstimator(window=500)
+    batched = ClockEstimator(window=500)
+
+    for source, recv in pairs:
+        expected = one_by_one.update(source, recv)
+    batch_states = [batched.update_many(pairs[i : i + 256]) for i in range(0, len(pairs), 256)]
+
+    assert batch_states[-1] == expected
+    assert batched.update_many([]) is None

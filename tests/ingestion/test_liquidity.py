@@ -102,3 +102,17 @@ def test_it_flags_slow_quotes_only_after_a_full_window_and_when_the_feed_goes_qu
     assert quiet.slow_quotes is True
     assert monitor.state_at("SIM-A", 100 * S).quotes_in_window == 0
     assert monitor.state_at("OTHER", 0) is None
+
+
+def test_its_batch_update_gives_the_same_state_as_per_quote_updates():
+    ticks = _ticks()
+    one_by_one = LiquidityMonitor(window_s=5.0)
+    batched = LiquidityMonitor(window_s=5.0)
+
+    for tick in ticks:
+        expected = one_by_one.update(tick)
+    for i in range(0, len(ticks), 300):
+        result = batched.update_many(ticks[i : i + 300])
+
+    assert result == {"BTCUSDT": expected}
+    assert expected.mean_spread_bps == pytest.approx(one_by_one.state_at("BTCUSDT", ticks[-1].source_ts_ns).mean_spread_bps)

@@ -206,15 +206,36 @@ def _standard_normal(rng: RandomSource) -> float:
     return float(rng.standard_normal())
 
 
-def _price_quantum(book: BookSnapshot) -> Decimal:
-    """The finest price step written in the book, e.g. ``0.0001`` for 1.9531."""
+def _price_quantum(book: BookSnapshot, levels: Sequence[Level]) -> Decimal:
+    """The book's price step: ``meta["price_tick"]`` when the source gave one,
+    else the finest step written in ``levels`` (e.g. ``0.0001`` for 1.9531).
+
+    Only the walked side is scanned: it is the side the legs come from, and
+    scanning one side instead of two halves the cost on a deep book.
+    """
+    tick = book.meta.get("price_tick") if book.meta else None
+    if tick:
+        return Decimal(tick)
     exponent = 0
-    for levels in (book.bids, book.asks):
-        for price, _size in levels:
-            exp = price.as_tuple().exponent
-            if isinstance(exp, int) and exp < exponent:
-                exponent = exp
+    for price, _size in levels:
+        exp = _exponent(price)
+        if exp < exponent:
+            exponent = exp
     return Decimal((0, (1,), exponent))
+
+
+def _exponent(price: Decimal) -> int:
+    """The decimal exponent of a finite price, e.g. -4 for ``1.9531``.
+
+    Reading it off the string is about six times faster than ``as_tuple``,
+    which matters on a 20-level walk; scientific notation falls back to it.
+    """
+    text = str(price)
+    if "E" in text or "e" in text:
+        exp = price.as_tuple().exponent
+        return exp if isinstance(exp, int) else 0
+    dot = text.find(".")
+    return 0 if dot < 0 else dot + 1 - len(text)
 
 
 def _opposite_levels(side: Side, book: BookSnapshot) -> Sequence[Level]:
@@ -354,7 +375,7 @@ def simulate_fill(
     # 4. Impact and noise on top of the walk.
     if filled > 0:
         shift = _impact_bps(filled, levels, params) + noise_bps
-        legs = _shift_legs(legs, order, shift, _price_quantum(met))
+        legs = _shift_legs(legs, order, shift, _price_quantum(met, levels))
 
     # 5. Fees on what filled.
     notional, avg_price = _vwap(legs, filled)
@@ -412,6 +433,6 @@ def expected_slippage_bps(order: OrderSpec, book: BookSnapshot, params: FillMode
     legs, filled = _apply_fill_rules(legs, filled, order, params)
     if filled == 0:
         return math.nan
-    legs = _shift_legs(legs, order, _impact_bps(filled, levels, params), _price_quantum(book))
+    legs = _shift_legs(legs, order, _impact_bps(filled, levels, params), _price_quantum(book, levels))
     notional = sum((price * qty for price, qty in legs), _ZERO)
     return float(slippage_bps(order.side, notional / filled, mid))

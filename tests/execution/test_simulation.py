@@ -268,6 +268,21 @@ def test_noisy_leg_prices_are_quantized_to_the_books_tick() -> None:
         assert price.as_tuple().exponent == -4
 
 
+def test_a_price_tick_given_by_the_source_overrides_the_written_precision() -> None:
+    book = BookSnapshot(
+        symbol="TEST",
+        ts_ns=0,
+        bids=((D("99.5"), D("2")),),
+        asks=((D("100.5"), D("1")),),
+        meta={"price_tick": "0.01"},
+    )
+    result = simulate_fill(OrderSpec(Side.BUY, D("1")), book, FillModelParams(slippage_sigma_bps=7.0), random.Random(1))
+
+    (price, _qty) = result.legs[0]
+    assert price.as_tuple().exponent == -2
+    assert price != D("100.5")
+
+
 levels = st.lists(
     st.tuples(
         st.decimals(min_value=D("0.01"), max_value=D("5"), places=2),

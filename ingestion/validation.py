@@ -14,6 +14,10 @@ Reason codes (``REASON_CODES``):
 ``non_positive_price``   a price is zero or negative.
 ``non_positive_size``    a quote or trade size is zero or negative (a book
                          level may have size 0: that removes the level).
+``out_of_range``         a finite price or size so huge or so tiny (decimal
+                         exponent outside 1e-30 .. 1e18) that it can only be
+                         corruption, and that would overflow Decimal
+                         arithmetic further down the pipeline.
 ``crossed_book``         best bid above best ask (quotes and book snapshots).
 ``locked_book``          best bid equal to best ask.
 ``future_timestamp``     the venue's timestamp is later than our receive time
@@ -44,6 +48,7 @@ REASON_CODES = (
     "non_finite_size",
     "non_positive_price",
     "non_positive_size",
+    "out_of_range",
     "crossed_book",
     "locked_book",
     "future_timestamp",
@@ -53,6 +58,10 @@ REASON_CODES = (
 
 DEFAULT_FUTURE_TOLERANCE_NS = 5_000_000_000
 DEFAULT_TRADE_ID_MEMORY = 100_000
+# Decimal exponents (as given by ``Decimal.adjusted``) that any real price or
+# size lies within, with a wide margin on both sides.
+_MIN_EXPONENT = -30
+_MAX_EXPONENT = 18
 
 
 def reason_code(reason: str) -> str:
@@ -67,6 +76,8 @@ def _price_problem(value: Decimal, name: str) -> str | None:
         return f"non_finite_price: {name} {value}"
     if value <= 0:
         return f"non_positive_price: {name} {value}"
+    if not _MIN_EXPONENT <= value.adjusted() <= _MAX_EXPONENT:
+        return f"out_of_range: {name} {value}"
     return None
 
 
@@ -75,6 +86,8 @@ def _size_problem(value: Decimal, name: str, *, zero_ok: bool = False) -> str | 
         return f"non_finite_size: {name} {value}"
     if value < 0 or (value == 0 and not zero_ok):
         return f"non_positive_size: {name} {value}"
+    if value and not _MIN_EXPONENT <= value.adjusted() <= _MAX_EXPONENT:
+        return f"out_of_range: {name} {value}"
     return None
 
 

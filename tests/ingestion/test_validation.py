@@ -48,6 +48,8 @@ def book(bids, asks, *, snapshot=True, ts=T0, u=None):
         (quote(bid_size="0"), "non_positive_size"),
         (quote(ask_size="NaN"), "non_finite_size"),
         (trade(price="-5"), "non_positive_price"),
+        (quote(ask="1e999999999"), "out_of_range"),
+        (trade(size="1E-40"), "out_of_range"),
         (trade(size="0"), "non_positive_size"),
         (quote(bid="101", ask="100"), "crossed_book"),
         (quote(bid="100", ask="100"), "locked_book"),

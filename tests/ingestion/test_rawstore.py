@@ -504,3 +504,21 @@ def test_verify_raw_main_prints_one_line_per_problem_and_exits_1(tmp_path: Path)
     assert lines[0].startswith(f"payload_edited: segment={rel(DAY, 'sim')} stream=sim seq=2:")
     assert lines[1].startswith(f"payload_edited: segment={rel(DAY, 'sim')} stream=sim seq=8:")
     assert lines[2].startswith("FAILED:")
+
+
+def test_it_stores_recorded_bybit_l2_messages_byte_exact(tmp_path: Path) -> None:
+    source = Path(__file__).resolve().parents[3] / "shared/data/bybit_XRPUSDT_ob500_2024-12-01.data"
+    lines = source.read_bytes().splitlines(keepends=True)
+    store = RawStore(tmp_path)
+    with store.writer("file-bybit") as w:
+        w.append_many(lines, recv_ns=[DAY_NS + i for i in range(len(lines))])
+
+    records = list(store.read("file-bybit"))
+    assert b"".join(r.payload for r in records) == source.read_bytes()
+    assert store.verify().ok
+    path = seg_path(tmp_path, DAY, "file-bybit")
+    off = frames_of(path)[0][0]  # The 500-level snapshot, far longer than a quote.
+    data = bytearray(path.read_bytes())
+    data[off + FRAME.size + 5000] ^= 0x20
+    path.write_bytes(bytes(data))
+    assert problems_of(tmp_path) == [("payload_edited", rel(DAY, "file-bybit"), 1)]

@@ -139,6 +139,14 @@ class OrderCheck:
     side: Side
     mid: Decimal | None = None
 
+    def __post_init__(self) -> None:
+        # A zero or negative quantity is a bug upstream, not an order to size:
+        # refusing it loudly beats letting it slip under every size limit.
+        if not isinstance(self.quantity, Decimal) or not self.quantity.is_finite() or self.quantity <= 0:
+            raise ValueError(f"order quantity must be a positive finite Decimal, got {self.quantity!r}")
+        if self.limit_price is not None and (not self.limit_price.is_finite() or self.limit_price <= 0):
+            raise ValueError(f"limit price must be positive, got {self.limit_price!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Breach:

@@ -250,3 +250,10 @@ def test_limits_refuse_negative_values_and_floats_and_accept_strings() -> None:
     with pytest.raises(TypeError, match="max_order_qty"):
         LimitSet(max_order_qty=1.5)  # type: ignore[arg-type]
     assert LimitSet(max_order_notional="250.5").max_order_notional == D("250.5")  # type: ignore[arg-type]
+
+
+def test_an_order_check_refuses_a_non_positive_quantity_or_price() -> None:
+    with pytest.raises(ValueError, match="quantity"):
+        OrderCheck(quantity=D("0"), limit_price=D("100"), side=Side.BUY, mid=D("100"))
+    with pytest.raises(ValueError, match="limit price"):
+        OrderCheck(quantity=D("1"), limit_price=D("-1"), side=Side.BUY, mid=D("100"))

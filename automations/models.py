@@ -79,6 +79,9 @@ class L2Snapshot(models.Model):
     archive_ref = models.CharField(max_length=255, blank=True)
     archived_at = models.DateTimeField(null=True, blank=True)
 
+    class Meta:
+        indexes = [models.Index(fields=["storage", "ts"], name="l2snapshot_storage_ts")]
+
     def __str__(self) -> str:
         return f"{self.symbol} @ {self.ts:%Y-%m-%d %H:%M:%S}"
 
@@ -118,6 +121,9 @@ class Signal(models.Model):
     mid = models.DecimalField(max_digits=30, decimal_places=12, null=True, blank=True)
     spread_bps = models.FloatField(null=True, blank=True)
     market_ts = models.DateTimeField(null=True, blank=True, help_text="Venue time of the data the signal was computed on.")
+    market_ts_ns = models.BigIntegerField(
+        null=True, blank=True, help_text="The same venue time in ns: with the automation and side it makes a signal unique.",
+    )
     snapshot = models.ForeignKey(L2Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="signals")
     created_at = models.DateTimeField(db_index=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -129,10 +135,19 @@ class Signal(models.Model):
         indexes = [
             models.Index(fields=["automation", "created_at"], name="signal_automation_created"),
             models.Index(fields=["status", "expires_at"], name="signal_status_expiry"),
+            models.Index(fields=["sequence"], name="signal_sequence"),
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(quantity__gt=0), name="signal_quantity_positive"),
             models.CheckConstraint(condition=models.Q(limit_price__gt=0), name="signal_price_positive"),
+            # Detection remembers the last data it evaluated per automation in
+            # Redis; this is the backstop when that memory is lost (a crash
+            # between commit and the Redis write, a flushed Redis): one quote
+            # never yields two signals of the same side for one automation.
+            models.UniqueConstraint(
+                fields=["automation", "market_ts_ns", "side"], condition=models.Q(market_ts_ns__isnull=False),
+                name="signal_once_per_market_data",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -148,6 +163,7 @@ class SignalTransition(models.Model):
     to_status = models.CharField(max_length=20)
     actor_label = models.CharField(max_length=150)
     reason = models.TextField(blank=True)
+    sequence = models.BigIntegerField(default=0, help_text="Push sequence number this change was broadcast with.")
 
     class Meta:
         ordering = ["id"]

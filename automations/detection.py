@@ -1,0 +1,314 @@
+"""The detection path: new market data on a symbol -> signals, routed.
+
+``detect_symbol`` runs in the detect worker, once per symbol per ingested
+batch (the ingest worker coalesces requests). It imports no broker code and
+holds no credentials: a signal reaches execution only as an id, by Celery
+task name, after the signal's transaction commits.
+
+Per call:
+
+1. Load every ACTIVE automation on the symbol and its validated parameters.
+2. Skip automations that already evaluated the latest quote (the last
+   evaluated venue timestamp per automation is kept in Redis; a unique
+   constraint on (automation, market_ts_ns, side) is the backstop).
+3. Load the window ONCE: the last ``max(min_history, regime history)``
+   quotes, trades when any strategy reads trade flow, and the book.
+4. Compute features ONCE and tag the regime ONCE, shared by every automation.
+5. Evaluate each automation's strategy. Per intent, in one transaction:
+   create the Signal with its context (bid/ask/mid/spread, features, regime,
+   market time, the L2 snapshot shared by every signal of this batch), then
+   route it:
+   - ``filtered`` when the regime is not in the automation's allowed set, or
+     when the signal-rate limit is breached (risk trips the breaker);
+   - ``pending_approval`` when the automation requires approval or fewer than
+     ``approval_threshold`` of its trades have been approved;
+   - else ``queued``, counted as automatic, and the execute task is sent by
+     name on commit.
+
+Gating rule, precisely: a signal needs approval while
+``approved_trade_count < approval_threshold`` (or ``require_approval``).
+Pending signals do not count as approved, so with N=2 and two signals
+pending, a third signal waits for approval too; only once two trades have
+been approved does the next signal go straight to execution. Rejected and
+expired signals never count. The count is re-read inside each signal's
+transaction; a concurrent approval can only make a signal wait that might
+have gone automatic, never the other way round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+from celery import current_app
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from automations.features import TRADE_COLUMNS, compute_features
+from automations.models import Automation, L2Snapshot, Signal
+from automations.regime import regime_allowed, tag_regime
+from automations.services import signal_create, signal_transition
+from automations.snapshots import snapshot_create
+from automations.strategies import Intent, MarketWindow, Strategy, get_strategy
+from ingestion import selectors as market
+from trading.queues import ORDER_EXECUTE_TASK
+from trading.redis_client import redis_client
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "worker-detect"
+# The regime tagger compares the last 50 quotes' volatility with the earlier
+# ones and measures trend over 100 quote changes: 300 quotes give it history.
+REGIME_QUOTES = 300
+# Trade flow is aggregated over a time window; this many recent prints cover
+# the default lookbacks on liquid symbols without loading a day of trades.
+TRADE_ROWS = 5000
+LAST_EVALUATED_TTL_S = 86_400
+
+
+def last_evaluated_key(symbol: str) -> str:
+    return f"fp:detect-last:{symbol}"
+
+
+def lock_key(symbol: str) -> str:
+    return f"fp:detect-lock:{symbol}"
+
+
+@dataclass
+class DetectResult:
+    symbol: str
+    automations: int = 0
+    evaluated: int = 0
+    skipped_same_data: int = 0
+    intents: int = 0
+    signals: dict[str, int] = field(default_factory=dict)
+    market_ts_ns: int | None = None
+    lag_ms: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    automation: Automation
+    strategy: Strategy
+    params: dict[str, Any]
+
+
+_params_cache: dict[tuple[int, datetime | None], dict[str, Any]] = {}
+
+
+def _plan(automation: Automation) -> _Plan | None:
+    """The strategy and validated parameters of an automation (cached until it changes)."""
+    try:
+        strategy = get_strategy(automation.strategy)
+        key = (automation.pk, automation.updated_at)
+        params = _params_cache.get(key)
+        if params is None:
+            params = strategy.validate_params(automation.parameters)
+            if len(_params_cache) > 10_000:
+                _params_cache.clear()
+            _params_cache[key] = params
+    except ValueError as exc:
+        # Parameters are validated on every change; this guards rows written
+        # around the services. The automation cannot run, so it is skipped loudly.
+        logger.error("automation %s cannot be evaluated: %s", automation.pk, exc)
+        return None
+    return _Plan(automation=automation, strategy=strategy, params=params)
+
+
+def _finite_dict(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            out[key] = value if math.isfinite(value) else None
+        else:
+            out[key] = value if isinstance(value, (str, bool, type(None))) else str(value)
+    return out
+
+
+def _signal_rate_check(automation: Automation) -> Any:
+    """The automation's signal-rate breaker (risk). Returns a Breach or None."""
+    from risk.services import signal_rate_check
+
+    return signal_rate_check(automation=automation)
+
+
+@dataclass
+class _Batch:
+    symbol: str
+    regime: Any
+    regime_dict: dict[str, Any]
+    base_features: dict[str, Any]
+    bid: Decimal | None
+    ask: Decimal | None
+    mid: Decimal | None
+    spread_bps: float | None
+    market_ts_ns: int
+    book: Any
+    snapshots: dict[int, L2Snapshot | None] = field(default_factory=dict)
+
+    def snapshot(self, levels: int) -> L2Snapshot | None:
+        """One stored snapshot per depth per batch, shared by every signal of the batch."""
+        if self.book is None:
+            return None
+        if levels not in self.snapshots:
+            self.snapshots[levels] = snapshot_create(book=self.book, levels=levels)
+        return self.snapshots[levels]
+
+
+def _route(plan: _Plan, intent: Intent, batch: _Batch) -> str | None:
+    """Create and route one signal; return its final status (None when skipped)."""
+    automation = plan.automation
+    allowed, why = regime_allowed(batch.regime, automation.allowed_regimes)
+    snapshot = batch.snapshot(automation.snapshot_levels)
+    market_ts = datetime.fromtimestamp(batch.market_ts_ns / 1e9, tz=UTC)
+    try:
+        with transaction.atomic():
+            state = (Automation.objects.filter(pk=automation.pk)
+                     .values("status", "approved_trade_count", "approval_threshold", "require_approval").first())
+            # Paused since the batch started (by a person or a breaker): no signal.
+            if state is None or state["status"] != Automation.Status.ACTIVE:
+                return None
+            needs_approval = state["require_approval"] or state["approved_trade_count"] < state["approval_threshold"]
+            signal = signal_create(
+                automation=automation, side=str(intent.side), quantity=intent.quantity, limit_price=intent.limit_price,
+                reason=intent.reason, actor_label=ACTOR,
+                features=_finite_dict({**batch.base_features, **intent.features}), regime=batch.regime_dict,
+                bid=batch.bid, ask=batch.ask, mid=batch.mid, spread_bps=batch.spread_bps,
+                market_ts=market_ts, market_ts_ns=batch.market_ts_ns, snapshot=snapshot, needs_approval=needs_approval,
+            )
+            if not allowed:
+                signal_transition(signal=signal, to_status=Signal.Status.FILTERED, actor_label=ACTOR,
+                                  reason=f"regime not allowed: {why}")
+                return Signal.Status.FILTERED
+            breach = _signal_rate_check(automation)
+            if breach is not None:
+                signal_transition(signal=signal, to_status=Signal.Status.FILTERED, actor_label=ACTOR,
+                                  reason=f"signal-rate limit: {breach.message}")
+                return Signal.Status.FILTERED
+            if needs_approval:
+                why_gate = ("the automation requires approval for every trade" if state["require_approval"] else
+                            f"approval needed: {state['approved_trade_count']} of the first "
+                            f"{state['approval_threshold']} trades approved")
+                signal_transition(signal=signal, to_status=Signal.Status.PENDING_APPROVAL, actor_label=ACTOR, reason=why_gate)
+                return Signal.Status.PENDING_APPROVAL
+            signal_transition(signal=signal, to_status=Signal.Status.QUEUED, actor_label=ACTOR,
+                              reason=f"automatic: {state['approved_trade_count']} trades approved "
+                                     f"(threshold {state['approval_threshold']})")
+            Automation.objects.filter(pk=automation.pk).update(automatic_trade_count=F("automatic_trade_count") + 1)
+            signal_id = signal.pk
+            transaction.on_commit(lambda: current_app.send_task(ORDER_EXECUTE_TASK, args=[signal_id]))
+            return Signal.Status.QUEUED
+    except IntegrityError:
+        # The same quote already produced this signal (a re-run after a crash).
+        logger.info("duplicate signal skipped: automation %s at %s", automation.pk, batch.market_ts_ns)
+        return None
+
+
+def _empty_trades() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object" if c == "side" else ("int64" if c == "ts_ns" else "float64"))
+                         for c in TRADE_COLUMNS})
+
+
+def detect_symbol(*, symbol: str) -> DetectResult:
+    """Evaluate every active automation on ``symbol`` against its latest data (see the module docstring)."""
+    client = redis_client()
+    lock = client.lock(lock_key(symbol), timeout=60, blocking_timeout=15)
+    # One detection per symbol at a time: two workers on the same data would
+    # race on the same quote; the second waits and then sees nothing new.
+    if not lock.acquire():
+        logger.warning("detection on %s still busy after 15 s; this request is dropped", symbol)
+        return DetectResult(symbol=symbol)
+    try:
+        return _detect(symbol, client)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # The lock expired under a very slow run; nothing to release.
+            logger.warning("detection lock on %s had expired", symbol)
+
+
+def _detect(symbol: str, client: Any) -> DetectResult:
+    started = time.perf_counter()
+    result = DetectResult(symbol=symbol)
+    automations = list(Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE).order_by("id"))
+    result.automations = len(automations)
+    if not automations:
+        return result
+    plans = [p for p in (_plan(a) for a in automations) if p is not None]
+    need_quotes = max([REGIME_QUOTES, *(p.strategy.min_history(p.params) + 1 for p in plans)])
+    need_trades = any(p.strategy.trade_lookback_ns(p.params) > 0 for p in plans)
+    quotes = market.quotes_frame(symbol, need_quotes)
+    result.timings_ms["load_quotes"] = (time.perf_counter() - started) * 1e3
+    if quotes.empty:
+        return result
+    market_ts_ns = int(quotes["ts_ns"].iloc[-1])
+    result.market_ts_ns = market_ts_ns
+    last_seen = {k.decode(): int(v) for k, v in client.hgetall(last_evaluated_key(symbol)).items()}
+    due = [p for p in plans if last_seen.get(str(p.automation.pk), -1) < market_ts_ns]
+    result.skipped_same_data = len(plans) - len(due)
+    if not due:
+        return result
+
+    t0 = time.perf_counter()
+    trades = market.trades_frame(symbol, TRADE_ROWS) if need_trades else _empty_trades()
+    levels = max(p.automation.snapshot_levels for p in due)
+    book = market.book_snapshot(symbol, n=levels)
+    quote = market.latest_quote(symbol)
+    now_ns = max(market_ts_ns, int(trades["ts_ns"].iloc[-1]) if len(trades) else 0)
+    window = MarketWindow(symbol=symbol, quotes=quotes, trades=trades, book=book, now_ns=now_ns)
+    features = compute_features(window)
+    regime = tag_regime(window, features=features)
+    result.timings_ms["load_rest_and_features"] = (time.perf_counter() - t0) * 1e3
+    if quote is not None:
+        result.lag_ms = (time.time_ns() - quote.recv_ts_ns) / 1e6
+
+    bid, ask = features.last_bid_decimal(), features.last_ask_decimal()
+    valid_book = bid > 0 and ask > 0
+    batch = _Batch(
+        symbol=symbol, regime=regime, regime_dict=regime.as_dict(),
+        base_features={
+            "microprice": float(features.microprice[-1]), "tob_imbalance": float(features.tob_imbalance[-1]),
+            "l2_imbalance": features.l2_imbalance(10),
+        },
+        bid=bid if valid_book else None, ask=ask if valid_book else None,
+        mid=(bid + ask) / 2 if valid_book else None,
+        spread_bps=float(features.spread_bps[-1]) if math.isfinite(float(features.spread_bps[-1])) else None,
+        market_ts_ns=market_ts_ns, book=book,
+    )
+
+    t0 = time.perf_counter()
+    work: list[tuple[_Plan, Intent]] = []
+    for plan in due:
+        try:
+            intents = plan.strategy.evaluate(window, plan.params, features)
+        except Exception:
+            # One broken strategy must not stop the others on the symbol.
+            logger.exception("strategy %s failed for automation %s", plan.automation.strategy, plan.automation.pk)
+            continue
+        work.extend((plan, intent) for intent in intents)
+    result.evaluated = len(due)
+    result.intents = len(work)
+    result.timings_ms["evaluate"] = (time.perf_counter() - t0) * 1e3
+
+    t0 = time.perf_counter()
+    for plan, intent in work:
+        status = _route(plan, intent, batch)
+        if status is not None:
+            result.signals[status] = result.signals.get(status, 0) + 1
+    result.timings_ms["signals"] = (time.perf_counter() - t0) * 1e3
+
+    key = last_evaluated_key(symbol)
+    pipe = client.pipeline()
+    pipe.hset(key, mapping={str(p.automation.pk): market_ts_ns for p in due})
+    pipe.expire(key, LAST_EVALUATED_TTL_S)
+    pipe.execute()
+    result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
+    return result

@@ -1,0 +1,382 @@
+"""Writes for automations and signals: the only paths that change them.
+
+Signal lifecycle (``signal_transition``)
+----------------------------------------
+One state machine, enforced under the signal's row lock::
+
+    new -> filtered | pending_approval | queued
+    pending_approval -> approved | rejected | expired
+    queued | approved -> ordered | failed | expired
+    ordered -> filled | failed
+
+``filtered``, ``rejected``, ``expired``, ``filled`` and ``failed`` are final.
+Approving a pending signal whose ``expires_at`` has passed is refused even
+before the expiry sweep has marked it: an expired signal can never be
+approved. Every change writes a ``SignalTransition`` row and a
+``signal_state`` audit event in the caller's transaction, takes the next
+number of the push sequence (a PostgreSQL sequence, durable across Redis
+restarts) and pushes the signal to the ``signals`` channel group on commit.
+
+Automation changes need a reason: it goes to simple-history
+(``_change_reason``), to an audit event with the field diff, and the actor to
+``last_changed_by``. New automations start paused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from celery import current_app
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.services import audit_event_record
+from automations.models import Automation, Signal, SignalTransition
+from automations.regime import validate_allowed_regimes
+from automations.selectors import signal_payload
+from automations.strategies import InvalidParameters, UnknownStrategy, get_strategy
+from trading.api import DomainError
+from trading.queues import ALERT_RAISE_TASK
+
+logger = logging.getLogger(__name__)
+
+SIGNALS_GROUP = "signals"
+MAX_SNAPSHOT_LEVELS = 50  # The ingest worker keeps the top 50 levels per book in Redis.
+SNAPSHOT_MISSING_ALERT_RATIO = 0.01
+
+S = Signal.Status
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    S.NEW: frozenset({S.FILTERED, S.PENDING_APPROVAL, S.QUEUED}),
+    S.PENDING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.EXPIRED}),
+    S.QUEUED: frozenset({S.ORDERED, S.FAILED, S.EXPIRED}),
+    S.APPROVED: frozenset({S.ORDERED, S.FAILED, S.EXPIRED}),
+    S.ORDERED: frozenset({S.FILLED, S.FAILED}),
+}
+# A decision by a person or a final outcome stamps ``decided_at``.
+_DECIDING = frozenset({S.FILTERED, S.APPROVED, S.REJECTED, S.EXPIRED, S.FILLED, S.FAILED})
+
+
+def push_sequence_next() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval('automations_signal_push_seq')")
+        return int(cursor.fetchone()[0])
+
+
+def signal_push(message: dict[str, Any]) -> None:
+    """Send one message to every connected trader. Never raises: clients re-sync on a gap."""
+    from channels.layers import get_channel_layer
+
+    try:
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(SIGNALS_GROUP, message)
+    except Exception:  # A dead channel layer must not undo or block a committed decision.
+        logger.exception("signal push failed (seq %s)", message.get("seq"))
+
+
+def _apply_transition(signal: Signal, to_status: str, *, actor_label: str, reason: str, actor: Any, now: datetime,
+                      insert: bool = False) -> Signal:
+    """Record one transition of a signal the caller holds locked (or just inserted)."""
+    from_status = signal.status
+    seq = push_sequence_next()
+    signal.status = to_status
+    signal.status_reason = reason
+    signal.sequence = seq
+    fields = ["status", "status_reason", "sequence"]
+    if to_status in _DECIDING:
+        signal.decided_at = now
+        fields.append("decided_at")
+    if insert:
+        signal.save(force_insert=True)
+    else:
+        signal.save(update_fields=fields)
+    SignalTransition.objects.create(signal=signal, at=now, from_status=from_status, to_status=to_status,
+                                    actor_label=actor_label, reason=reason, sequence=seq)
+    audit_event_record(
+        kind=AuditEvent.Kind.SIGNAL_STATE, actor=actor, actor_label=actor_label, subject=signal, reason=reason,
+        data={"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
+    )
+    message = {"type": "signal", "seq": seq, "signal": signal_payload(signal)}
+    transaction.on_commit(lambda: signal_push(message))
+    return signal
+
+
+@transaction.atomic
+def signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str = "", actor: Any = None) -> Signal:
+    """Move ``signal`` to ``to_status`` if the state machine allows it; raise DomainError otherwise.
+
+    The row is locked first and the legality judged on the locked state, so
+    two workers racing (the expiry sweep and an approval) cannot both win.
+    The passed instance is updated in place and returned.
+    """
+    locked = Signal.objects.select_for_update().get(pk=signal.pk)
+    now = timezone.now()
+    allowed = ALLOWED_TRANSITIONS.get(locked.status, frozenset())
+    if to_status not in allowed:
+        raise DomainError(
+            f"signal {locked.pk} cannot go from {locked.status} to {to_status}", code="illegal_transition"
+        )
+    if to_status == S.APPROVED and locked.expires_at is not None and locked.expires_at <= now:
+        raise DomainError(f"signal {locked.pk} expired at {locked.expires_at.isoformat()}; it cannot be approved",
+                          code="expired")
+    _apply_transition(locked, to_status, actor_label=actor_label, reason=reason, actor=actor, now=now)
+    for name in ("status", "status_reason", "sequence", "decided_at"):
+        setattr(signal, name, getattr(locked, name))
+    return signal
+
+
+@transaction.atomic
+def signal_create(*, automation: Automation, side: str, quantity: Decimal, limit_price: Decimal, reason: str,
+                  actor_label: str = "worker-detect", **context: Any) -> Signal:
+    """Insert a new signal (status ``new``) with its context and record its birth.
+
+    ``context`` holds the optional Signal fields (features, regime, bid, ask,
+    mid, spread_bps, market_ts, market_ts_ns, snapshot, created_at,
+    expires_at, needs_approval).
+    """
+    now = timezone.now()
+    context.setdefault("created_at", now)
+    context.setdefault("expires_at", context["created_at"] + timedelta(seconds=automation.signal_expiry_seconds))
+    signal = Signal(automation=automation, symbol=automation.symbol, side=side, quantity=quantity,
+                    limit_price=limit_price, reason=reason, status="", **context)
+    return _apply_transition(signal, S.NEW, actor_label=actor_label, reason=reason, actor=None, now=now, insert=True)
+
+
+def signals_expire(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Expire signals past ``expires_at`` that nobody acted on; return how many.
+
+    Pending approvals, and queued or approved signals that execution has not
+    taken, expire. Rows another worker holds locked (execution taking the
+    signal) are skipped and looked at again on the next sweep.
+    """
+    now = now or timezone.now()
+    expired = 0
+    ids = list(
+        Signal.objects.filter(status__in=[S.PENDING_APPROVAL, S.QUEUED, S.APPROVED], expires_at__lte=now)
+        .order_by("id").values_list("id", flat=True)[:limit]
+    )
+    for signal_id in ids:
+        with transaction.atomic():
+            locked = Signal.objects.select_for_update(skip_locked=True).filter(pk=signal_id).first()
+            if locked is None or S.EXPIRED not in ALLOWED_TRANSITIONS.get(locked.status, frozenset()):
+                continue
+            if locked.expires_at is None or locked.expires_at > now:
+                continue
+            age = (now - locked.created_at).total_seconds()
+            _apply_transition(locked, S.EXPIRED, actor_label="signal-expiry", actor=None, now=now,
+                              reason=f"not acted on within {locked.automation.signal_expiry_seconds} s (age {age:.0f} s)")
+            expired += 1
+    return expired
+
+
+# --- automations ----------------------------------------------------------------------
+
+_EDITABLE = ("name", "strategy", "parameters", "mode", "approval_threshold", "require_approval", "allowed_regimes",
+             "signal_expiry_seconds", "four_eyes", "snapshot_levels")
+
+
+def _require_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise DomainError("a reason is required for every change", code="reason_required", status_code=400)
+    return reason
+
+
+def _actor_label(actor: Any, actor_label: str) -> str:
+    if actor_label:
+        return actor_label
+    return actor.get_username() if getattr(actor, "is_authenticated", False) else "system"
+
+
+def _validated(values: dict[str, Any]) -> dict[str, Any]:
+    """Check every editable value; raise DomainError(400) naming the first bad field."""
+    clean = dict(values)
+    try:
+        strategy = get_strategy(clean["strategy"])
+        clean["parameters"] = strategy.params_as_json(strategy.validate_params(clean.get("parameters") or {}))
+    except (UnknownStrategy, InvalidParameters) as exc:
+        raise DomainError(str(exc), code="invalid_parameters", status_code=400) from exc
+    try:
+        clean["allowed_regimes"] = validate_allowed_regimes(clean.get("allowed_regimes") or {})
+    except ValueError as exc:
+        raise DomainError(f"allowed_regimes: {exc}", code="invalid_regimes", status_code=400) from exc
+    levels = clean.get("snapshot_levels", 20)
+    if not isinstance(levels, int) or not 1 <= levels <= MAX_SNAPSHOT_LEVELS:
+        raise DomainError(f"snapshot_levels must be between 1 and {MAX_SNAPSHOT_LEVELS}", code="invalid", status_code=400)
+    expiry = clean.get("signal_expiry_seconds", 120)
+    if not isinstance(expiry, int) or not 1 <= expiry <= 86_400:
+        raise DomainError("signal_expiry_seconds must be between 1 and 86400", code="invalid", status_code=400)
+    if clean.get("mode", Automation.Mode.PAPER) not in Automation.Mode.values:
+        raise DomainError(f"mode must be one of {Automation.Mode.values}", code="invalid", status_code=400)
+    return clean
+
+
+def _check_symbol(symbol: str) -> None:
+    from ingestion.models import Instrument
+
+    # Ingestion accepts every symbol while no instrument is configured, so do we.
+    known = set(Instrument.objects.filter(active=True).values_list("symbol", flat=True))
+    if known and symbol not in known:
+        raise DomainError(f"unknown symbol {symbol!r}; known: {', '.join(sorted(known))}", code="invalid", status_code=400)
+
+
+def _json_value(value: Any) -> Any:
+    return str(value) if isinstance(value, Decimal) else value
+
+
+@transaction.atomic
+def automation_create(*, actor: Any, reason: str, name: str, symbol: str, strategy: str, parameters: dict[str, Any],
+                      actor_label: str = "", **options: Any) -> Automation:
+    """Create an automation, paused; it trades only after an explicit resume."""
+    reason = _require_reason(reason)
+    unknown = set(options) - set(_EDITABLE)
+    if unknown:
+        raise DomainError(f"unknown fields: {', '.join(sorted(unknown))}", code="invalid", status_code=400)
+    if not name or not name.strip():
+        raise DomainError("name is required", code="invalid", status_code=400)
+    _check_symbol(symbol)
+    if Automation.objects.filter(name=name).exists():
+        raise DomainError(f"an automation named {name!r} exists", code="duplicate", status_code=400)
+    values = _validated({"strategy": strategy, "parameters": parameters, **options})
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    automation = Automation(name=name.strip(), symbol=symbol, status=Automation.Status.PAUSED, last_changed_by=user, **values)
+    automation._change_reason = reason
+    automation._history_user = user
+    automation.save()
+    audit_event_record(
+        kind=AuditEvent.Kind.CONFIG_CHANGE, actor=actor, actor_label=_actor_label(actor, actor_label), subject=automation,
+        reason=reason, data={"action": "create", "values": {k: _json_value(getattr(automation, k)) for k in ("symbol", *_EDITABLE)}},
+    )
+    return automation
+
+
+@transaction.atomic
+def automation_update(*, automation: Automation, actor: Any, reason: str, changes: dict[str, Any],
+                      actor_label: str = "") -> Automation:
+    """Change editable fields of an automation; the symbol and status are not editable here."""
+    reason = _require_reason(reason)
+    unknown = set(changes) - set(_EDITABLE)
+    if unknown:
+        raise DomainError(f"fields that cannot be changed here: {', '.join(sorted(unknown))}", code="invalid", status_code=400)
+    locked = Automation.objects.select_for_update().get(pk=automation.pk)
+    current = {name: getattr(locked, name) for name in _EDITABLE}
+    proposed = _validated({**current, **changes})
+    diff = {name: [_json_value(current[name]), _json_value(proposed[name])]
+            for name in _EDITABLE if proposed[name] != current[name]}
+    if not diff:
+        raise DomainError("nothing to change", code="no_change", status_code=400)
+    if "name" in diff and Automation.objects.filter(name=proposed["name"]).exclude(pk=locked.pk).exists():
+        raise DomainError(f"an automation named {proposed['name']!r} exists", code="duplicate", status_code=400)
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    for name in diff:
+        setattr(locked, name, proposed[name])
+    locked.last_changed_by = user
+    locked._change_reason = reason
+    locked._history_user = user
+    locked.save()
+    label = _actor_label(actor, actor_label)
+    audit_event_record(kind=AuditEvent.Kind.CONFIG_CHANGE, actor=actor, actor_label=label, subject=locked,
+                       reason=reason, data={"action": "update", "changes": diff})
+    if "mode" in diff:
+        audit_event_record(kind=AuditEvent.Kind.MODE_CHANGE, actor=actor, actor_label=label, subject=locked,
+                           reason=reason, data={"from": diff["mode"][0], "to": diff["mode"][1]})
+    return locked
+
+
+def _set_status(automation: Automation, *, to_status: str, allowed_from: tuple[str, ...], actor: Any, actor_label: str,
+                reason: str, action: str) -> Automation:
+    reason = _require_reason(reason)
+    locked = Automation.objects.select_for_update().get(pk=automation.pk)
+    if locked.status not in allowed_from:
+        raise DomainError(f"automation {locked.name} is {locked.status}; cannot {action}", code="illegal_state")
+    previous = locked.status
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    locked.status = to_status
+    locked._change_reason = reason
+    locked._history_user = user
+    locked.save(update_fields=["status", "updated_at"])
+    audit_event_record(kind=AuditEvent.Kind.AUTOMATION_STATE, actor=actor, actor_label=_actor_label(actor, actor_label),
+                       subject=locked, reason=reason, data={"action": action, "from": previous, "to": to_status})
+    automation.status = locked.status
+    return locked
+
+
+@transaction.atomic
+def automation_pause(*, automation: Automation, reason: str, actor: Any = None, actor_label: str = "") -> Automation:
+    return _set_status(automation, to_status=Automation.Status.PAUSED, allowed_from=(Automation.Status.ACTIVE,),
+                       actor=actor, actor_label=actor_label, reason=reason, action="pause")
+
+
+@transaction.atomic
+def automation_resume(*, automation: Automation, reason: str, actor: Any = None, actor_label: str = "") -> Automation:
+    """Resume a paused or halted automation, unless its circuit breaker is still tripped."""
+    from risk.models import RiskState
+
+    if RiskState.objects.filter(automation_id=automation.pk, tripped=True).exists():
+        raise DomainError(f"automation {automation.name} has a tripped breaker; a risk officer must reset it first",
+                          code="breaker_tripped")
+    return _set_status(automation, to_status=Automation.Status.ACTIVE,
+                       allowed_from=(Automation.Status.PAUSED, Automation.Status.HALTED),
+                       actor=actor, actor_label=actor_label, reason=reason, action="resume")
+
+
+# --- snapshot coverage ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SnapshotCoverage:
+    window_s: int
+    total: int
+    missing: int
+
+    @property
+    def ratio(self) -> float:
+        return self.missing / self.total if self.total else 0.0
+
+
+def snapshot_missing_ratio(*, window: timedelta = timedelta(hours=1), now: datetime | None = None) -> SnapshotCoverage:
+    """Signals created in ``(now - window, now]`` and how many of them have no L2 snapshot."""
+    from django.db.models import Count
+
+    now = now or timezone.now()
+    counts = Signal.objects.filter(created_at__gt=now - window, created_at__lte=now).aggregate(
+        total=Count("id"), missing=Count("id", filter=Q(snapshot__isnull=True)),
+    )
+    return SnapshotCoverage(window_s=int(window.total_seconds()), total=counts["total"], missing=counts["missing"])
+
+
+def alert_raise(*, kind: str, severity: str, subject: str, message: str, dedup_key: str | None = None) -> None:
+    """Raise an alert through risk when it is importable, else by task name after commit."""
+    try:
+        from risk.services import alert_raise as risk_alert_raise
+    except ImportError:
+        kwargs = {"kind": kind, "severity": severity, "subject": subject, "message": message, "dedup_key": dedup_key}
+        transaction.on_commit(lambda: current_app.send_task(ALERT_RAISE_TASK, kwargs=kwargs))
+        return
+    risk_alert_raise(kind=kind, severity=severity, subject=subject, message=message, dedup_key=dedup_key)
+
+
+@transaction.atomic
+def snapshot_coverage_check(*, now: datetime | None = None, threshold: float = SNAPSHOT_MISSING_ALERT_RATIO) -> list[SnapshotCoverage]:
+    """Compute the missing-snapshot share over the last hour and day; alert for each above ``threshold``."""
+    now = now or timezone.now()
+    results = []
+    for window in (timedelta(hours=1), timedelta(days=1)):
+        coverage = snapshot_missing_ratio(window=window, now=now)
+        results.append(coverage)
+        if coverage.ratio > threshold:
+            label = "hour" if window == timedelta(hours=1) else "day"
+            alert_raise(
+                kind="l2_snapshot_missing", severity="warning",
+                subject=f"{coverage.ratio:.1%} of signals lack an L2 snapshot (last {label})",
+                message=(f"{coverage.missing} of {coverage.total} signals in the last {label} have no order-book snapshot; "
+                         f"the limit is {threshold:.0%}. Check the ingest worker's book publishing."),
+                dedup_key=f"l2_snapshot_missing:{label}:{now:%Y%m%d%H}",
+            )
+    return results

@@ -1,0 +1,43 @@
+"""Celery tasks of the detect worker: thin wrappers that call one service each.
+
+All names start with ``detect_`` so ``trading.queues.TASK_ROUTES`` sends them
+to the ``detect`` queue. Beat schedule (set in the Celery app):
+``detect_expire_signals_task`` every 5 s, ``detect_snapshot_coverage_task``
+every minute, ``detect_snapshot_archive_task`` daily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from celery import shared_task
+
+from automations.detection import detect_symbol
+from automations.services import signals_expire, snapshot_coverage_check
+from automations.snapshots import snapshots_archive
+from trading import redis_keys
+from trading.redis_client import redis_client
+
+
+@shared_task(name="automations.tasks.detect_symbol_task", acks_late=True, time_limit=60, soft_time_limit=50)
+def detect_symbol_task(symbol: str) -> dict[str, Any]:
+    # Clear the coalescing flag first: data ingested from now on asks for a
+    # new detection, so nothing that arrives during this run is missed.
+    redis_client().delete(redis_keys.detect_pending(symbol))
+    return dataclasses.asdict(detect_symbol(symbol=symbol))
+
+
+@shared_task(name="automations.tasks.detect_expire_signals_task", time_limit=60)
+def detect_expire_signals_task() -> int:
+    return signals_expire()
+
+
+@shared_task(name="automations.tasks.detect_snapshot_coverage_task", time_limit=60)
+def detect_snapshot_coverage_task() -> list[dict[str, Any]]:
+    return [{**dataclasses.asdict(c), "ratio": c.ratio} for c in snapshot_coverage_check()]
+
+
+@shared_task(name="automations.tasks.detect_snapshot_archive_task", time_limit=3600)
+def detect_snapshot_archive_task(older_than_days: int = 90) -> dict[str, Any]:
+    return dataclasses.asdict(snapshots_archive(older_than_days=older_than_days))

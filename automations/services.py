@@ -36,6 +36,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit.history import acting_as
 from audit.models import AuditEvent
 from audit.services import audit_event_record
 from automations.models import Automation, Signal, SignalTransition
@@ -248,8 +249,8 @@ def automation_create(*, actor: Any, reason: str, name: str, symbol: str, strate
     user = actor if getattr(actor, "is_authenticated", False) else None
     automation = Automation(name=name.strip(), symbol=symbol, status=Automation.Status.PAUSED, last_changed_by=user, **values)
     automation._change_reason = reason
-    automation._history_user = user
-    automation.save()
+    with acting_as(user, reason, label=_actor_label(actor, actor_label)):
+        automation.save()
     audit_event_record(
         kind=AuditEvent.Kind.CONFIG_CHANGE, actor=actor, actor_label=_actor_label(actor, actor_label), subject=automation,
         reason=reason, data={"action": "create", "values": {k: _json_value(getattr(automation, k)) for k in ("symbol", *_EDITABLE)}},
@@ -279,8 +280,8 @@ def automation_update(*, automation: Automation, actor: Any, reason: str, change
         setattr(locked, name, proposed[name])
     locked.last_changed_by = user
     locked._change_reason = reason
-    locked._history_user = user
-    locked.save()
+    with acting_as(user, reason, label=_actor_label(actor, actor_label)):
+        locked.save()
     label = _actor_label(actor, actor_label)
     audit_event_record(kind=AuditEvent.Kind.CONFIG_CHANGE, actor=actor, actor_label=label, subject=locked,
                        reason=reason, data={"action": "update", "changes": diff})
@@ -300,8 +301,8 @@ def _set_status(automation: Automation, *, to_status: str, allowed_from: tuple[s
     user = actor if getattr(actor, "is_authenticated", False) else None
     locked.status = to_status
     locked._change_reason = reason
-    locked._history_user = user
-    locked.save(update_fields=["status", "updated_at"])
+    with acting_as(user, reason, label=_actor_label(actor, actor_label)):
+        locked.save(update_fields=["status", "updated_at"])
     audit_event_record(kind=AuditEvent.Kind.AUTOMATION_STATE, actor=actor, actor_label=_actor_label(actor, actor_label),
                        subject=locked, reason=reason, data={"action": action, "from": previous, "to": to_status})
     automation.status = locked.status

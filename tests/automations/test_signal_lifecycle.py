@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from automations.models import Signal, SignalTransition
+from automations.services import signal_create, signal_transition, signals_expire
+from tests.automations.conftest import make_automation
+from trading.api import DomainError
+
+pytestmark = pytest.mark.django_db
+
+S = Signal.Status
+LEGAL = [
+    (S.NEW, S.FILTERED), (S.NEW, S.PENDING_APPROVAL), (S.NEW, S.QUEUED),
+    (S.PENDING_APPROVAL, S.APPROVED), (S.PENDING_APPROVAL, S.REJECTED), (S.PENDING_APPROVAL, S.EXPIRED),
+    (S.QUEUED, S.ORDERED), (S.QUEUED, S.FAILED), (S.QUEUED, S.EXPIRED),
+    (S.APPROVED, S.ORDERED), (S.APPROVED, S.FAILED), (S.APPROVED, S.EXPIRED),
+    (S.ORDERED, S.FILLED), (S.ORDERED, S.FAILED),
+]
+LEGAL_SET = set(LEGAL)
+ILLEGAL = [(a, b) for a in S.values for b in S.values if (a, b) not in LEGAL_SET]
+
+# The shortest legal path from new to each state, to put a signal there honestly.
+PATH = {
+    S.NEW: [], S.FILTERED: [S.FILTERED], S.PENDING_APPROVAL: [S.PENDING_APPROVAL], S.QUEUED: [S.QUEUED],
+    S.APPROVED: [S.PENDING_APPROVAL, S.APPROVED], S.REJECTED: [S.PENDING_APPROVAL, S.REJECTED],
+    S.EXPIRED: [S.PENDING_APPROVAL, S.EXPIRED], S.ORDERED: [S.QUEUED, S.ORDERED],
+    S.FILLED: [S.QUEUED, S.ORDERED, S.FILLED], S.FAILED: [S.QUEUED, S.FAILED],
+}
+
+
+def new_signal(automation=None, **context):
+    automation = automation or make_automation()
+    return signal_create(automation=automation, side="buy", quantity=Decimal("0.01"), limit_price=Decimal("100.1"),
+                         reason="test", **context)
+
+
+def signal_in(status):
+    signal = new_signal()
+    for step in PATH[status]:
+        signal_transition(signal=signal, to_status=step, actor_label="test")
+    return signal
+
+
+@pytest.mark.parametrize(("src", "dst"), LEGAL)
+def test_it_allows_each_legal_transition_and_records_it(src, dst):
+    signal = signal_in(src)
+    events_before = AuditEvent.objects.filter(kind=AuditEvent.Kind.SIGNAL_STATE).count()
+    seq_before = signal.sequence
+
+    signal_transition(signal=signal, to_status=dst, actor_label="tester", reason="because")
+
+    stored = Signal.objects.get(pk=signal.pk)
+    assert stored.status == dst
+    assert stored.sequence > seq_before
+    last = SignalTransition.objects.filter(signal=signal).last()
+    assert (last.from_status, last.to_status, last.actor_label, last.reason) == (src, dst, "tester", "because")
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.SIGNAL_STATE).count() == events_before + 1
+    event = AuditEvent.objects.filter(kind=AuditEvent.Kind.SIGNAL_STATE).order_by("-id").first()
+    assert event.data["from"] == src and event.data["to"] == dst and event.subject_id == str(signal.pk)
+
+
+@pytest.mark.parametrize(("src", "dst"), ILLEGAL)
+def test_it_refuses_every_illegal_transition_and_changes_nothing(src, dst):
+    signal = signal_in(src)
+    transitions = SignalTransition.objects.filter(signal=signal).count()
+
+    with pytest.raises(DomainError):
+        signal_transition(signal=signal, to_status=dst, actor_label="tester")
+
+    assert Signal.objects.get(pk=signal.pk).status == src
+    assert SignalTransition.objects.filter(signal=signal).count() == transitions
+
+
+def test_it_records_the_birth_of_a_signal_as_a_transition_from_nothing():
+    signal = new_signal()
+    first = SignalTransition.objects.get(signal=signal)
+    assert (first.from_status, first.to_status) == ("", S.NEW)
+    assert signal.expires_at == signal.created_at + timedelta(seconds=120)
+
+
+def test_it_refuses_to_approve_a_pending_signal_past_its_expiry_even_before_the_sweep():
+    past = timezone.now() - timedelta(seconds=300)
+    signal = new_signal(created_at=past, expires_at=past + timedelta(seconds=120))
+    signal_transition(signal=signal, to_status=S.PENDING_APPROVAL, actor_label="test")
+
+    with pytest.raises(DomainError, match="expired"):
+        signal_transition(signal=signal, to_status=S.APPROVED, actor_label="trader")
+    assert Signal.objects.get(pk=signal.pk).status == S.PENDING_APPROVAL
+
+
+def test_it_expires_only_pending_signals_past_their_time_and_they_can_never_be_approved():
+    automation = make_automation(signal_expiry_seconds=60)
+    now = timezone.now()
+    old = new_signal(automation, created_at=now - timedelta(seconds=61))
+    fresh = new_signal(automation, created_at=now - timedelta(seconds=30))
+    for signal in (old, fresh):
+        signal_transition(signal=signal, to_status=S.PENDING_APPROVAL, actor_label="test")
+
+    assert signals_expire(now=now) == 1
+
+    assert Signal.objects.get(pk=old.pk).status == S.EXPIRED
+    assert Signal.objects.get(pk=fresh.pk).status == S.PENDING_APPROVAL
+    assert SignalTransition.objects.filter(signal=old).last().actor_label == "signal-expiry"
+    with pytest.raises(DomainError):
+        signal_transition(signal=old, to_status=S.APPROVED, actor_label="trader")
+
+
+def test_it_gives_each_change_a_larger_push_sequence():
+    signal = new_signal()
+    first = signal.sequence
+    signal_transition(signal=signal, to_status=S.PENDING_APPROVAL, actor_label="test")
+    second = signal.sequence
+    signal_transition(signal=signal, to_status=S.REJECTED, actor_label="test")
+    assert first < second < signal.sequence
+    assert list(SignalTransition.objects.filter(signal=signal).values_list("sequence", flat=True)) == [first, second, signal.sequence]

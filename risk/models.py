@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 from django.db import models
 from simple_history.models import HistoricalRecords
 
@@ -70,6 +72,14 @@ class RiskState(models.Model):
 
 
 class BreakerTrip(models.Model):
+    """One breach that stopped an automation (or everything, ``automation`` null).
+
+    ``trip_key`` is chosen before the row is written, so the same trip can be
+    written twice (in the caller's transaction and by the durable backup task)
+    and the unique constraint keeps exactly one.
+    """
+
+    trip_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     automation = models.ForeignKey(Automation, null=True, blank=True, on_delete=models.PROTECT, related_name="breaker_trips")
     limit = models.CharField(max_length=48)
     value = models.CharField(max_length=64)
@@ -82,9 +92,14 @@ class BreakerTrip(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        indexes = [models.Index(fields=["automation", "reset_at"], name="breaker_trip_open_idx")]
 
     def __str__(self) -> str:
         return f"{self.limit} tripped on {self.automation or 'global'}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.reset_at is None
 
 
 class KillSwitch(models.Model):
@@ -126,6 +141,9 @@ class Alert(models.Model):
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     dedup_key = models.CharField(max_length=200, blank=True, db_index=True)
+    delivered_channels = models.JSONField(
+        default=list, blank=True, help_text="Channels (webhook, email) already delivered, so a retry never repeats them."
+    )
 
     class Meta:
         ordering = ["-id"]

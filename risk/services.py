@@ -1,0 +1,897 @@
+"""Risk writes: limits, atomic pre-trade checks, breakers, the kill switch, alerts.
+
+Locking rules (every path follows them, so no two paths can deadlock each other):
+
+1. ``RiskState`` rows are locked with ``SELECT ... FOR UPDATE`` in primary-key
+   order. The global row is always created before any automation row, so in
+   practice the global row is locked first.
+2. ``Automation`` rows are only written after the risk-state rows are held.
+   A caller of ``pretrade_check``/``order_closed`` must not lock the
+   automation row ``FOR UPDATE`` before calling them (a plain read or the
+   implicit key-share lock of inserting an order is fine).
+3. The kill switch row is locked before the automations it halts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.services import audit_event_record
+from automations.models import Automation, Signal, SignalTransition
+from ingestion.types import Side
+from risk import rules
+from risk.models import Alert, BreakerTrip, KillSwitch, RiskLimit, RiskState
+from risk.selectors import (
+    LIMIT_FIELDS,
+    LIMIT_SETTING_FIELDS,
+    kill_switch_engaged,
+    risk_limits_for,
+    user_is_risk_officer,
+    user_may_engage_kill_switch,
+)
+from trading.api import DomainError
+from trading.queues import ORDERS_CANCEL_ALL_TASK
+
+logger = logging.getLogger(__name__)
+
+SIGNAL_WINDOW_S = 3600.0
+ORDER_WINDOW_S = 60.0
+# The limits that describe the day's record rather than the order at hand:
+# booking a fill re-checks only these.
+TRAILING_LIMITS = ("max_daily_loss", "max_drawdown", "max_consecutive_losses", "max_slippage_breaches_per_day")
+# Refusals that are not breaches of a limit: they refuse without tripping.
+REFUSAL_KILL_SWITCH = "kill_switch"
+REFUSAL_BREAKER_OPEN = "breaker_tripped"
+REFUSAL_NOT_ACTIVE = "automation_not_active"
+
+_KILL_SWITCH_SIGNAL_STATUSES = (
+    Signal.Status.PENDING_APPROVAL,
+    Signal.Status.QUEUED,
+    Signal.Status.APPROVED,
+)
+
+
+class AlertKind:
+    BREAKER_TRIP = "breaker_trip"
+    BREAKER_RESET = "breaker_reset"
+    AUTO_PAUSE = "auto_pause"
+    GLOBAL_HALT = "global_halt"
+    KILL_SWITCH_ON = "kill_switch_on"
+    KILL_SWITCH_OFF = "kill_switch_off"
+    CLOCK_DRIFT = "clock_drift"
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+
+def _require_reason(reason: str | None) -> str:
+    text = (reason or "").strip()
+    if not text:
+        raise DomainError("a reason is required", code="reason_required", status_code=400)
+    return text
+
+
+def _actor_parts(actor: Any) -> tuple[Any, str]:
+    """(user or None, label) from a user object or a plain label such as 'cli:alice'."""
+    if getattr(actor, "is_authenticated", False):
+        return actor, actor.get_username()
+    return None, str(actor or "system")
+
+
+def _advisory_key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+def _setting(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+def _today(now: datetime) -> date:
+    # The trading day is the UTC calendar day; timezone.now() is UTC.
+    return now.astimezone(UTC).date()
+
+
+def _fmt(value: Decimal | int | float) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return str(value)
+
+
+# ---------------------------------------------------------------------------
+# Limits
+# ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: str, **values: Any) -> RiskLimit:
+    """Change global (``automation=None``) or per-automation limits, with a reason.
+
+    ``values`` name ``RiskLimit`` limit fields; ``None`` clears a limit. The
+    values are validated by the breaker arithmetic itself (``LimitSet``), so
+    a limit the checks cannot use is refused before it is saved.
+    """
+    reason = _require_reason(reason)
+    unknown = sorted(set(values) - set(LIMIT_SETTING_FIELDS))
+    if unknown:
+        raise DomainError(f"unknown limit(s): {', '.join(unknown)}", code="invalid", status_code=400)
+    if not values:
+        raise DomainError("no limit to change", code="invalid", status_code=400)
+    user, label = _actor_parts(actor)
+    automation_id = automation.pk if automation is not None else None
+    RiskLimit.objects.bulk_create([RiskLimit(automation_id=automation_id)], ignore_conflicts=True)
+    row = RiskLimit.objects.select_for_update().get(
+        Q(automation_id=automation_id) if automation_id else Q(automation__isnull=True)
+    )
+    before = {name: getattr(row, name) for name in values}
+    for name, value in values.items():
+        if isinstance(value, float):
+            raise DomainError(f"{name} must be given as a Decimal or string, not a float", code="invalid", status_code=400)
+        setattr(row, name, value)
+    try:
+        rules.LimitSet(**{name: getattr(row, name) for name in LIMIT_FIELDS})
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise DomainError(f"invalid limit: {exc}", code="invalid", status_code=400) from exc
+    if row.slippage_breach_bps is None or Decimal(row.slippage_breach_bps) < 0:
+        raise DomainError("slippage_breach_bps must be zero or more", code="invalid", status_code=400)
+    row._change_reason = reason  # type: ignore[attr-defined]
+    if user is not None:
+        row._history_user = user  # type: ignore[attr-defined]
+    row.full_clean(exclude=["automation"])
+    row.save()
+    row.refresh_from_db()
+    after = {name: getattr(row, name) for name in values}
+    audit_event_record(
+        kind=AuditEvent.Kind.LIMIT_CHANGE,
+        actor=user,
+        actor_label=label,
+        subject=row,
+        reason=reason,
+        data={"scope": automation.name if automation else "global", "before": before, "after": after},
+    )
+    return row
+
+
+# ---------------------------------------------------------------------------
+# Risk state: locking, rollover, windows
+# ---------------------------------------------------------------------------
+
+
+def _states_lock(automation_id: int | None, now: datetime) -> tuple[RiskState, RiskState | None]:
+    """Lock the global and the automation's risk-state rows in pk order, creating them if missing."""
+    wanted = 2 if automation_id else 1
+
+    def load() -> list[RiskState]:
+        scope = Q(automation__isnull=True)
+        if automation_id:
+            scope |= Q(automation_id=automation_id)
+        return list(RiskState.objects.select_for_update().filter(scope).order_by("pk"))
+
+    rows = load()
+    if len(rows) < wanted:
+        # Insert-if-absent never blocks on an existing row; the global row is
+        # created first so that pk order puts it first for everyone.
+        today = _today(now)
+        RiskState.objects.bulk_create([RiskState(automation_id=None, trading_day=today)], ignore_conflicts=True)
+        if automation_id:
+            RiskState.objects.bulk_create([RiskState(automation_id=automation_id, trading_day=today)], ignore_conflicts=True)
+        rows = load()
+    global_row = next(r for r in rows if r.automation_id is None)
+    automation_row = next((r for r in rows if r.automation_id is not None), None)
+    return global_row, automation_row
+
+
+def _state_refresh(row: RiskState, now: datetime) -> None:
+    """Roll the trading day over and prune the rolling windows (row is locked)."""
+    today = _today(now)
+    if row.trading_day != today:
+        # A new UTC day starts a new daily record. The run of consecutive
+        # losses is not a daily counter: a losing streak does not end at
+        # midnight. A tripped breaker stays tripped until a person resets it.
+        row.trading_day = today
+        row.daily_realized_pnl = Decimal(0)
+        row.daily_peak_pnl = Decimal(0)
+        row.slippage_breaches_today = 0
+    now_s = now.timestamp()
+    row.signal_times = [t for t in row.signal_times if t > now_s - SIGNAL_WINDOW_S]
+    row.order_times = [t for t in row.order_times if t > now_s - ORDER_WINDOW_S]
+
+
+def _rules_state(row: RiskState) -> rules.RiskState:
+    return rules.RiskState(
+        signals_last_hour=len(row.signal_times),
+        orders_last_minute=len(row.order_times),
+        open_orders=row.open_orders,
+        daily_realized_pnl=Decimal(row.daily_realized_pnl),
+        daily_peak_pnl=Decimal(row.daily_peak_pnl),
+        consecutive_losses=row.consecutive_losses,
+        slippage_breaches_today=row.slippage_breaches_today,
+    )
+
+
+_STATE_FIELDS = [
+    "trading_day", "open_orders", "daily_realized_pnl", "daily_peak_pnl", "consecutive_losses",
+    "slippage_breaches_today", "signal_times", "order_times", "tripped",
+]
+
+
+def _state_save(*rows: RiskState | None) -> None:
+    for row in rows:
+        if row is not None:
+            row.save(update_fields=_STATE_FIELDS)
+
+
+def _globalize(breaches: Iterable[rules.Breach]) -> list[rules.Breach]:
+    return [replace(b, message=f"global limit: {b.message}") for b in breaches]
+
+
+def _open_trip_refusal(automation_id: int | None) -> rules.Breach:
+    scope = Q(automation_id=automation_id) if automation_id else Q(automation__isnull=True)
+    trip = BreakerTrip.objects.filter(scope, reset_at__isnull=True).order_by("-id").first()
+    where = "the global" if automation_id is None else "this automation's"
+    detail = f"{trip.limit} at {trip.tripped_at:%Y-%m-%d %H:%M:%S} UTC: {trip.message}" if trip else "reset pending"
+    return rules.Breach(
+        REFUSAL_BREAKER_OPEN, 1, 0,
+        f"{where} circuit breaker is tripped ({detail}); a risk officer must reset it",
+    )
+
+
+# ---------------------------------------------------------------------------
+# The checks
+# ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def pretrade_check(
+    *,
+    automation_id: int,
+    side: str,
+    quantity: Decimal,
+    limit_price: Decimal | None,
+    mid: Decimal | None,
+    actor_label: str = "worker-execute",
+) -> list[rules.Breach]:
+    """Check one order against every limit and reserve it, atomically.
+
+    Steps, all under the risk-state row locks (global, then the automation):
+
+    1. Roll the trading day over and prune the orders-per-minute window.
+    2. Refuse without tripping when the kill switch is on, a breaker is
+       already tripped, or the automation is not active.
+    3. Evaluate the global and the automation's limits with ``risk.rules``.
+    4. On any breach: trip the breaker(s) and return the breaches; the caller
+       marks the order rejected with the messages (and commits).
+    5. Otherwise reserve: ``open_orders += 1`` and the order time, on both rows.
+
+    Call it inside the order's transaction. The trip itself survives a
+    rollback of that transaction: see ``breaker_trip``.
+    """
+    now = timezone.now()
+    global_row, automation_row = _states_lock(automation_id, now)
+    assert automation_row is not None
+    _state_refresh(global_row, now)
+    _state_refresh(automation_row, now)
+
+    refusal: rules.Breach | None = None
+    if kill_switch_engaged():
+        refusal = rules.Breach(REFUSAL_KILL_SWITCH, 1, 0, "the kill switch is engaged: all trading is halted")
+    elif global_row.tripped:
+        refusal = _open_trip_refusal(None)
+    elif automation_row.tripped:
+        refusal = _open_trip_refusal(automation_id)
+    else:
+        status = Automation.objects.filter(pk=automation_id).values_list("status", flat=True).first()
+        if status != Automation.Status.ACTIVE:
+            refusal = rules.Breach(REFUSAL_NOT_ACTIVE, 0, 0, f"the automation is {status or 'missing'}, not active")
+    if refusal is not None:
+        _state_save(global_row, automation_row)
+        return [refusal]
+
+    global_limits, automation_limits, _ = risk_limits_for(automation_id)
+    order = rules.OrderCheck(
+        quantity=Decimal(quantity),
+        limit_price=Decimal(limit_price) if limit_price is not None else None,
+        side=Side(side),
+        mid=Decimal(mid) if mid is not None else None,
+    )
+    global_breaches = rules.check_order(global_limits, _rules_state(global_row), order)
+    automation_breaches = rules.check_order(automation_limits, _rules_state(automation_row), order)
+    if global_breaches or automation_breaches:
+        _state_save(global_row, automation_row)
+        if global_breaches:
+            breaker_trip(automation_id=None, breaches=global_breaches, actor_label=actor_label, state=global_row)
+        if automation_breaches:
+            breaker_trip(
+                automation_id=automation_id, breaches=automation_breaches, actor_label=actor_label, state=automation_row
+            )
+        return _globalize(global_breaches) + automation_breaches
+
+    now_s = now.timestamp()
+    for row in (global_row, automation_row):
+        row.open_orders += 1
+        row.order_times.append(now_s)
+    _state_save(global_row, automation_row)
+    return []
+
+
+@transaction.atomic
+def signal_rate_check(*, automation: Automation | int, actor_label: str = "worker-detect") -> rules.Breach | None:
+    """The signals-per-hour breaker, in the detect worker inside the signal's transaction.
+
+    Under the risk-state locks: prune the hour window, check the global and
+    the automation's hourly limits, and record this signal's time when it
+    passes. When it does not, trip the breaker and return the breach.
+    """
+    automation_id = automation if isinstance(automation, int) else automation.pk
+    now = timezone.now()
+    global_row, automation_row = _states_lock(automation_id, now)
+    assert automation_row is not None
+    _state_refresh(global_row, now)
+    _state_refresh(automation_row, now)
+    global_limits, automation_limits, _ = risk_limits_for(automation_id)
+    global_breaches = rules.check_signal(global_limits, _rules_state(global_row))
+    automation_breaches = rules.check_signal(automation_limits, _rules_state(automation_row))
+    if not global_breaches and not automation_breaches:
+        now_s = now.timestamp()
+        global_row.signal_times.append(now_s)
+        automation_row.signal_times.append(now_s)
+        _state_save(global_row, automation_row)
+        return None
+    _state_save(global_row, automation_row)
+    # A scope already tripped by this same limit is not tripped again: one
+    # runaway strategy makes one trip and one alert, not one per signal.
+    if global_breaches and not _open_trip_exists(None, global_breaches[0].limit):
+        breaker_trip(automation_id=None, breaches=global_breaches, actor_label=actor_label, state=global_row)
+    if automation_breaches and not _open_trip_exists(automation_id, automation_breaches[0].limit):
+        breaker_trip(automation_id=automation_id, breaches=automation_breaches, actor_label=actor_label, state=automation_row)
+    return (_globalize(global_breaches) + automation_breaches)[0]
+
+
+def _open_trip_exists(automation_id: int | None, limit: str) -> bool:
+    scope = Q(automation_id=automation_id) if automation_id else Q(automation__isnull=True)
+    return BreakerTrip.objects.filter(scope, limit=limit, reset_at__isnull=True).exists()
+
+
+@transaction.atomic
+def order_closed(
+    *, automation_id: int, realized_pnl: Decimal, slippage_breach: bool = False, actor_label: str = "worker-execute"
+) -> list[rules.Breach]:
+    """Release an order's reservation and book its realized PnL.
+
+    Call once per order when it reaches a final state (filled, cancelled,
+    rejected after reservation, failed). Books the PnL on the global and the
+    automation's day, updates the peak, the losing streak and the slippage
+    breach count, then re-checks the day's limits (loss, drawdown, losing
+    streak, slippage breaches); a breach trips the breaker. Returns the breaches.
+    """
+    pnl = Decimal(realized_pnl)
+    now = timezone.now()
+    global_row, automation_row = _states_lock(automation_id, now)
+    assert automation_row is not None
+    tripped: list[rules.Breach] = []
+    global_limits, automation_limits, _ = risk_limits_for(automation_id)
+    for row, limits in ((global_row, global_limits), (automation_row, automation_limits)):
+        _state_refresh(row, now)
+        row.open_orders = max(0, row.open_orders - 1)
+        after = rules.apply_fill_pnl(_rules_state(row), pnl)
+        row.daily_realized_pnl = after.daily_realized_pnl
+        row.daily_peak_pnl = after.daily_peak_pnl
+        row.consecutive_losses = after.consecutive_losses
+        if slippage_breach:
+            row.slippage_breaches_today += 1
+    _state_save(global_row, automation_row)
+    # Only the day's record is re-checked here; the order-shaped limits belong
+    # to the next order. With only the trailing limits set, the size of this
+    # stand-in order cannot breach anything.
+    empty = rules.OrderCheck(quantity=Decimal(1), limit_price=None, side=Side.BUY, mid=None)
+    for scope_id, row, limits in ((None, global_row, global_limits), (automation_id, automation_row, automation_limits)):
+        trailing = rules.LimitSet(**{name: getattr(limits, name) for name in TRAILING_LIMITS})
+        breaches = [b for b in rules.check_order(trailing, _rules_state(row), empty) if not row.tripped]
+        if breaches:
+            breaker_trip(automation_id=scope_id, breaches=breaches, actor_label=actor_label, state=row)
+            tripped.extend(_globalize(breaches) if scope_id is None else breaches)
+    return tripped
+
+
+# ---------------------------------------------------------------------------
+# Breakers
+# ---------------------------------------------------------------------------
+
+
+def breaker_trip(
+    *,
+    automation_id: int | None,
+    breaches: list[rules.Breach],
+    actor_label: str = "system",
+    state: RiskState | None = None,
+) -> list[BreakerTrip]:
+    """Record a trip per breach, stop the scope, and alert; durable even if the caller rolls back.
+
+    1. In the caller's transaction: BreakerTrip rows, ``RiskState.tripped``,
+       the automation paused (or every automation halted for a global limit),
+       audit events, alerts. When the caller commits (the normal path: it
+       commits the order's rejection), all of it lands at once.
+    2. Right away, not on commit, one ``risk.tasks.breaker_trip_ensure_task``
+       per trip carrying the same ``trip_key``. The detect worker inserts the
+       trip with that key: the insert waits on the unique index until the
+       caller's transaction ends; if the caller committed, the key exists and
+       the task does nothing; if the caller rolled back (crash, exception),
+       the task writes the trip and its effects in its own transaction.
+    """
+    now = timezone.now()
+    trips = [
+        BreakerTrip(
+            trip_key=uuid.uuid4(), automation_id=automation_id, limit=b.limit, value=_fmt(b.value),
+            threshold=_fmt(b.threshold), message=b.message, tripped_at=now,
+        )
+        for b in breaches
+    ]
+    with transaction.atomic():
+        for trip in trips:
+            trip.save(force_insert=True)
+        _trip_effects(automation_id=automation_id, trips=trips, actor_label=actor_label, state=state)
+    for trip in trips:
+        _send_trip_backup(trip)
+    return trips
+
+
+def _send_trip_backup(trip: BreakerTrip) -> None:
+    from risk.tasks import breaker_trip_ensure_task
+
+    payload = {
+        "trip_key": str(trip.trip_key), "automation_id": trip.automation_id, "limit": trip.limit,
+        "value": trip.value, "threshold": trip.threshold, "message": trip.message,
+        "tripped_at": trip.tripped_at.isoformat(),
+    }
+    try:
+        breaker_trip_ensure_task.apply_async(kwargs=payload, retry=False)
+    except Exception:  # noqa: BLE001 - the broker being down must not hide the trip itself
+        logger.exception("could not queue the durable copy of breaker trip %s", trip.trip_key)
+
+
+def breaker_trip_ensure(
+    *, trip_key: str, automation_id: int | None, limit: str, value: str, threshold: str, message: str, tripped_at: str,
+    actor_label: str = "worker-detect",
+) -> bool:
+    """Write a trip (and its effects) unless its original transaction already did. True if written here."""
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                trip = BreakerTrip.objects.create(
+                    trip_key=uuid.UUID(trip_key), automation_id=automation_id, limit=limit, value=value,
+                    threshold=threshold, message=message, tripped_at=datetime.fromisoformat(tripped_at),
+                )
+        except IntegrityError:
+            return False
+        now = timezone.now()
+        global_row, automation_row = _states_lock(automation_id, now)
+        state = automation_row if automation_id else global_row
+        _trip_effects(
+            automation_id=automation_id, trips=[trip], actor_label=actor_label, state=state,
+            note=" (recorded by the backup path: the order transaction was rolled back)",
+        )
+    return True
+
+
+def _trip_effects(
+    *, automation_id: int | None, trips: list[BreakerTrip], actor_label: str, state: RiskState | None, note: str = ""
+) -> None:
+    if state is not None and not state.tripped:
+        state.tripped = True
+        state.save(update_fields=["tripped"])
+    elif state is None:
+        scope = Q(automation_id=automation_id) if automation_id else Q(automation__isnull=True)
+        RiskState.objects.filter(scope).update(tripped=True)
+    name = "global"
+    if automation_id is not None:
+        name = Automation.objects.filter(pk=automation_id).values_list("name", flat=True).first() or str(automation_id)
+    summary = "; ".join(t.message for t in trips)
+    for trip in trips:
+        audit_event_record(
+            kind=AuditEvent.Kind.BREAKER_TRIP, actor_label=actor_label, subject=trip, reason=trip.message + note,
+            data={"limit": trip.limit, "value": trip.value, "threshold": trip.threshold, "scope": name,
+                  "trip_key": str(trip.trip_key)},
+        )
+    alert_raise(
+        kind=AlertKind.BREAKER_TRIP, severity=Alert.Severity.CRITICAL,
+        subject=f"Breaker tripped: {', '.join(t.limit for t in trips)} on {name}",
+        message=summary + note,
+        dedup_key=f"breaker:{automation_id or 'global'}:{','.join(sorted(t.limit for t in trips))}",
+    )
+    reason = f"circuit breaker tripped: {summary}"
+    if automation_id is None:
+        halted = automations_halt_all(reason=reason, actor_label=actor_label)
+        if halted:
+            alert_raise(
+                kind=AlertKind.GLOBAL_HALT, severity=Alert.Severity.CRITICAL,
+                subject=f"All automations halted by a global breaker ({len(halted)})",
+                message=reason + note, dedup_key=f"global-halt:{','.join(sorted(t.limit for t in trips))}",
+            )
+    else:
+        automation = Automation.objects.filter(pk=automation_id).first()
+        if automation is not None and automation.status == Automation.Status.ACTIVE and automation_status_set(
+            automation=automation, status=Automation.Status.PAUSED, reason=reason, actor_label=actor_label
+        ):
+            alert_raise(
+                kind=AlertKind.AUTO_PAUSE, severity=Alert.Severity.WARNING,
+                subject=f"Automation {automation.name} auto-paused",
+                message=reason + note, dedup_key=f"auto-pause:{automation_id}",
+            )
+
+
+def automation_status_set(*, automation: Automation, status: str, reason: str, actor_label: str, actor: Any = None) -> bool:
+    """Change an automation's status with a versioned reason and an audit event. False if unchanged.
+
+    The automations app owns the trader-facing pause/resume; this is the
+    risk layer's own stop, used by breakers and the kill switch.
+    """
+    before = automation.status
+    if before == status:
+        return False
+    automation.status = status
+    automation._change_reason = reason  # type: ignore[attr-defined]
+    user, _ = _actor_parts(actor)
+    if user is not None:
+        automation._history_user = user  # type: ignore[attr-defined]
+    automation.save(update_fields=["status", "updated_at"])
+    audit_event_record(
+        kind=AuditEvent.Kind.AUTOMATION_STATE, actor=user, actor_label=actor_label, subject=automation, reason=reason,
+        data={"from": before, "to": status},
+    )
+    return True
+
+
+def automations_halt_all(*, reason: str, actor_label: str, actor: Any = None) -> list[int]:
+    """Halt every automation not already halted (rows locked in pk order). Returns their ids."""
+    halted = []
+    for automation in Automation.objects.select_for_update().exclude(status=Automation.Status.HALTED).order_by("pk"):
+        automation_status_set(
+            automation=automation, status=Automation.Status.HALTED, reason=reason, actor_label=actor_label, actor=actor
+        )
+        halted.append(automation.pk)
+    return halted
+
+
+def otp_verify(*, user: Any, token: str) -> bool:
+    """True when ``token`` is a fresh code of one of the user's confirmed TOTP devices.
+
+    django-otp rejects a code whose time step was already used and throttles
+    repeated failures; both are saved on the device in their own writes.
+    """
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    token = (token or "").strip()
+    if not token or not getattr(user, "is_authenticated", False):
+        return False
+    return any(device.verify_token(token) for device in TOTPDevice.objects.devices_for_user(user, confirmed=True))
+
+
+def _refuse(*, user: Any, kind: str, reason: str, message: str, code: str, status_code: int, data: dict | None = None) -> None:
+    # The refusal is audited in its own transaction so raising cannot undo it.
+    audit_event_record(kind=kind, actor=user, reason=reason, data={"refused": message, **(data or {})})
+    raise DomainError(message, code=code, status_code=status_code)
+
+
+def breaker_reset(*, trip: BreakerTrip, user: Any, otp_token: str, reason: str) -> BreakerTrip:
+    """Reset a tripped breaker: risk-officer role, a fresh TOTP and a reason. Audited.
+
+    Resetting does not resume the automation: it stays paused (or halted)
+    until someone resumes it deliberately, so a reset never restarts trading
+    by itself.
+    """
+    if not user_is_risk_officer(user):
+        _refuse(user=user, kind=AuditEvent.Kind.PERMISSION_DENIED, reason=reason or "",
+                message="only a risk officer may reset a breaker", code="forbidden", status_code=403,
+                data={"trip": trip.pk})
+    reason = _require_reason(reason)
+    if not otp_verify(user=user, token=otp_token):
+        _refuse(user=user, kind=AuditEvent.Kind.OTP_FAILED, reason=reason,
+                message="the one-time password is not valid (or was already used)", code="otp_invalid",
+                status_code=403, data={"trip": trip.pk, "action": "breaker_reset"})
+    with transaction.atomic():
+        global_row, automation_row = _states_lock(trip.automation_id, timezone.now())
+        locked = BreakerTrip.objects.select_for_update().get(pk=trip.pk)
+        if locked.reset_at is not None:
+            raise DomainError(f"this breaker was already reset by {locked.reset_by}", code="already_reset")
+        locked.reset_at = timezone.now()
+        locked.reset_by = user.get_username()
+        locked.reset_reason = reason
+        locked.save(update_fields=["reset_at", "reset_by", "reset_reason"])
+        state = automation_row if trip.automation_id else global_row
+        scope = Q(automation_id=trip.automation_id) if trip.automation_id else Q(automation__isnull=True)
+        still_open = BreakerTrip.objects.filter(scope, reset_at__isnull=True).exists()
+        if not still_open and state.tripped:
+            state.tripped = False
+            state.save(update_fields=["tripped"])
+        audit_event_record(
+            kind=AuditEvent.Kind.BREAKER_RESET, actor=user, subject=locked, reason=reason,
+            data={"limit": locked.limit, "scope": str(locked.automation or "global"), "breaker_clear": not still_open},
+        )
+        alert_raise(
+            kind=AlertKind.BREAKER_RESET, severity=Alert.Severity.INFO,
+            subject=f"Breaker reset: {locked.limit} on {locked.automation or 'global'}",
+            message=f"reset by {locked.reset_by}: {reason}",
+        )
+    return locked
+
+
+# ---------------------------------------------------------------------------
+# Kill switch
+# ---------------------------------------------------------------------------
+
+
+def _kill_switch_lock() -> KillSwitch:
+    KillSwitch.objects.bulk_create([KillSwitch(pk=1, engaged=False)], ignore_conflicts=True)
+    return KillSwitch.objects.select_for_update().get(pk=1)
+
+
+def _signals_stop(*, reason: str, actor_label: str, actor: Any) -> list[int]:
+    """Expire every signal waiting to trade; a signal still ``new`` is filtered (its only legal way out)."""
+    stopped: list[int] = []
+    try:
+        from automations.services import signal_transition  # type: ignore[attr-defined]
+    except ImportError:
+        signal_transition = None
+    now = timezone.now()
+    waiting = (*_KILL_SWITCH_SIGNAL_STATUSES, Signal.Status.NEW)
+    for signal in Signal.objects.select_for_update().filter(status__in=waiting).order_by("pk"):
+        to_status = Signal.Status.FILTERED if signal.status == Signal.Status.NEW else Signal.Status.EXPIRED
+        if signal_transition is not None:
+            signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor)
+        else:
+            SignalTransition.objects.create(
+                signal=signal, at=now, from_status=signal.status, to_status=to_status, actor_label=actor_label, reason=reason
+            )
+            signal.status = to_status
+            signal.status_reason = reason
+            signal.decided_at = signal.decided_at or now
+            signal.save(update_fields=["status", "status_reason", "decided_at"])
+        stopped.append(signal.pk)
+    return stopped
+
+
+def _cancel_all_send(reason: str) -> None:
+    from trading.celery import app
+
+    app.send_task(ORDERS_CANCEL_ALL_TASK, args=[reason])
+
+
+@transaction.atomic
+def kill_switch_engage(*, actor: Any, reason: str) -> KillSwitch:
+    """Stop everything: halt every automation, stop waiting signals, cancel every open order.
+
+    1. Lock the kill switch row and turn it on (versioned, with the reason).
+       From this commit on, ``kill_switch_engaged()`` is true and the execute
+       worker refuses any order.
+    2. Halt every automation (status ``halted``, versioned, audited).
+    3. Expire every signal pending approval, queued or approved.
+    4. Audit, alert, and on commit send ``execution.tasks.orders_cancel_all_task``
+       by name to the execute worker, which cancels every open order at the broker.
+
+    Engaging again while engaged repeats steps 2 to 4 (a fresh sweep).
+    """
+    reason = _require_reason(reason)
+    user, label = _actor_parts(actor)
+    started = time.monotonic()
+    switch = _kill_switch_lock()
+    was_engaged = switch.engaged
+    switch.engaged = True
+    switch.reason = reason
+    switch.changed_at = timezone.now()
+    switch.changed_by = label
+    switch._change_reason = reason  # type: ignore[attr-defined]
+    if user is not None:
+        switch._history_user = user  # type: ignore[attr-defined]
+    switch.save()
+    halt_reason = f"kill switch engaged by {label}: {reason}"
+    halted = automations_halt_all(reason=halt_reason, actor_label=label, actor=user)
+    stopped = _signals_stop(reason=halt_reason, actor_label=label, actor=user)
+    audit_event_record(
+        kind=AuditEvent.Kind.KILL_SWITCH, actor=user, actor_label=label, subject=switch, reason=reason,
+        data={"engaged": True, "was_engaged": was_engaged, "automations_halted": halted, "signals_stopped": stopped},
+    )
+    alert_raise(
+        kind=AlertKind.KILL_SWITCH_ON, severity=Alert.Severity.CRITICAL,
+        subject=f"KILL SWITCH ENGAGED by {label}",
+        message=f"{reason}\nAutomations halted: {len(halted)}. Signals stopped: {len(stopped)}. "
+                f"Cancelling every open order.",
+    )
+    transaction.on_commit(lambda: _cancel_all_send(halt_reason))
+    logger.warning("kill switch engaged by %s in %.1f ms: %s", label, (time.monotonic() - started) * 1e3, reason)
+    return switch
+
+
+@transaction.atomic
+def kill_switch_release(*, actor: Any, reason: str) -> KillSwitch:
+    """Turn the kill switch off. Automations stay halted: each is resumed deliberately."""
+    reason = _require_reason(reason)
+    user, label = _actor_parts(actor)
+    switch = _kill_switch_lock()
+    if not switch.engaged:
+        raise DomainError("the kill switch is not engaged", code="not_engaged")
+    switch.engaged = False
+    switch.reason = reason
+    switch.changed_at = timezone.now()
+    switch.changed_by = label
+    switch._change_reason = reason  # type: ignore[attr-defined]
+    if user is not None:
+        switch._history_user = user  # type: ignore[attr-defined]
+    switch.save()
+    audit_event_record(
+        kind=AuditEvent.Kind.KILL_SWITCH, actor=user, actor_label=label, subject=switch, reason=reason,
+        data={"engaged": False},
+    )
+    alert_raise(
+        kind=AlertKind.KILL_SWITCH_OFF, severity=Alert.Severity.WARNING,
+        subject=f"Kill switch released by {label}",
+        message=f"{reason}\nAutomations remain halted until each is resumed.",
+    )
+    return switch
+
+
+def kill_switch_engage_by_user(*, user: Any, reason: str) -> KillSwitch:
+    """The UI/API/admin path: any trader or risk officer may stop trading."""
+    if not user_may_engage_kill_switch(user):
+        _refuse(user=user, kind=AuditEvent.Kind.PERMISSION_DENIED, reason=reason or "",
+                message="only a trader or a risk officer may engage the kill switch", code="forbidden", status_code=403)
+    return kill_switch_engage(actor=user, reason=reason)
+
+
+def kill_switch_release_by_user(*, user: Any, reason: str, otp_token: str) -> KillSwitch:
+    """The UI/API/admin path: only a risk officer with a fresh TOTP may restart trading."""
+    if not user_is_risk_officer(user):
+        _refuse(user=user, kind=AuditEvent.Kind.PERMISSION_DENIED, reason=reason or "",
+                message="only a risk officer may release the kill switch", code="forbidden", status_code=403)
+    reason = _require_reason(reason)
+    if not otp_verify(user=user, token=otp_token):
+        _refuse(user=user, kind=AuditEvent.Kind.OTP_FAILED, reason=reason,
+                message="the one-time password is not valid (or was already used)", code="otp_invalid",
+                status_code=403, data={"action": "kill_switch_release"})
+    return kill_switch_release(actor=user, reason=reason)
+
+
+# ---------------------------------------------------------------------------
+# Alerts
+# ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def alert_raise(*, kind: str, severity: str, subject: str, message: str, dedup_key: str | None = None) -> Alert:
+    """Record an alert and deliver it after commit; an alert with the same key inside the window is reused."""
+    if severity not in Alert.Severity.values:
+        raise ValueError(f"unknown severity {severity!r}")
+    now = timezone.now()
+    key = (dedup_key or "")[:200]
+    if key:
+        window = float(_setting("ALERT_DEDUP_SECONDS", 300))
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_advisory_key("alert:" + key)])
+        existing = (
+            Alert.objects.filter(dedup_key=key, created_at__gte=now - timedelta(seconds=window))
+            .order_by("-id").first()
+        )
+        if existing is not None:
+            return existing
+    alert = Alert.objects.create(
+        kind=kind[:48], severity=severity, subject=subject[:200], message=message, created_at=now, dedup_key=key
+    )
+    transaction.on_commit(lambda: _alert_delivery_enqueue(alert.pk))
+    return alert
+
+
+def _alert_delivery_enqueue(alert_id: int) -> None:
+    from risk.tasks import alert_deliver_task
+
+    try:
+        alert_deliver_task.apply_async(args=[alert_id], retry=False)
+    except Exception:  # noqa: BLE001 - the alert row stays pending; alerts_redeliver_pending picks it up
+        logger.exception("could not queue delivery of alert %s", alert_id)
+
+
+def _slack_payload(alert: Alert) -> dict[str, Any]:
+    colour = {"critical": "#d40e0d", "warning": "#f2c744", "info": "#2eb886"}.get(alert.severity, "#888888")
+    text = f"[{alert.severity.upper()}] {alert.subject}"
+    return {
+        "text": text,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": text[:150]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": alert.message[:2900] or "-"}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text":
+                f"kind `{alert.kind}` · alert #{alert.pk} · {alert.created_at:%Y-%m-%d %H:%M:%S} UTC"}]},
+        ],
+        "attachments": [{"color": colour, "fallback": text}],
+    }
+
+
+def _webhook_send(url: str, alert: Alert) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("ALERT_WEBHOOK_URL must be an http(s) URL")
+    response = requests.post(url, json=_slack_payload(alert), timeout=float(_setting("ALERT_WEBHOOK_TIMEOUT_S", 5)))
+    if response.status_code >= 300:
+        raise RuntimeError(f"webhook answered {response.status_code}: {response.text[:200]}")
+
+
+def _email_send(recipients: list[str], alert: Alert) -> None:
+    body = f"{alert.message}\n\nkind: {alert.kind}\nseverity: {alert.severity}\nraised: {alert.created_at.isoformat()}\n"
+    send_mail(
+        subject=f"[{alert.severity.upper()}] {alert.subject}", message=body,
+        from_email=settings.DEFAULT_FROM_EMAIL, recipient_list=recipients, fail_silently=False,
+    )
+
+
+def alert_deliver(*, alert_id: int) -> str:
+    """One delivery attempt on every channel not yet delivered. Returns the new delivery state.
+
+    The network calls happen outside any transaction; only the outcome is
+    written, under the row lock. ``pending`` means "try again later".
+    """
+    alert = Alert.objects.get(pk=alert_id)
+    if alert.delivery_state != Alert.Delivery.PENDING:
+        return alert.delivery_state
+    webhook = _setting("ALERT_WEBHOOK_URL", "") or ""
+    emails = list(_setting("ALERT_EMAILS", []) or [])
+    channels = {"webhook": bool(webhook), "email": bool(emails)}
+    configured = [name for name, on in channels.items() if on]
+    done = set(alert.delivered_channels)
+    errors: list[str] = []
+    for name in configured:
+        if name in done:
+            continue
+        try:
+            if name == "webhook":
+                _webhook_send(webhook, alert)
+            else:
+                _email_send(emails, alert)
+            done.add(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a channel is retried
+            errors.append(f"{name}: {exc}"[:500])
+    max_attempts = int(_setting("ALERT_MAX_ATTEMPTS", 6))
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().get(pk=alert_id)
+        alert.attempts += 1
+        alert.delivered_channels = sorted(done | set(alert.delivered_channels))
+        if not configured:
+            alert.delivery_state = Alert.Delivery.NOT_CONFIGURED
+        elif not errors:
+            alert.delivery_state = Alert.Delivery.DELIVERED
+            alert.delivered_at = timezone.now()
+            alert.last_error = ""
+        else:
+            alert.last_error = "; ".join(errors)
+            alert.delivery_state = Alert.Delivery.FAILED if alert.attempts >= max_attempts else Alert.Delivery.PENDING
+        alert.save(update_fields=["attempts", "delivered_channels", "delivery_state", "delivered_at", "last_error"])
+    if alert.delivery_state == Alert.Delivery.FAILED:
+        logger.error("alert %s could not be delivered after %s attempts: %s", alert_id, alert.attempts, alert.last_error)
+    return alert.delivery_state
+
+
+def alert_retry_delay_s(attempts: int) -> float:
+    """Exponential backoff between delivery attempts: base * 2^(attempts-1), capped."""
+    base = float(_setting("ALERT_RETRY_BASE_S", 2))
+    return min(base * (2 ** max(0, attempts - 1)), float(_setting("ALERT_RETRY_MAX_S", 300)))
+
+
+def alerts_redeliver_pending(*, older_than_s: float = 600) -> int:
+    """Queue delivery again for alerts stuck pending (e.g. the broker was down). Returns how many."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    ids = list(Alert.objects.filter(delivery_state=Alert.Delivery.PENDING, created_at__lt=cutoff).values_list("pk", flat=True)[:500])
+    for alert_id in ids:
+        _alert_delivery_enqueue(alert_id)
+    return len(ids)

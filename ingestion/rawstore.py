@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import mmap
@@ -71,6 +72,7 @@ _LINK = struct.Struct(">32sQQ32s")
 _LEAF = struct.Struct(">QQ32s")
 SEGMENT_HEADER_SIZE = _SEG_HDR.size
 FRAME_HEADER_SIZE = _FRAME.size
+
 
 def _fast_sha256() -> Any:
     """Pick CPython's built-in SHA-256 over OpenSSL's for short messages.
@@ -620,9 +622,7 @@ class RawWriter:
         self._chain = chain
         return RawRef(self.stream, seq)
 
-    def append_many(
-        self, payloads: Sequence[bytes], *, recv_ns: Sequence[int] | int | None = None
-    ) -> list[RawRef]:
+    def append_many(self, payloads: Sequence[bytes], *, recv_ns: Sequence[int] | int | None = None) -> list[RawRef]:
         """Append a batch with one write per segment touched (normally one).
 
         With ``recv_ns=None`` the whole batch gets one receive time, now: the
@@ -652,9 +652,7 @@ class RawWriter:
                 if ts0 >= self._day_end or self._fd is None:
                     self._roll(ts0)
                 try:
-                    buf, stop, self_seq, chain = _frame_var(
-                        payloads, recv_ns, start, self._day_end, self._seq, self._chain
-                    )
+                    buf, stop, self_seq, chain = _frame_var(payloads, recv_ns, start, self._day_end, self._seq, self._chain)
                 except struct.error as exc:
                     raise ValueError(f"recv_ns must be non-negative 64-bit ints: {exc}") from exc
                 self._write(buf)
@@ -663,7 +661,18 @@ class RawWriter:
         return _refs(self.stream, first, self._seq)
 
     def flush(self) -> None:
-        """Force what was written to stable storage (appends already reach the OS on return)."""
+        """Make sure appended records are as durable as the store promises.
+
+        Every append is one ``write`` to the kernel before it returns, so a
+        crash of this process loses nothing already appended and there is no
+        user-space buffer to flush. Surviving power loss is the store's
+        ``fsync`` option (each append then fsyncs); ``sync()`` forces it once.
+        """
+        if self._fd is not None and self._fsync:
+            os.fsync(self._fd)
+
+    def sync(self) -> None:
+        """fsync the open segment now, whatever the store's ``fsync`` option."""
         if self._fd is not None:
             os.fsync(self._fd)
 
@@ -827,8 +836,7 @@ class RawStore:
             header = _read_header(buf)
             if header is None:
                 raise CorruptTailError(
-                    f"segment {rel} has no valid header ({len(buf)} bytes); run repair_tail({stream!r}) "
-                    "if it is a crash leftover"
+                    f"segment {rel} has no valid header ({len(buf)} bytes); run repair_tail({stream!r}) if it is a crash leftover"
                 )
             first_seq, start_chain = header
             frames, tail = _parse_frames(buf)
@@ -880,8 +888,7 @@ class RawStore:
                         return 0
                     if tail.kind == "bad_magic":
                         raise CorruptTailError(
-                            f"segment {rel} has a corrupt frame at offset {tail.offset}; not a crash leftover, "
-                            "left untouched"
+                            f"segment {rel} has a corrupt frame at offset {tail.offset}; not a crash leftover, left untouched"
                         )
                     cut, good = size - tail.offset, tail.offset
             if good == 0:
@@ -946,8 +953,7 @@ class RawStore:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise DayBusyError(
-                    f"day {day} still has an open writer; a writer leaves a day on its first record of a later "
-                    "day or on close"
+                    f"day {day} still has an open writer; a writer leaves a day on its first record of a later day or on close"
                 ) from None
             if self.is_sealed(day):
                 raise SealedDayError(f"day {day} is already sealed")
@@ -1033,7 +1039,7 @@ class RawStore:
                         "first segment of the stream does not start from the stream's genesis chain",
                     )
                 )
-            for a, b in zip(chain, chain[1:], strict=False):
+            for a, b in itertools.pairwise(chain):
                 report.problems.extend(_check_continuity(a, b))
         return report
 
@@ -1081,7 +1087,9 @@ class RawStore:
                 )
                 continue
 
-            def mismatch(what: str, sealed: object, found: object, seq: int | None = None) -> None:
+            def mismatch(
+                what: str, sealed: object, found: object, seq: int | None = None, seg: _SegSummary = seg, stream: str = stream
+            ) -> None:
                 problems.append(
                     Problem(
                         ProblemKind.MANIFEST_MISMATCH,
@@ -1204,8 +1212,7 @@ def verify_raw_main(root: Path | str, day: date | None, all_days: bool, *, out: 
         print(f"OK: {scope}: {report.segments} segment(s), {report.records} record(s) intact", file=out)
         return 0
     print(
-        f"FAILED: {scope}: {len(report.problems)} problem(s) in {report.segments} segment(s), "
-        f"{report.records} record(s)",
+        f"FAILED: {scope}: {len(report.problems)} problem(s) in {report.segments} segment(s), {report.records} record(s)",
         file=out,
     )
     return 1

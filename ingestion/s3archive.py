@@ -203,9 +203,7 @@ class S3Archive:
             report.checked.append(self._checked(key, version, digest, report))
             if digest != sm.file_sha256 or size != sm.bytes:
                 report.problems.append(
-                    ArchiveProblem(
-                        key, version, f"archived bytes ({size}, sha256 {digest}) differ from the manifest"
-                    )
+                    ArchiveProblem(key, version, f"archived bytes ({size}, sha256 {digest}) differ from the manifest")
                 )
         return report
 
@@ -237,7 +235,5 @@ class S3Archive:
         head = self.client.head_object(Bucket=self.bucket, Key=key, VersionId=version)
         until = head.get("ObjectLockRetainUntilDate")
         if head.get("ObjectLockMode") != "COMPLIANCE" or until is None or until <= datetime.now(UTC):
-            report.problems.append(
-                ArchiveProblem(key, version, f"not under COMPLIANCE lock (mode {head.get('ObjectLockMode')})")
-            )
+            report.problems.append(ArchiveProblem(key, version, f"not under COMPLIANCE lock (mode {head.get('ObjectLockMode')})"))
         return ArchivedObject(key, version, sha_hex, until)

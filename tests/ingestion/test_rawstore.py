@@ -40,10 +40,7 @@ NS_PER_DAY = 86_400 * 1_000_000_000
 
 
 def quote(i: int) -> bytes:
-    return (
-        b'{"e":"bookTicker","u":%d,"s":"BTCUSDT","b":"9735.%02d","B":"1.234","a":"9735.70","A":"0.5"}'
-        % (i, i % 100)
-    )
+    return b'{"e":"bookTicker","u":%d,"s":"BTCUSDT","b":"9735.%02d","B":"1.234","a":"9735.70","A":"0.5"}' % (i, i % 100)
 
 
 def seg_path(root: Path, day: date, stream: str) -> Path:

@@ -83,9 +83,7 @@ def test_it_refuses_a_bucket_created_without_object_lock(archive: S3Archive) -> 
         plain.ensure_bucket()
 
 
-def test_it_uploads_each_sealed_segment_and_the_manifest_under_compliance_lock(
-    archive: S3Archive, sealed: RawStore
-) -> None:
+def test_it_uploads_each_sealed_segment_and_the_manifest_under_compliance_lock(archive: S3Archive, sealed: RawStore) -> None:
     uploaded = archive.upload_sealed_day(sealed, DAY)
 
     keys = [o.key for o in uploaded]

@@ -1063,19 +1063,19 @@ class RawStore:
                 Problem(ProblemKind.MANIFEST_MISMATCH, rel_manifest, "-", None, f"manifest is for day {manifest.day}")
             )
         for stream in sorted(set(actual) - set(manifest.streams)):
-            seg = actual[stream]
+            extra = actual[stream]
             problems.append(
                 Problem(
                     ProblemKind.RECORD_INSERTED,
-                    seg.rel,
+                    extra.rel,
                     stream,
-                    seg.first_seq,
+                    extra.first_seq,
                     "segment appeared after the day was sealed (not in the manifest)",
                 )
             )
         for stream, sm in sorted(manifest.streams.items()):
-            seg = actual.get(stream)
-            if seg is None:
+            found_seg = actual.get(stream)
+            if found_seg is None:
                 problems.append(
                     Problem(
                         ProblemKind.RECORD_DELETED,
@@ -1086,6 +1086,7 @@ class RawStore:
                     )
                 )
                 continue
+            seg = found_seg
 
             def mismatch(
                 what: str, sealed: object, found: object, seq: int | None = None, seg: _SegSummary = seg, stream: str = stream
@@ -1114,7 +1115,7 @@ class RawStore:
                     ("segment", sm.segment, seg.rel),
                 ):
                     if sealed != found:
-                        seq = found if what in ("first_seq", "last_seq") else None
+                        seq = found if isinstance(found, int) and what in ("first_seq", "last_seq") else None
                         mismatch(f"manifest edited ({what}; the segment still matches its sealed file hash)",
                                  sealed, found, seq)  # fmt: skip
                 continue

@@ -1,7 +1,30 @@
 from __future__ import annotations
 
+import pgtrigger
 from django.conf import settings
+from django.contrib.auth.models import Group
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
+from simple_history.models import HistoricalRecords
+
+# The guard every append-only table carries. Row triggers refuse UPDATE and
+# DELETE; a statement trigger refuses TRUNCATE. The TRUNCATE guard yields only
+# when the session sets fp.audit_allow_truncate = 'on', which the test
+# database sets for itself (Django flushes test tables with TRUNCATE); the
+# application role has no TRUNCATE privilege in any case (setup_db_roles).
+TRUNCATE_GUARD_SQL = (
+    "IF current_setting('fp.audit_allow_truncate', true) = 'on' THEN RETURN NULL; END IF; "
+    "RAISE EXCEPTION 'append-only: cannot truncate table %', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';"
+)
+
+
+def append_only_triggers(prefix: str) -> list[pgtrigger.Trigger]:
+    return [
+        pgtrigger.Protect(name=f"{prefix}_no_update", operation=pgtrigger.Update),
+        pgtrigger.Protect(name=f"{prefix}_no_delete", operation=pgtrigger.Delete),
+        pgtrigger.Trigger(name=f"{prefix}_no_truncate", operation=pgtrigger.Truncate, level=pgtrigger.Statement,
+                          when=pgtrigger.Before, func=TRUNCATE_GUARD_SQL),
+    ]
 
 
 class AuditEvent(models.Model):
@@ -32,6 +55,8 @@ class AuditEvent(models.Model):
         LIMIT_CHANGE = "limit_change", "Limit change"
         EXPORT = "export", "Export"
         ALERT = "alert", "Alert"
+        ROLE_CHANGE = "role_change", "Role change"
+        HISTORY = "history", "Versioned change"
         SYSTEM = "system", "System"
 
     at = models.DateTimeField(db_index=True)
@@ -51,7 +76,37 @@ class AuditEvent(models.Model):
             models.Index(fields=["subject_type", "subject_id", "id"], name="audit_subject_idx"),
             models.Index(fields=["actor", "id"], name="audit_actor_idx"),
             models.Index(fields=["kind", "id"], name="audit_kind_idx"),
+            # Reason-text search (admin "contains") on millions of rows.
+            GinIndex(fields=["reason"], opclasses=["gin_trgm_ops"], name="audit_reason_trgm"),
         ]
+        permissions = [
+            ("export_records", "Can export audit events and history"),
+            ("verify_records", "Can run the audit chain verification"),
+        ]
+        triggers = append_only_triggers("audit_event")
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind} {self.subject_type}:{self.subject_id}"
+
+
+class RoleAssignment(models.Model):
+    """A user's membership of a role (a ``Group``), versioned with who granted it and why.
+
+    ``auth.User.groups`` is the membership Django checks; this row mirrors it
+    so that grants and revocations have a history row with a reason and an
+    actor, which the bare many-to-many table cannot carry. Change roles only
+    through ``audit.services.role_assign`` / ``role_revoke``.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="role_assignments")
+    role = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="assignments")
+    active = models.BooleanField(default=True)
+    changed_at = models.DateTimeField()
+
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "role"], name="role_assignment_once")]
+
+    def __str__(self) -> str:
+        return f"{self.user} as {self.role} ({'active' if self.active else 'revoked'})"

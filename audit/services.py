@@ -1,28 +1,55 @@
-"""The one write path for audit events."""
+"""The one write path for audit events, roles and the refusals of unauthorized changes."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from django.db import connection, models, transaction
+from celery import current_app
+from django.contrib.auth.models import Group
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.utils import timezone
 
-from audit.models import AuditEvent
+from audit.history import acting_as, current_label, current_user
+from audit.models import AuditEvent, RoleAssignment
+
+logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
 # One advisory lock serialises appends to the chain across every process.
 _CHAIN_LOCK_KEY = 0x46505F4155444954  # "FP_AUDIT"
+ALERT_RAISE_TASK = "risk.tasks.alert_raise_task"
 
 
 def audit_event_hash(*, prev_hash: str, at_iso: str, actor_id: int | None, actor_label: str, kind: str,
                      subject_type: str, subject_id: str, reason: str, data: Any) -> str:
+    """SHA-256 of an event's canonical content, chained to the previous event's hash."""
     canonical = json.dumps(
         [prev_hash, at_iso, actor_id, actor_label, kind, subject_type, subject_id, reason, data],
         sort_keys=True, separators=(",", ":"), default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _event_fields(*, kind: str, actor: Any, actor_label: str, subject: models.Model | None, subject_type: str,
+                  subject_id: str | int, reason: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    if subject is not None:
+        subject_type = subject._meta.label_lower
+        subject_id = subject.pk
+    if actor is None:
+        # Fall back on whoever the code runs for: acting_as(), then the request's user.
+        actor = current_user()
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    label = actor_label or (user.get_username() if user else "") or current_label() or "system"
+    # JSON round trip: what is hashed is exactly what PostgreSQL stores and returns.
+    payload = json.loads(json.dumps(data or {}, default=str))
+    return {"kind": str(kind), "user": user, "label": label[:150], "subject_type": subject_type[:64],
+            "subject_id": str(subject_id)[:64], "reason": reason or "", "data": payload}
 
 
 @transaction.atomic
@@ -37,25 +64,175 @@ def audit_event_record(
     reason: str = "",
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one event to the hash-chained audit log, in the caller's transaction."""
-    if subject is not None:
-        subject_type = subject._meta.label_lower
-        subject_id = subject.pk
-    user = actor if getattr(actor, "is_authenticated", False) else None
-    label = actor_label or (user.get_username() if user else "system")
-    payload = json.loads(json.dumps(data or {}, default=str))
+    """Append one event to the hash-chained audit log, in the caller's transaction.
+
+    The chain lock is a transaction-level advisory lock: it is held until the
+    caller commits, so the next writer reads this event as the chain's head.
+    """
+    f = _event_fields(kind=kind, actor=actor, actor_label=actor_label, subject=subject, subject_type=subject_type,
+                      subject_id=subject_id, reason=reason, data=data)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
     last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
     prev_hash = last or GENESIS_HASH
     at = timezone.now()
+    user = f["user"]
     event = AuditEvent(
-        at=at, actor=user, actor_label=label, kind=kind, subject_type=subject_type,
-        subject_id=str(subject_id), reason=reason, data=payload, prev_hash=prev_hash,
+        at=at, actor=user, actor_label=f["label"], kind=f["kind"], subject_type=f["subject_type"],
+        subject_id=f["subject_id"], reason=f["reason"], data=f["data"], prev_hash=prev_hash,
     )
     event.hash = audit_event_hash(
-        prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=label,
-        kind=kind, subject_type=subject_type, subject_id=str(subject_id), reason=reason, data=payload,
+        prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
+        kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"], data=f["data"],
     )
     event.save(force_insert=True)
     return event
+
+
+def audit_event_record_autonomous(**kwargs: Any) -> bool:
+    """Record an event that must survive the rollback of the caller's transaction.
+
+    A refused change rolls its transaction back, yet the refusal itself must
+    stay on record. The event is written on a separate connection in its own
+    committed transaction. When that is impossible (the caller's transaction
+    holds the chain lock, or references rows not yet committed), the event is
+    recorded in the caller's transaction instead and an error is logged.
+    Returns True when the event was committed independently.
+    """
+    f = _event_fields(**{"subject": None, "subject_type": "", "subject_id": "", "reason": "", "data": None,
+                         "actor": None, "actor_label": "", **kwargs})
+    user = f["user"]
+    if connection.in_atomic_block and _holds_chain_lock():
+        # Our own open transaction holds the chain lock: a second connection
+        # would wait for it forever. Record in-band and say so.
+        logger.error("audit: %s recorded in the caller's transaction (it holds the chain lock)", f["kind"])
+        audit_event_record(kind=f["kind"], actor=user, actor_label=f["label"], subject_type=f["subject_type"],
+                           subject_id=f["subject_id"], reason=f["reason"], data=f["data"])
+        return False
+    other = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        other.ensure_connection()
+        other.set_autocommit(False)
+        with other.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+            cursor.execute(f"SELECT hash FROM {AuditEvent._meta.db_table} ORDER BY id DESC LIMIT 1")
+            row = cursor.fetchone()
+            prev_hash = row[0] if row else GENESIS_HASH
+            at = timezone.now()
+            digest = audit_event_hash(
+                prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
+                kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"],
+                data=f["data"],
+            )
+            cursor.execute(
+                f"INSERT INTO {AuditEvent._meta.db_table} (at, actor_id, actor_label, kind, subject_type, subject_id,"
+                " reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
+                [at, user.pk if user else None, f["label"], f["kind"], f["subject_type"], f["subject_id"], f["reason"],
+                 json.dumps(f["data"]), prev_hash, digest],
+            )
+        other.commit()
+        return True
+    except Exception:
+        logger.exception("audit: could not record %s on its own connection; recording it in the caller's transaction",
+                         f["kind"])
+        try:
+            other.rollback()
+        except Exception:  # pragma: no cover - the connection may already be broken
+            logger.debug("audit: rollback of the autonomous connection failed", exc_info=True)
+        audit_event_record(kind=f["kind"], actor=user, actor_label=f["label"], subject_type=f["subject_type"],
+                           subject_id=f["subject_id"], reason=f["reason"], data=f["data"])
+        return False
+    finally:
+        other.close()
+
+
+def _holds_chain_lock() -> bool:
+    high, low = (_CHAIN_LOCK_KEY >> 32) & 0xFFFFFFFF, _CHAIN_LOCK_KEY & 0xFFFFFFFF
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                       "AND classid = %s AND objid = %s AND objsubid = 1 AND granted)", [high, low])
+        return bool(cursor.fetchone()[0])
+
+
+def alert_send(*, kind: str, severity: str, subject: str, message: str, dedup_key: str | None = None) -> None:
+    """Hand an alert to risk's alert task by name (audit is a base layer and imports no risk)."""
+    try:
+        current_app.send_task(ALERT_RAISE_TASK, kwargs={"kind": kind, "severity": severity, "subject": subject,
+                                                        "message": message, "dedup_key": dedup_key})
+    except Exception:
+        logger.exception("audit: could not enqueue alert %s: %s", kind, subject)
+
+
+def alert_raise_on_commit(*, kind: str, severity: str, subject: str, message: str, dedup_key: str | None = None,
+                          immediate: bool = False) -> None:
+    """Raise an alert once the transaction that decided it commits (or now, when it was committed elsewhere)."""
+    def send() -> None:
+        alert_send(kind=kind, severity=severity, subject=subject, message=message, dedup_key=dedup_key)
+
+    if immediate:
+        send()
+    else:
+        transaction.on_commit(send, robust=True)
+
+
+@transaction.atomic
+def role_assign(*, user: Any, role: str, reason: str, actor: Any = None) -> RoleAssignment:
+    """Grant ``role`` (a group name) to ``user``, versioned with ``actor`` and ``reason``."""
+    group = Group.objects.get(name=role)
+    with acting_as(actor, reason, label=current_label() or "system"), _managed_roles():
+        assignment = RoleAssignment.objects.filter(user=user, role=group).first()
+        if assignment is None:
+            assignment = RoleAssignment(user=user, role=group)
+        assignment.active = True
+        assignment.changed_at = timezone.now()
+        assignment.save()
+        user.groups.add(group)
+        audit_event_record(kind=AuditEvent.Kind.ROLE_CHANGE, actor=actor, subject=assignment, reason=reason,
+                           data={"user": user.get_username(), "role": role, "action": "grant"})
+    return assignment
+
+
+@transaction.atomic
+def role_revoke(*, user: Any, role: str, reason: str, actor: Any = None) -> RoleAssignment | None:
+    """Withdraw ``role`` from ``user``; the assignment row stays, inactive, with its history."""
+    group = Group.objects.get(name=role)
+    with acting_as(actor, reason, label=current_label() or "system"), _managed_roles():
+        assignment = RoleAssignment.objects.filter(user=user, role=group).first()
+        if assignment is not None:
+            assignment.active = False
+            assignment.changed_at = timezone.now()
+            assignment.save()
+        user.groups.remove(group)
+        audit_event_record(kind=AuditEvent.Kind.ROLE_CHANGE, actor=actor, subject_type="auth.user",
+                           subject_id=user.pk, reason=reason,
+                           data={"user": user.get_username(), "role": role, "action": "revoke"})
+    return assignment
+
+
+# Group changes made outside role_assign / role_revoke are recorded and alerted.
+_roles_managed: contextvars.ContextVar[bool] = contextvars.ContextVar("fp_roles_managed", default=False)
+
+
+@contextmanager
+def _managed_roles() -> Iterator[None]:
+    token = _roles_managed.set(True)
+    try:
+        yield
+    finally:
+        _roles_managed.reset(token)
+
+
+def user_groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
+    """m2m_changed receiver on ``User.groups``: a membership change outside the role services."""
+    if _roles_managed.get() or action not in ("post_add", "post_remove", "post_clear"):
+        return
+    label = "auth.group" if reverse else "auth.user"
+    audit_event_record(
+        kind=AuditEvent.Kind.ROLE_CHANGE, subject_type=label, subject_id=instance.pk,
+        reason="", data={"action": action, "ids": sorted(pk_set or []), "unmanaged": True},
+    )
+    alert_raise_on_commit(kind="unauthorized_config_change", severity="warning",
+                          subject=f"Role membership changed outside role_assign ({label} {instance.pk})",
+                          message=f"{action} on {label} {instance.pk}: {sorted(pk_set or [])} without a recorded reason.",
+                          dedup_key=f"role_unmanaged:{label}:{instance.pk}")

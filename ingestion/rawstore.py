@@ -592,7 +592,7 @@ class RawWriter:
         self._day = None
         self._day_end = -1
 
-    def _write(self, buf: bytes) -> None:
+    def _write(self, buf: bytes | bytearray) -> None:
         assert self._fd is not None
         try:
             _write_all(self._fd, buf)
@@ -693,36 +693,39 @@ class RawWriter:
             self.close()
 
 
-def _frame_const(payloads: Sequence[bytes], ts: int, seq: int, chain: bytes) -> tuple[bytes, int, bytes]:
-    """Frame a batch sharing one receive time: the hot path, kept to two hashes, two packs, two appends."""
+def _frame_const(payloads: Sequence[bytes], ts: int, seq: int, chain: bytes) -> tuple[bytearray, int, bytes]:
+    """Frame a batch sharing one receive time: the hot path.
+
+    Per record: two hashes, two packs and two in-place extends of one
+    bytearray (measured a few per cent cheaper in CPU time than collecting
+    parts for ``b"".join``), then one write for the whole batch.
+    """
     sha = _sha256
+    long_sha = _sha256_long
     link = _LINK.pack
     frame = _FRAME.pack
     magic = FRAME_MAGIC
-    parts: list[bytes] = []
-    put = parts.append
-    long_sha = _sha256_long
+    buf = bytearray()
     for p in payloads:
         seq += 1
         n = len(p)
         d = (sha if n < _LONG_PAYLOAD else long_sha)(p).digest()
         chain = sha(link(chain, seq, ts, d)).digest()
-        put(frame(magic, n, seq, ts, d, chain))
-        put(p)
-    return b"".join(parts), seq, chain
+        buf += frame(magic, n, seq, ts, d, chain)
+        buf += p
+    return buf, seq, chain
 
 
 def _frame_var(
     payloads: Sequence[bytes], stamps: Sequence[int], start: int, day_end: int, seq: int, chain: bytes
-) -> tuple[bytes, int, int, bytes]:
+) -> tuple[bytearray, int, int, bytes]:
     """Frame from ``start`` until the first record that belongs to a later day; return where it stopped."""
     sha = _sha256
+    long_sha = _sha256_long
     link = _LINK.pack
     frame = _FRAME.pack
     magic = FRAME_MAGIC
-    parts: list[bytes] = []
-    put = parts.append
-    long_sha = _sha256_long
+    buf = bytearray()
     i = start
     n = len(payloads)
     while i < n:
@@ -734,13 +737,13 @@ def _frame_var(
         plen = len(p)
         d = (sha if plen < _LONG_PAYLOAD else long_sha)(p).digest()
         chain = sha(link(chain, seq, ts, d)).digest()
-        put(frame(magic, plen, seq, ts, d, chain))
-        put(p)
+        buf += frame(magic, plen, seq, ts, d, chain)
+        buf += p
         i += 1
-    return b"".join(parts), i, seq, chain
+    return buf, i, seq, chain
 
 
-def _write_all(fd: int, buf: bytes) -> None:
+def _write_all(fd: int, buf: bytes | bytearray) -> None:
     written = os.write(fd, buf)
     if written == len(buf):
         return

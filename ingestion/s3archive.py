@@ -158,8 +158,11 @@ class S3Archive:
         )
         return ArchivedObject(key, resp["VersionId"], sha_hex, retain_until)
 
-    def verify_day(self, day: date, *, manifest: Manifest | None = None) -> ArchiveReport:
+    def verify_day(self, day: date, *, store: RawStore | None = None, manifest: Manifest | None = None) -> ArchiveReport:
         """Compare the archived originals of a day with its manifest.
+
+        ``store`` (or an explicit ``manifest``) adds the local sealed manifest
+        to the comparison, so a local edit and an archive edit both show.
 
         Steps:
         1. Take the oldest version of the archived MANIFEST.json as the sealed
@@ -170,6 +173,8 @@ class S3Archive:
            (someone overwrote or hid it), and any original not locked in
            COMPLIANCE mode.
         """
+        if manifest is None and store is not None and store.is_sealed(day):
+            manifest = store.load_manifest(day)
         report = ArchiveReport(day=day)
         rel_manifest = f"{day:%Y/%m/%d}/{MANIFEST_NAME}"
         manifest_key = self.key(rel_manifest)

@@ -14,6 +14,8 @@ import json
 import os
 import stat
 import struct
+import subprocess
+import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -299,6 +301,25 @@ def test_it_refuses_a_second_writer_on_one_stream(tmp_path: Path) -> None:
     other.close()
     with store.writer("sim") as again:
         assert again.append(b"x", recv_ns=DAY_NS) == RawRef("sim", 1)
+
+
+def test_it_refuses_a_writer_in_another_process(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys\n"
+        "from ingestion.rawstore import RawStore, StreamLockedError\n"
+        "try:\n"
+        f"    RawStore({str(tmp_path)!r}).writer('binance')\n"
+        "except StreamLockedError as exc:\n"
+        "    print(exc); sys.exit(3)\n"
+    )
+    with RawStore(tmp_path).writer("binance"):
+        held = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
+    free = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
+
+    assert held.returncode == 3
+    assert "already has a writer" in held.stdout
+    assert free.returncode == 0, free.stderr
 
 
 def test_it_refuses_to_append_to_a_sealed_day(tmp_path: Path) -> None:

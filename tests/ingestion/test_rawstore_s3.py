@@ -94,7 +94,7 @@ def test_it_uploads_each_sealed_segment_and_the_manifest_under_compliance_lock(a
     head = archive.client.head_object(Bucket=archive.bucket, Key="raw/2024/03/05/sim.seg")
     assert head["ObjectLockMode"] == "COMPLIANCE"
     assert head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(days=29)
-    report = archive.verify_day(DAY, manifest=sealed.load_manifest(DAY))
+    report = archive.verify_day(DAY, store=sealed)
     assert report.ok, report.problems
     assert len(report.checked) == 3
 

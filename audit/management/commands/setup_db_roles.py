@@ -32,6 +32,9 @@ def append_only_tables() -> list[str]:
 
 @transaction.atomic
 def db_roles_setup(*, app_role: str = "fp_app", owner_role: str = "fp_owner", app_password: str | None = None) -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        # Deferred foreign-key checks pending in this transaction would block the DDL below.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     for model in history_models():
         protect_history_model(model)
     with connection.cursor() as cursor:

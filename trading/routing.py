@@ -1,3 +1,5 @@
 from __future__ import annotations
 
-websocket_urlpatterns: list = []
+from automations.routing import websocket_urlpatterns as automation_routes
+
+websocket_urlpatterns: list = [*automation_routes]

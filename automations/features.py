@@ -20,8 +20,8 @@ strategies convert to ``Decimal`` only when they build an order intent.
 from __future__ import annotations
 
 import math
-from functools import cached_property
 from decimal import Decimal
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,9 +57,7 @@ def spread_bps(bid: np.ndarray, ask: np.ndarray) -> np.ndarray:
     return np.where(mid > 0, out, np.nan)
 
 
-def microprice(
-    bid: np.ndarray, ask: np.ndarray, bid_size: np.ndarray, ask_size: np.ndarray
-) -> np.ndarray:
+def microprice(bid: np.ndarray, ask: np.ndarray, bid_size: np.ndarray, ask_size: np.ndarray) -> np.ndarray:
     """Size-weighted mid (Stoikov's weighted mid): leans to the side with less size.
 
     ``(bid * ask_size + ask * bid_size) / (bid_size + ask_size)``. A heavy bid
@@ -308,7 +306,12 @@ class FeatureFrame:
         hit = self._cache.get(key)
         if hit is None:
             values = getattr(self, name)[-(window + 1) : -1]
-            hit = (float(values.mean()), float(values.std()))
+            # Two-pass mean and variance by hand: numerically the same as
+            # ndarray.std(ddof=0) but without its per-call overhead, which
+            # dominates on windows of a few hundred quotes.
+            mean = float(values.sum()) / window
+            centred = values - mean
+            hit = (mean, math.sqrt(float(centred.dot(centred)) / window))
             self._cache[key] = hit
         return hit
 
@@ -328,8 +331,8 @@ class FeatureFrame:
         hit = self._cache.get(key)
         if hit is None:
             ts = self.t_ts_ns
-            lo = int(np.searchsorted(ts, self.now_ns - window_ns, side="right"))
-            hi = int(np.searchsorted(ts, self.now_ns, side="right"))
+            lo = int(ts.searchsorted(self.now_ns - window_ns, side="right"))
+            hi = int(ts.searchsorted(self.now_ns, side="right"))
             if hi <= lo:
                 hit = (0.0, 0.0, 0)
             else:
@@ -345,11 +348,25 @@ class FeatureFrame:
             self._cache[key] = l2_imbalance(self.book, levels)
         return self._cache[key]
 
+    @cached_property
+    def last_bid(self) -> float:
+        return float(self.bid[-1])
+
+    @cached_property
+    def last_ask(self) -> float:
+        return float(self.ask[-1])
+
+    def materialize(self) -> FeatureFrame:
+        """Compute every quote and trade array now (for benchmarks and for sharing across threads)."""
+        for name in ("ts_ns", "mid", "spread_bps", "microprice", "tob_imbalance", "t_cum_signed", "t_cum_size"):
+            getattr(self, name)
+        return self
+
     def last_bid_decimal(self) -> Decimal:
-        return Decimal(repr(float(self.bid[-1])))
+        return Decimal(repr(self.last_bid))
 
     def last_ask_decimal(self) -> Decimal:
-        return Decimal(repr(float(self.ask[-1])))
+        return Decimal(repr(self.last_ask))
 
 
 def compute_features(window: MarketWindow) -> FeatureFrame:

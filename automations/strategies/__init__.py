@@ -26,18 +26,14 @@ class UnknownStrategy(ValueError):
     """No strategy is registered under that name."""
 
 
-STRATEGIES: dict[str, Strategy] = {
-    s.name: s for s in (MicropriceReversion(), ImbalanceBreakout(), TradeFlowMomentum())
-}
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (MicropriceReversion(), ImbalanceBreakout(), TradeFlowMomentum())}
 
 
 def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
     except (KeyError, TypeError):
-        raise UnknownStrategy(
-            f"unknown strategy {name!r}; registered: {', '.join(sorted(STRATEGIES))}"
-        ) from None
+        raise UnknownStrategy(f"unknown strategy {name!r}; registered: {', '.join(sorted(STRATEGIES))}") from None
 
 
 def validate_params(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -142,9 +142,7 @@ def _coerce(spec: ParamSpec, value: Any) -> tuple[Any, str | None]:
 
 
 def _kind_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", Decimal: "a decimal number"}.get(
-        kind, "a string"
-    )
+    return {int: "an integer", float: "a number", Decimal: "a decimal number"}.get(kind, "a string")
 
 
 def _range_error(spec: ParamSpec, value: Any) -> str | None:
@@ -165,9 +163,14 @@ def _range_error(spec: ParamSpec, value: Any) -> str | None:
 class Strategy(Protocol):
     """What the detect worker and the backtester rely on."""
 
-    name: str
-    description: str
-    param_spec: Sequence[ParamSpec]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def param_spec(self) -> Sequence[ParamSpec]: ...
 
     def validate_params(self, raw: Mapping[str, Any]) -> dict[str, Any]: ...
 
@@ -294,7 +297,7 @@ class BaseStrategy:
         feats = features if features is not None else compute_features(window)
         if feats.n_quotes < self.min_history(params):
             return []
-        bid, ask = float(feats.bid[-1]), float(feats.ask[-1])
+        bid, ask = feats.last_bid, feats.last_ask
         # A crossed, locked or empty book gives no trustworthy price to lean on.
         if not (bid > 0 and ask > 0 and bid < ask):
             return []
@@ -317,9 +320,7 @@ class BaseStrategy:
             )
         ]
 
-    def _decide(
-        self, feats: FeatureFrame, params: Mapping[str, Any]
-    ) -> tuple[Side, str, dict[str, float]] | None:
+    def _decide(self, feats: FeatureFrame, params: Mapping[str, Any]) -> tuple[Side, str, dict[str, float]] | None:
         raise NotImplementedError
 
 

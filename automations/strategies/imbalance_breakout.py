@@ -56,9 +56,7 @@ class ImbalanceBreakout(BaseStrategy):
     def min_history(self, params: Mapping[str, Any]) -> int:
         return int(params["lookback"]) + 1
 
-    def _decide(
-        self, feats: FeatureFrame, params: Mapping[str, Any]
-    ) -> tuple[Side, str, dict[str, float]] | None:
+    def _decide(self, feats: FeatureFrame, params: Mapping[str, Any]) -> tuple[Side, str, dict[str, float]] | None:
         lookback = int(params["lookback"])
         high, low = feats.tail_high_low("mid", lookback)
         mid = float(feats.mid[-1])
@@ -71,25 +69,19 @@ class ImbalanceBreakout(BaseStrategy):
             return None
         levels = int(params["book_levels"])
         if levels == 0:
-            imbalance: float | None = float(feats.tob_imbalance[-1])
+            imbalance = float(feats.tob_imbalance[-1])
             source = "top-of-book"
         else:
-            imbalance = feats.l2_imbalance(levels)
-            source = f"L2 {levels}-level"
-            if imbalance is None:
+            l2 = feats.l2_imbalance(levels)
+            if l2 is None:
                 return None
+            imbalance, source = l2, f"L2 {levels}-level"
         threshold = params["imbalance_threshold"]
         values = {"mid": mid, "high": high, "low": low, "imbalance": imbalance, "book_levels": float(levels)}
         if direction > 0 and imbalance >= threshold:
-            reason = (
-                f"mid {mid:g} broke {lookback}-quote high {high:g}; "
-                f"{source} imbalance {imbalance:.2f} >= {threshold:g}"
-            )
+            reason = f"mid {mid:g} broke {lookback}-quote high {high:g}; {source} imbalance {imbalance:.2f} >= {threshold:g}"
             return Side.BUY, reason, values
         if direction < 0 and imbalance <= -threshold:
-            reason = (
-                f"mid {mid:g} broke {lookback}-quote low {low:g}; "
-                f"{source} imbalance {imbalance:.2f} <= -{threshold:g}"
-            )
+            reason = f"mid {mid:g} broke {lookback}-quote low {low:g}; {source} imbalance {imbalance:.2f} <= -{threshold:g}"
             return Side.SELL, reason, values
         return None

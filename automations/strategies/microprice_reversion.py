@@ -43,9 +43,7 @@ class MicropriceReversion(BaseStrategy):
     def min_history(self, params: Mapping[str, Any]) -> int:
         return int(params["window"]) + 1
 
-    def _decide(
-        self, feats: FeatureFrame, params: Mapping[str, Any]
-    ) -> tuple[Side, str, dict[str, float]] | None:
+    def _decide(self, feats: FeatureFrame, params: Mapping[str, Any]) -> tuple[Side, str, dict[str, float]] | None:
         window = int(params["window"])
         mean, std = feats.tail_mean_std("microprice", window)
         if std <= 0.0 or std < mean * params["min_std_bps"] / 1e4:

@@ -46,9 +46,7 @@ class TradeFlowMomentum(BaseStrategy):
     def trade_lookback_ns(self, params: Mapping[str, Any]) -> int:
         return int(params["window_ms"]) * NS_PER_MS
 
-    def _decide(
-        self, feats: FeatureFrame, params: Mapping[str, Any]
-    ) -> tuple[Side, str, dict[str, float]] | None:
+    def _decide(self, feats: FeatureFrame, params: Mapping[str, Any]) -> tuple[Side, str, dict[str, float]] | None:
         window_ms = int(params["window_ms"])
         net, gross, count = feats.trade_flow(window_ms * NS_PER_MS)
         if count < params["min_trades"] or net == 0.0 or gross <= 0.0:

@@ -268,9 +268,7 @@ def test_it_emits_exactly_the_trade_flow_momentum_signals_of_the_rule(recording:
         ("trade_flow_momentum", {"quantity": "0.01", "window_ms": 2000, "min_trades": 10}),
     ],
 )
-def test_it_gives_the_same_intents_with_shared_precomputed_features(
-    name: str, raw: dict, steps: list[Step]
-) -> None:
+def test_it_gives_the_same_intents_with_shared_precomputed_features(name: str, raw: dict, steps: list[Step]) -> None:
     strategy = get_strategy(name)
     params = strategy.validate_params(raw)
     others = [s for s in STRATEGIES.values() if s.name != name]
@@ -335,9 +333,7 @@ def test_it_needs_min_history_quotes_before_signalling() -> None:
 
 def test_it_confirms_an_l2_breakout_with_the_book_and_not_without_one() -> None:
     strategy = get_strategy("imbalance_breakout")
-    params = strategy.validate_params(
-        {"quantity": "1", "lookback": 5, "imbalance_threshold": 0.5, "book_levels": 3}
-    )
+    params = strategy.validate_params({"quantity": "1", "lookback": 5, "imbalance_threshold": 0.5, "book_levels": 3})
     # Top of book leans to the ask, but the three-level book leans down hard.
     rows = [(100.0, 100.1, 1.0, 1.0)] * 5 + [(99.5, 99.6, 1.0, 1.0)]
     book = BookSnapshot(

@@ -106,9 +106,10 @@ def always_buy(monkeypatch):
 def sent_tasks(monkeypatch):
     """Capture Celery send_task calls (name, args, kwargs) instead of talking to a broker."""
     sent: list[tuple[str, list, dict]] = []
+    # Only the order tasks matter here; risk's own tasks (alerts, trips) are its business.
     from celery import current_app
 
-    monkeypatch.setattr(current_app, "send_task", lambda name, args=None, kwargs=None, **kw: sent.append((name, args, kwargs)))
+    monkeypatch.setattr(current_app, "send_task", lambda name, args=None, kwargs=None, **kw: sent.append((name, args, kwargs)) if name.startswith("execution.") else None)
     return sent
 
 
@@ -116,8 +117,13 @@ def sent_tasks(monkeypatch):
 def market(redis_clean):
     """One symbol with 20 quotes in the tick table and its book and quote in Redis."""
     symbol = "TEST-BTC"
+    # The tick tables are not managed by Django, so test flushes leave them be.
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ingestion_quote WHERE raw_stream = 'test'")
     rows = [(BASE_NS + i * 100_000_000, "100.00", "1.5", "100.10", "2.25") for i in range(20)]
     insert_quotes(symbol, rows)
     book = make_book(symbol, ts_ns=rows[-1][0])
     publish_market(redis_clean, symbol, book)
-    return {"symbol": symbol, "book": book, "last_ns": rows[-1][0], "redis": redis_clean}
+    yield {"symbol": symbol, "book": book, "last_ns": rows[-1][0], "redis": redis_clean}
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ingestion_quote WHERE raw_stream = 'test'")

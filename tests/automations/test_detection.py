@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from automations.detection import detect_symbol
+from automations.models import Automation, Signal
+from automations.services import signal_transition
+from automations.snapshots import snapshot_load
+from risk.models import RiskLimit
+from tests.automations.conftest import BASE_NS, insert_quotes, make_automation, make_book, publish_market
+from trading.queues import ORDER_EXECUTE_TASK
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def new_quote(market, step: int) -> int:
+    ts = market["last_ns"] + step * 100_000_000
+    insert_quotes(market["symbol"], [(ts, "100.00", "1.5", "100.10", "2.25")])
+    publish_market(market["redis"], market["symbol"], make_book(market["symbol"], ts_ns=ts))
+    return ts
+
+
+def test_it_queues_a_signal_with_its_context_and_sends_only_the_id_to_execution(market, always_buy, sent_tasks):
+    automation = make_automation(approval_threshold=0)
+
+    result = detect_symbol(symbol=market["symbol"])
+
+    signal = Signal.objects.get(automation=automation)
+    assert result.signals == {"queued": 1}
+    assert signal.status == Signal.Status.QUEUED
+    assert (signal.bid, signal.ask) == (Decimal("100.00"), Decimal("100.10"))
+    assert signal.mid == Decimal("100.05")
+    assert signal.spread_bps == pytest.approx(0.10 / 100.05 * 1e4)
+    assert signal.market_ts_ns == market["last_ns"]
+    assert set(signal.regime) >= {"volatility", "trend", "liquidity"}
+    assert signal.features["x"] == 1.0
+    assert sent_tasks == [(ORDER_EXECUTE_TASK, [signal.pk], None)]
+    assert Automation.objects.get(pk=automation.pk).automatic_trade_count == 1
+
+
+def test_it_attaches_a_snapshot_equal_to_the_book_at_signal_time(market, always_buy, sent_tasks):
+    make_automation(snapshot_levels=20)
+
+    detect_symbol(symbol=market["symbol"])
+
+    signal = Signal.objects.get()
+    loaded = snapshot_load(signal.snapshot)
+    book = market["book"]
+    assert loaded.ts_ns == book.ts_ns
+    assert len(loaded.bids) == 20
+    for level in range(20):
+        assert loaded.bids[level] == book.bids[level]
+        assert loaded.asks[level] == book.asks[level]
+
+
+def test_it_records_a_signal_without_snapshot_when_the_book_is_missing(market, always_buy, sent_tasks):
+    make_automation()
+    market["redis"].delete("fp:book:" + market["symbol"])
+
+    detect_symbol(symbol=market["symbol"])
+
+    assert Signal.objects.get().snapshot is None
+
+
+def test_it_holds_the_first_n_signals_for_approval_then_goes_automatic(market, always_buy, sent_tasks):
+    automation = make_automation(approval_threshold=2)
+
+    detect_symbol(symbol=market["symbol"])
+    new_quote(market, 1)
+    detect_symbol(symbol=market["symbol"])
+    first, second = Signal.objects.order_by("id")
+    assert [first.status, second.status] == [Signal.Status.PENDING_APPROVAL] * 2
+    assert first.needs_approval and second.needs_approval
+    assert sent_tasks == []
+
+    # Pending signals are not approved trades: a third signal still waits.
+    new_quote(market, 2)
+    detect_symbol(symbol=market["symbol"])
+    assert Signal.objects.order_by("id").last().status == Signal.Status.PENDING_APPROVAL
+
+    # Once two trades are approved (the approval flow bumps the counter), the next goes straight through.
+    for signal in (first, second):
+        signal_transition(signal=signal, to_status=Signal.Status.APPROVED, actor_label="trader")
+    Automation.objects.filter(pk=automation.pk).update(approved_trade_count=2)
+    new_quote(market, 3)
+    detect_symbol(symbol=market["symbol"])
+    last = Signal.objects.order_by("id").last()
+    assert last.status == Signal.Status.QUEUED and not last.needs_approval
+    assert sent_tasks == [(ORDER_EXECUTE_TASK, [last.pk], None)]
+
+
+def test_it_always_asks_for_approval_when_the_automation_requires_it(market, always_buy, sent_tasks):
+    make_automation(approval_threshold=0, require_approval=True)
+    detect_symbol(symbol=market["symbol"])
+    assert Signal.objects.get().status == Signal.Status.PENDING_APPROVAL
+    assert sent_tasks == []
+
+
+def test_it_filters_a_signal_outside_the_allowed_regimes_and_never_sends_it(market, always_buy, sent_tasks):
+    # Twenty identical quotes carry no trend: the regime is "ranging".
+    automation = make_automation(allowed_regimes={"trend": ["trending"]})
+
+    detect_symbol(symbol=market["symbol"])
+
+    signal = Signal.objects.get(automation=automation)
+    assert signal.status == Signal.Status.FILTERED
+    assert signal.regime["trend"] == "ranging"
+    assert "regime not allowed" in signal.status_reason and "trend=ranging" in signal.status_reason
+    assert sent_tasks == []
+
+
+def test_it_filters_signals_beyond_the_signal_rate_limit_and_the_breaker_pauses(market, always_buy, sent_tasks):
+    automation = make_automation()
+    limit = RiskLimit(automation=automation, max_signals_per_hour=1)
+    limit._change_reason = "test limit"
+    limit.save()
+
+    detect_symbol(symbol=market["symbol"])
+    new_quote(market, 1)
+    detect_symbol(symbol=market["symbol"])
+
+    first, second = Signal.objects.order_by("id")
+    assert first.status == Signal.Status.QUEUED
+    assert second.status == Signal.Status.FILTERED
+    assert second.status_reason.startswith("signal-rate limit:")
+    assert Automation.objects.get(pk=automation.pk).status != Automation.Status.ACTIVE
+    assert sent_tasks == [(ORDER_EXECUTE_TASK, [first.pk], None)]
+
+
+def test_it_never_signals_twice_on_the_same_quote(market, always_buy, sent_tasks):
+    make_automation()
+
+    detect_symbol(symbol=market["symbol"])
+    again = detect_symbol(symbol=market["symbol"])
+    # Even with the Redis memory lost, the database refuses the duplicate.
+    market["redis"].delete("fp:detect-last:" + market["symbol"])
+    third = detect_symbol(symbol=market["symbol"])
+
+    assert again.skipped_same_data == 1 and again.signals == {}
+    assert third.signals == {}
+    assert Signal.objects.count() == 1
+    assert len(sent_tasks) == 1
+
+
+def test_it_evaluates_every_active_automation_on_one_window_and_skips_paused_ones(market, always_buy, sent_tasks):
+    for i in range(5):
+        make_automation(name=f"a{i}")
+    make_automation(name="paused", status=Automation.Status.PAUSED)
+    make_automation(name="other-symbol", symbol="TEST-ETH")
+
+    result = detect_symbol(symbol=market["symbol"])
+
+    assert result.automations == 5 and result.evaluated == 5
+    assert Signal.objects.filter(symbol=market["symbol"]).count() == 5
+    # Every signal of the batch shares the one stored snapshot of the book.
+    assert Signal.objects.values("snapshot").distinct().count() == 1

@@ -179,7 +179,9 @@ def signals_expire(*, now: datetime | None = None, limit: int = 500) -> int:
 
 # --- automations ----------------------------------------------------------------------
 
-_EDITABLE = ("name", "strategy", "parameters", "mode", "approval_threshold", "require_approval", "allowed_regimes",
+# The mode (paper/live) is not here: switching it is execution's OTP-gated
+# operation, and new automations always start in paper mode.
+_EDITABLE = ("name", "strategy", "parameters", "approval_threshold", "require_approval", "allowed_regimes",
              "signal_expiry_seconds", "four_eyes", "snapshot_levels")
 
 
@@ -214,8 +216,6 @@ def _validated(values: dict[str, Any]) -> dict[str, Any]:
     expiry = clean.get("signal_expiry_seconds", 120)
     if not isinstance(expiry, int) or not 1 <= expiry <= 86_400:
         raise DomainError("signal_expiry_seconds must be between 1 and 86400", code="invalid", status_code=400)
-    if clean.get("mode", Automation.Mode.PAPER) not in Automation.Mode.values:
-        raise DomainError(f"mode must be one of {Automation.Mode.values}", code="invalid", status_code=400)
     return clean
 
 
@@ -285,9 +285,6 @@ def automation_update(*, automation: Automation, actor: Any, reason: str, change
     label = _actor_label(actor, actor_label)
     audit_event_record(kind=AuditEvent.Kind.CONFIG_CHANGE, actor=actor, actor_label=label, subject=locked,
                        reason=reason, data={"action": "update", "changes": diff})
-    if "mode" in diff:
-        audit_event_record(kind=AuditEvent.Kind.MODE_CHANGE, actor=actor, actor_label=label, subject=locked,
-                           reason=reason, data={"from": diff["mode"][0], "to": diff["mode"][1]})
     return locked
 
 

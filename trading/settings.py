@@ -256,6 +256,7 @@ SIGNAL_EXPIRY_SECONDS = _int("SIGNAL_EXPIRY_SECONDS", 120)
 WEB_HOST = os.environ.get("WEB_HOST", "127.0.0.1")
 WEB_PORT = _int("WEB_PORT", 8000)
 
+METRICS_TOKEN = _secret("METRICS_TOKEN", "")
 ALERT_WEBHOOK_URL = _secret("ALERT_WEBHOOK_URL", "")
 ALERT_EMAILS = env.list("ALERT_EMAILS", default=[])
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

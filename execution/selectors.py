@@ -1,0 +1,70 @@
+"""Reads of orders, fills and slippage shared by the API, the services and the dashboards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Prefetch, QuerySet
+
+from execution.models import Fill, Order
+
+SLIPPAGE_WINDOW_FILLS = 50
+SLIPPAGE_MIN_FILLS = 5
+# Below this many bps the model's figure is too small to divide by: the gap is
+# measured against at least this floor, so 0.1 vs 0.2 bps is not a "100 %" gap.
+SLIPPAGE_FLOOR_BPS = 1.0
+
+
+def orders_filtered(*, status: str | None = None, automation_id: int | None = None, symbol: str | None = None,
+                    signal_id: int | None = None, since: datetime | None = None) -> QuerySet[Order]:
+    qs = Order.objects.select_related("automation")
+    if status:
+        qs = qs.filter(status__in=status.split(","))
+    if automation_id is not None:
+        qs = qs.filter(automation_id=automation_id)
+    if symbol:
+        qs = qs.filter(symbol=symbol)
+    if signal_id is not None:
+        qs = qs.filter(signal_id=signal_id)
+    if since is not None:
+        qs = qs.filter(created_at__gte=since)
+    return qs.order_by("-id")
+
+
+def order_with_fills(order_id: int) -> Order | None:
+    return (Order.objects.select_related("automation")
+            .prefetch_related(Prefetch("fills", queryset=Fill.objects.order_by("id"))).filter(pk=order_id).first())
+
+
+def orders_open_count() -> int:
+    return Order.objects.filter(status__in=Order.OPEN_STATUSES).count()
+
+
+@dataclass(frozen=True)
+class SlippageGap:
+    automation_id: int
+    automation_name: str
+    fills: int
+    realized_bps: float
+    modelled_bps: float
+    ratio: float | None  # |realized - modelled| / max(|modelled|, floor); None below the minimum sample.
+
+
+def slippage_gap(automation_id: int, *, window: int = SLIPPAGE_WINDOW_FILLS,
+                 min_fills: int = SLIPPAGE_MIN_FILLS) -> SlippageGap | None:
+    """Quantity-weighted realized vs modelled slippage over the automation's last ``window`` fills."""
+    rows = list(
+        Fill.objects.filter(order__automation_id=automation_id, realized_slippage_bps__isnull=False,
+                            modelled_slippage_bps__isnull=False)
+        .order_by("-id").values_list("quantity", "realized_slippage_bps", "modelled_slippage_bps",
+                                     "order__automation__name")[:window]
+    )
+    if not rows:
+        return None
+    weight = sum(float(q) for q, _, _, _ in rows)
+    realized = sum(float(q) * r for q, r, _, _ in rows) / weight
+    modelled = sum(float(q) * m for q, _, m, _ in rows) / weight
+    ratio = abs(realized - modelled) / max(abs(modelled), SLIPPAGE_FLOOR_BPS) if len(rows) >= min_fills else None
+    return SlippageGap(automation_id=automation_id, automation_name=rows[0][3], fills=len(rows),
+                       realized_bps=realized, modelled_bps=modelled, ratio=ratio)

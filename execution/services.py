@@ -1,0 +1,695 @@
+"""Execution writes: approvals, rejections, mode changes, orders, fills, cancel-all, reconcile.
+
+Two halves live here.
+
+Human decisions (web process): ``signal_approve``, ``signal_reject`` and
+``automation_mode_set``. Each checks the role, verifies a fresh TOTP with the
+device row locked inside the decision's transaction, writes its audit event
+and, for an approval, sends the execute task by name once it commits. A
+refused decision is committed as a refusal (audit event, the device's
+throttle counter) and then raised, so the throttle of failed codes cannot be
+undone by the rollback of the refused transaction.
+
+Orders (execute worker): ``order_execute(signal_id)`` trusts nothing but the
+id. It locks the signal, reloads everything and decides again (kill switch,
+automation status, expiry, gating and the approval's order hash, then the
+risk pre-trade check), creates the one Order of the signal, claims it with a
+conditional update and submits it with ``client_order_id = fp-<signal id>``.
+The claim is held with a session-level PostgreSQL advisory lock for the whole
+broker call: a worker that dies loses its connection and therefore the lock,
+so a later worker that finds the order ``submitting`` AND gets the lock knows
+the submitter is dead and asks the broker by client order id before doing
+anything else. A worker that cannot get the lock leaves the order alone: its
+submitter is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from celery import current_app
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.services import audit_event_record, audit_event_record_autonomous
+from automations.models import Automation, Signal
+from automations.services import automation_update, signal_transition
+from execution.accounting import Position, position_apply
+from execution.brokers import BrokerError, BrokerOrder, BrokerOrderStatus, BrokerRejected, OrderRequest, broker_for_mode
+from execution.gating import gating_required, signal_order_hash
+from execution.models import Approval, BrokerAccount, Fill, Order
+from execution.selectors import slippage_gap
+from execution.simulation import OrderSpec, expected_slippage_bps, slippage_bps
+from ingestion import selectors as market
+from ingestion.types import Side
+from risk import rules
+from risk.selectors import RISK_OFFICER_GROUP, TRADER_GROUP, kill_switch_engaged, risk_limits_for, user_in_group
+from trading.api import DomainError
+from trading.queues import ORDER_EXECUTE_TASK
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "worker-execute"
+S = Signal.Status
+O = Order.Status
+OPEN_AT_BROKER = (O.SUBMITTING, O.SUBMITTED, O.PARTIALLY_FILLED)
+FINAL = (O.FILLED, O.CANCELLED, O.REJECTED, O.FAILED)
+# Without a configured collar, an approval is refused when the price moved this far from the signal's limit.
+DEFAULT_APPROVAL_COLLAR_BPS = Decimal(os.environ.get("FP_APPROVAL_COLLAR_BPS", "100"))
+SLIPPAGE_GAP_RATIO = 0.5
+_ADVISORY_BASE = 0x46505F4F52440000  # "FP_ORD" followed by the order id.
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------
+
+
+def _refusal(message: str, *, code: str, status_code: int = 409) -> DomainError:
+    return DomainError(message, code=code, status_code=status_code)
+
+
+def _otp_verify_locked(user: Any, token: str) -> Any | None:
+    """The user's confirmed TOTP device that accepts ``token``, verified with the device rows locked.
+
+    The lock makes two concurrent uses of one code serialise: the second
+    reads the first's ``last_t`` and is refused (django-otp accepts a time
+    step once). Failures increment django-otp's throttle on the device.
+    """
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    token = (token or "").strip()
+    if not token:
+        return None
+    devices = list(TOTPDevice.objects.select_for_update().filter(user=user, confirmed=True).order_by("pk"))
+    for device in devices:
+        if device.verify_token(token):
+            return device
+    return None
+
+
+def _send_execute(signal_id: int) -> None:
+    try:
+        current_app.send_task(ORDER_EXECUTE_TASK, args=[signal_id])
+    except Exception:
+        # The reconciler picks up approved signals whose task was lost.
+        logger.exception("could not send %s for signal %s", ORDER_EXECUTE_TASK, signal_id)
+
+
+def _collar_bps(automation_id: int) -> Decimal:
+    """The tightest configured price collar for the automation, else the approval default."""
+    global_limits, automation_limits, _ = risk_limits_for(automation_id)
+    collars = [c for c in (global_limits.price_collar_bps, automation_limits.price_collar_bps) if c is not None]
+    return min(collars) if collars else DEFAULT_APPROVAL_COLLAR_BPS
+
+
+def _current_mid(symbol: str) -> Decimal | None:
+    quote = market.latest_quote(symbol)
+    if quote is None or quote.bid <= 0 or quote.ask <= 0:
+        return None
+    return (quote.bid + quote.ask) / 2
+
+
+# ---------------------------------------------------------------------------
+# Human decisions
+# ---------------------------------------------------------------------------
+
+
+def _require_trader(user: Any, signal_id: int, action: str) -> None:
+    if not user_in_group(user, TRADER_GROUP):
+        message = f"only a trader may {action} a signal"
+        audit_event_record_autonomous(
+            kind=AuditEvent.Kind.PERMISSION_DENIED, actor=user, subject_type="automations.signal",
+            subject_id=signal_id, data={"action": action, "refused": message},
+        )
+        raise _refusal(message, code="forbidden", status_code=403)
+
+
+def _signal_automation_id(signal_id: int) -> int:
+    automation_id = Signal.objects.filter(pk=signal_id).values_list("automation_id", flat=True).first()
+    if automation_id is None:
+        raise _refusal(f"signal {signal_id} does not exist", code="not_found", status_code=404)
+    return automation_id
+
+
+def signal_approve(*, signal_id: int, user: Any, otp_token: str) -> Signal:
+    """Approve a pending signal with a fresh TOTP; on commit, send it to the execute worker.
+
+    Steps, in one transaction (automation row, then signal row, then the
+    user's TOTP devices locked, the order the kill switch also uses):
+
+    1. The signal must be pending approval and not past ``expires_at``.
+    2. Four-eyes: when the automation asks for it, the approver must not be
+       the person who last changed the automation.
+    3. Freshness: the signal's limit price must be within the price collar
+       of the current mid (the automation's or global collar, else
+       ``FP_APPROVAL_COLLAR_BPS``), so a trader cannot approve a trade the
+       market has left behind.
+    4. The TOTP code is verified against the user's device; a code is
+       accepted once, failures are throttled.
+    5. Record the Approval (who, when, device, order hash), count the
+       approved trade, move the signal to ``approved``, audit.
+
+    Refusals are recorded and committed, then raised as ``DomainError``.
+    """
+    _require_trader(user, signal_id, "approve")
+    automation_id = _signal_automation_id(signal_id)
+    refusal: DomainError | None = None
+    with transaction.atomic():
+        automation = Automation.objects.select_for_update().get(pk=automation_id)
+        signal = Signal.objects.select_for_update().get(pk=signal_id)
+        now = timezone.now()
+        order_hash = signal_order_hash(signal)
+        base = {"action": "approve", "order_hash": order_hash, "automation_id": automation_id}
+        if signal.status == S.EXPIRED or (signal.expires_at is not None and signal.expires_at <= now):
+            when = signal.expires_at.isoformat() if signal.expires_at else "earlier"
+            refusal = _refusal(f"signal {signal_id} expired at {when}; it can no longer be approved", code="expired")
+        elif signal.status != S.PENDING_APPROVAL:
+            refusal = _refusal(f"signal {signal_id} is {signal.status}, not pending approval", code="not_pending")
+        elif automation.four_eyes and automation.last_changed_by_id is not None \
+                and automation.last_changed_by_id == user.pk:
+            refusal = _refusal(
+                f"four-eyes rule: you last changed automation {automation.name}, so another trader must approve",
+                code="four_eyes", status_code=403,
+            )
+        if refusal is None:
+            mid = _current_mid(signal.symbol)
+            collar = _collar_bps(automation_id)
+            if mid is None:
+                refusal = _refusal(f"no current price for {signal.symbol}: the signal cannot be checked for staleness",
+                                   code="stale")
+            else:
+                distance = rules.collar_bps(signal.limit_price, mid)
+                if distance > collar:
+                    refusal = _refusal(
+                        f"price moved: the limit {signal.limit_price.normalize():f} is {distance:.1f} bps from the "
+                        f"current mid {mid.normalize():f}, beyond the {collar.normalize():f} bps collar; the signal is stale",
+                        code="stale",
+                    )
+        if refusal is not None:
+            audit_event_record(kind=AuditEvent.Kind.APPROVAL, actor=user, subject=signal, reason=refusal.message,
+                               data={**base, "outcome": "refused", "code": refusal.code})
+        else:
+            device = _otp_verify_locked(user, otp_token)
+            if device is None:
+                why = "missing" if not (otp_token or "").strip() else "invalid, reused or throttled"
+                refusal = _refusal(f"the one-time password is {why}", code="otp_invalid", status_code=403)
+                audit_event_record(kind=AuditEvent.Kind.OTP_FAILED, actor=user, subject=signal, reason=refusal.message,
+                                   data=base)
+            else:
+                _approval_record(signal=signal, automation=automation, user=user, device=device,
+                                 order_hash=order_hash, now=now)
+    if refusal is not None:
+        raise refusal
+    return signal
+
+
+def _approval_record(*, signal: Signal, automation: Automation, user: Any, device: Any, order_hash: str,
+                     now: datetime) -> None:
+    try:
+        with transaction.atomic():
+            Approval.objects.create(signal=signal, user=user, device_id=device.persistent_id, decision="approve",
+                                    order_hash=order_hash, decided_at=now)
+    except IntegrityError as exc:
+        raise _refusal(f"signal {signal.pk} already has a decision or this order was already approved",
+                       code="duplicate") from exc
+    # A counter, not configuration: saved alone so no history row and no reason are needed.
+    automation.approved_trade_count = F("approved_trade_count") + 1
+    automation.save(update_fields=["approved_trade_count"])
+    automation.refresh_from_db(fields=["approved_trade_count"])
+    username = user.get_username()
+    signal_transition(signal=signal, to_status=S.APPROVED, actor_label=username, actor=user,
+                      reason=f"approved by {username} with OTP (order {order_hash[:12]})")
+    audit_event_record(
+        kind=AuditEvent.Kind.APPROVAL, actor=user, subject=signal, reason="approved with OTP",
+        data={"action": "approve", "outcome": "approved", "order_hash": order_hash, "device": device.persistent_id,
+              "automation_id": automation.pk, "approved_trade_count": automation.approved_trade_count},
+    )
+    signal_id = signal.pk
+    transaction.on_commit(lambda: _send_execute(signal_id))
+
+
+def signal_reject(*, signal_id: int, user: Any, reason: str) -> Signal:
+    """Reject a pending signal; a reason is required. Audited, never executed."""
+    _require_trader(user, signal_id, "reject")
+    reason = (reason or "").strip()
+    if not reason:
+        raise _refusal("a reason is required to reject a signal", code="reason_required", status_code=400)
+    automation_id = _signal_automation_id(signal_id)
+    with transaction.atomic():
+        Automation.objects.select_for_update().get(pk=automation_id)
+        signal = Signal.objects.select_for_update().get(pk=signal_id)
+        if signal.status != S.PENDING_APPROVAL:
+            raise _refusal(f"signal {signal_id} is {signal.status}, not pending approval", code="not_pending")
+        order_hash = signal_order_hash(signal)
+        now = timezone.now()
+        Approval.objects.create(signal=signal, user=user, device_id="", decision="reject", reason=reason,
+                                order_hash=order_hash, decided_at=now)
+        username = user.get_username()
+        signal_transition(signal=signal, to_status=S.REJECTED, actor_label=username, actor=user,
+                          reason=f"rejected by {username}: {reason}")
+        audit_event_record(kind=AuditEvent.Kind.REJECTION, actor=user, subject=signal, reason=reason,
+                           data={"order_hash": order_hash, "automation_id": automation_id})
+    return signal
+
+
+def automation_mode_set(*, automation_id: int, user: Any, mode: str, otp_token: str, reason: str) -> Automation:
+    """Switch an automation between paper and live: risk officer, fresh TOTP and a reason.
+
+    Going live also needs an active ccxt broker account (its credentials
+    live only in the execute worker, which is checked when it trades).
+    """
+    if not user_in_group(user, RISK_OFFICER_GROUP):
+        message = "only a risk officer may change an automation's trading mode"
+        audit_event_record_autonomous(kind=AuditEvent.Kind.PERMISSION_DENIED, actor=user,
+                                      subject_type="automations.automation", subject_id=automation_id,
+                                      data={"action": "mode", "refused": message})
+        raise _refusal(message, code="forbidden", status_code=403)
+    reason = (reason or "").strip()
+    if not reason:
+        raise _refusal("a reason is required to change the trading mode", code="reason_required", status_code=400)
+    if mode not in Automation.Mode.values:
+        raise _refusal(f"mode must be one of {', '.join(Automation.Mode.values)}", code="invalid", status_code=400)
+    if mode == Automation.Mode.LIVE and not BrokerAccount.objects.filter(
+            active=True, kind=BrokerAccount.Kind.CCXT).exists():
+        raise _refusal("no active live broker account is configured", code="no_live_broker", status_code=409)
+    automation = Automation.objects.filter(pk=automation_id).first()
+    if automation is None:
+        raise _refusal(f"automation {automation_id} does not exist", code="not_found", status_code=404)
+    refusal: DomainError | None = None
+    with transaction.atomic():
+        device = _otp_verify_locked(user, otp_token)
+        if device is None:
+            refusal = _refusal("the one-time password is missing, invalid, reused or throttled", code="otp_invalid",
+                               status_code=403)
+            audit_event_record(kind=AuditEvent.Kind.OTP_FAILED, actor=user, subject=automation, reason=reason,
+                               data={"action": "mode", "to": mode})
+        else:
+            automation = automation_update(automation=automation, actor=user, reason=reason, changes={"mode": mode})
+    if refusal is not None:
+        raise refusal
+    return automation
+
+
+# ---------------------------------------------------------------------------
+# Orders: decide, claim, submit, settle
+# ---------------------------------------------------------------------------
+
+
+def _fault_hook(point: str) -> None:
+    """Fault injection for the crash tests: ``FP_TEST_CRASH_AT=<point>`` kills this process there.
+
+    Points: ``submitting`` (the order is claimed, nothing sent to the
+    broker) and ``after_broker`` (the broker accepted, nothing recorded).
+    ``os._exit`` skips every cleanup, like SIGKILL: the task is not acked and
+    the database connection (with its advisory lock) simply drops. Never set
+    outside tests.
+    """
+    if os.environ.get("FP_TEST_CRASH_AT") == point:
+        logger.warning("fault injection: exiting at %s", point)
+        os._exit(137)
+
+
+def _execution_refusal(signal: Signal, automation: Automation, now: datetime) -> tuple[str, str] | None:
+    """Why this signal must not become an order, as (signal status to move to, reason); None to go ahead."""
+    if kill_switch_engaged():
+        return S.FAILED, "the kill switch is engaged"
+    if automation.status != Automation.Status.ACTIVE:
+        return S.FAILED, f"automation {automation.name} is {automation.status}"
+    if signal.expires_at is not None and signal.expires_at <= now:
+        return S.EXPIRED, f"expired at {signal.expires_at.isoformat()} before it could be executed"
+    if signal.status == S.APPROVED:
+        approval = Approval.objects.filter(signal=signal, decision="approve").first()
+        if approval is None:
+            return S.FAILED, "approved status without an approval record: refused"
+        if approval.order_hash != signal_order_hash(signal):
+            return S.FAILED, "the order no longer matches what was approved (order hash differs): refused"
+        return None
+    if signal.needs_approval or gating_required(automation):
+        return S.FAILED, (f"this trade needs a trader's approval ({automation.approved_trade_count} of the first "
+                          f"{automation.approval_threshold} approved) and has none: refused")
+    return None
+
+
+def _order_decide(signal_id: int) -> Order | None:
+    """Create the signal's one Order (status pending) or refuse; under the signal's row lock."""
+    with transaction.atomic():
+        signal = Signal.objects.select_for_update().filter(pk=signal_id).first()
+        if signal is None:
+            logger.warning("execute: no signal %s (forged or replayed message?)", signal_id)
+            return None
+        existing = Order.objects.filter(signal_id=signal_id).first()
+        if existing is not None:
+            return existing
+        if signal.status not in (S.QUEUED, S.APPROVED):
+            logger.info("execute: signal %s is %s; nothing to do", signal_id, signal.status)
+            return None
+        automation = Automation.objects.get(pk=signal.automation_id)
+        now = timezone.now()
+        refusal = _execution_refusal(signal, automation, now)
+        if refusal is not None:
+            to_status, reason = refusal
+            signal_transition(signal=signal, to_status=to_status, actor_label=ACTOR, reason=reason)
+            return None
+        mid = _current_mid(signal.symbol)
+        modelled = _modelled_slippage(signal)
+        breaches = pretrade_check_call(automation_id=automation.pk, side=signal.side, quantity=signal.quantity,
+                                       limit_price=signal.limit_price, mid=mid)
+        order = Order(
+            signal=signal, automation=automation, client_order_id=f"fp-{signal.pk}", broker=automation.mode,
+            symbol=signal.symbol, side=signal.side, quantity=signal.quantity, limit_price=signal.limit_price,
+            arrival_mid=mid, modelled_slippage_bps=modelled, gated=signal.status == S.APPROVED, created_at=now,
+        )
+        if breaches:
+            reason = "; ".join(b.message for b in breaches)
+            order.status = O.REJECTED
+            order.status_reason = f"risk: {reason}"
+            order.closed_at = now
+            order.save(force_insert=True)
+            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, reason=f"refused by risk: {reason}")
+        else:
+            order.save(force_insert=True)
+            signal_transition(signal=signal, to_status=S.ORDERED, actor_label=ACTOR,
+                              reason=f"order {order.client_order_id} created")
+        audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
+                           data={"status": order.status, "client_order_id": order.client_order_id,
+                                 "signal_id": signal.pk, "gated": order.gated})
+        return order
+
+
+def pretrade_check_call(**kwargs: Any) -> list[Any]:
+    """risk.services.pretrade_check (imported late: risk is built alongside)."""
+    from risk.services import pretrade_check
+
+    return pretrade_check(**kwargs)
+
+
+def _modelled_slippage(signal: Signal) -> float | None:
+    from execution.brokers.paper import paper_fill_params
+
+    book = market.book_snapshot(signal.symbol, n=50)
+    if book is None:
+        return None
+    spec = OrderSpec(side=Side(signal.side), quantity=Decimal(signal.quantity), limit_price=Decimal(signal.limit_price),
+                     symbol=signal.symbol)
+    value = expected_slippage_bps(spec, book, paper_fill_params())
+    return None if math.isnan(value) else value
+
+
+@contextmanager
+def _submission_lock(order_id: int) -> Iterator[bool]:
+    """A session-level advisory lock that lives exactly as long as this process's connection."""
+    key = _ADVISORY_BASE + order_id
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        held = bool(cursor.fetchone()[0])
+    try:
+        yield held
+    finally:
+        if held:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def _request(order: Order) -> OrderRequest:
+    return OrderRequest(client_order_id=order.client_order_id, symbol=order.symbol, side=order.side,
+                        quantity=Decimal(order.quantity), limit_price=Decimal(order.limit_price))
+
+
+def order_submit(order: Order) -> Order:
+    """Claim a pending order and submit it, or recover one whose submitter died. Idempotent.
+
+    1. Take the order's advisory lock; without it another live worker owns the order: leave it.
+    2. Claim: ``pending -> submitting`` by conditional update (row count 1 = ours).
+    3. Ours: submit. Found ``submitting`` instead: its submitter died (we hold
+       its lock), so ask the broker by client order id; submit only if the
+       broker never saw it (the same id makes a second submit harmless anyway).
+    4. Record what the broker says; if the kill switch went on meanwhile, cancel.
+    """
+    # Run it outside any transaction (the task does): the claim must be committed before the broker call.
+    with _submission_lock(order.pk) as held:
+        if not held:
+            return order
+        claimed = Order.objects.filter(pk=order.pk, status=O.PENDING).update(status=O.SUBMITTING)
+        order.refresh_from_db()
+        if order.status != O.SUBMITTING:
+            return order
+        broker = broker_for_mode(order.broker)
+        result: BrokerOrder | None = None
+        if claimed:
+            _fault_hook("submitting")
+        else:
+            try:
+                result = broker.fetch_order(order.client_order_id, symbol=order.symbol)
+            except BrokerError as exc:
+                logger.warning("execute: cannot ask the broker about %s: %s", order.client_order_id, exc)
+                return _order_note(order, f"recovery: broker unreachable ({exc}); the reconciler retries")
+        if result is None:
+            try:
+                result = broker.submit(_request(order))
+            except BrokerRejected as exc:
+                return order_finalize(order_id=order.pk, status=O.REJECTED, reason=f"broker rejected: {exc}")
+            except Exception as exc:  # noqa: BLE001 - unknown outcome: never assume it failed
+                logger.exception("execute: submission of %s has an unknown outcome", order.client_order_id)
+                return _order_note(order, f"submission outcome unknown ({exc}); the reconciler asks the broker")
+            _fault_hook("after_broker")
+        order = order_settle(order_id=order.pk, broker_order=result)
+        if not result.is_final and kill_switch_engaged():
+            cancelled = broker.cancel(order.client_order_id, symbol=order.symbol)
+            if cancelled is not None:
+                order = order_settle(order_id=order.pk, broker_order=cancelled)
+        return order
+
+
+def _order_note(order: Order, note: str) -> Order:
+    Order.objects.filter(pk=order.pk).update(status_reason=note)
+    order.status_reason = note
+    return order
+
+
+def order_execute(*, signal_id: int) -> Order | None:
+    """The execute task's body: decide again from the database, then claim and submit."""
+    order = _order_decide(signal_id)
+    if order is None or order.status not in (O.PENDING, O.SUBMITTING):
+        return order
+    return order_submit(order)
+
+
+_STATUS_FROM_BROKER = {
+    BrokerOrderStatus.OPEN: O.SUBMITTED,
+    BrokerOrderStatus.PARTIALLY_FILLED: O.PARTIALLY_FILLED,
+    BrokerOrderStatus.FILLED: O.FILLED,
+    BrokerOrderStatus.CANCELLED: O.CANCELLED,
+    BrokerOrderStatus.REJECTED: O.REJECTED,
+}
+
+
+def _automation_position(automation_id: int, exclude_order_id: int | None = None) -> Position:
+    position = Position()
+    fills = (Fill.objects.filter(order__automation_id=automation_id).exclude(order_id=exclude_order_id)
+             .order_by("filled_at", "id").values_list("order__side", "quantity", "price", "fee"))
+    for side, quantity, price, _fee in fills:
+        position, _ = position_apply(position, side=side, quantity=quantity, price=price)
+    return position
+
+
+def order_settle(*, order_id: int, broker_order: BrokerOrder) -> Order:
+    """Record the broker's view of an order: new fills, status, and on a final state, close it."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order_id)
+        if order.status in FINAL:
+            return order
+        now = timezone.now()
+        known = set(order.fills.values_list("broker_fill_id", flat=True))
+        new_fills = [f for f in broker_order.fills if f.fill_id not in known]
+        if new_fills:
+            position = _automation_position(order.automation_id)
+            for f in order.fills.order_by("id"):
+                position, _ = position_apply(position, side=order.side, quantity=f.quantity, price=f.price)
+            for f in new_fills:
+                position, pnl = position_apply(position, side=order.side, quantity=f.quantity, price=f.price, fee=f.fee)
+                realized = None
+                if order.arrival_mid:
+                    realized = float(slippage_bps(Side(order.side), f.price, Decimal(order.arrival_mid)))
+                Fill.objects.create(order=order, price=f.price, quantity=f.quantity, fee=f.fee, filled_at=f.filled_at,
+                                    broker_fill_id=f.fill_id, modelled_slippage_bps=order.modelled_slippage_bps,
+                                    realized_slippage_bps=realized, realized_pnl=pnl)
+        order.broker_order_id = broker_order.broker_order_id or order.broker_order_id
+        order.filled_qty = broker_order.filled_qty
+        order.avg_fill_price = broker_order.avg_price
+        order.submitted_at = order.submitted_at or now
+        status = _STATUS_FROM_BROKER[broker_order.status]
+        changed = status != order.status or new_fills
+        order.status = status
+        order.status_reason = broker_order.reason or ""
+        order.save(update_fields=["broker_order_id", "filled_qty", "avg_fill_price", "submitted_at", "status",
+                                  "status_reason"])
+        if status in FINAL:
+            _order_close(order, now)
+        elif changed:
+            audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order,
+                               data={"status": status, "client_order_id": order.client_order_id,
+                                     "filled_qty": str(order.filled_qty)})
+        return order
+
+
+def order_finalize(*, order_id: int, status: str, reason: str) -> Order:
+    """Close an order that will never be (or no longer is) at the broker: rejected, failed or cancelled."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order_id)
+        if order.status in FINAL:
+            return order
+        order.status = status
+        order.status_reason = reason
+        order.save(update_fields=["status", "status_reason"])
+        _order_close(order, timezone.now())
+        return order
+
+
+def _order_close(order: Order, now: datetime) -> None:
+    """A final state: release the risk reservation with the order's PnL, settle the signal, watch slippage."""
+    from risk.services import order_closed
+
+    order.closed_at = now
+    order.save(update_fields=["closed_at"])
+    fills = list(order.fills.all())
+    pnl = sum((f.realized_pnl for f in fills), Decimal(0))
+    breach = False
+    _, _, limit_row = risk_limits_for(order.automation_id)
+    threshold = float(limit_row.slippage_breach_bps) if limit_row is not None else 50.0
+    realized = [f.realized_slippage_bps for f in fills if f.realized_slippage_bps is not None]
+    if realized and order.modelled_slippage_bps is not None:
+        weights = [float(f.quantity) for f in fills if f.realized_slippage_bps is not None]
+        avg_realized = sum(r * w for r, w in zip(realized, weights, strict=True)) / sum(weights)
+        breach = avg_realized - order.modelled_slippage_bps > threshold
+    order_closed(automation_id=order.automation_id, realized_pnl=pnl, slippage_breach=breach, actor_label=ACTOR)
+    signal = Signal.objects.get(pk=order.signal_id)
+    if signal.status == S.ORDERED:
+        if order.filled_qty > 0:
+            note = "" if order.status == O.FILLED else f" ({order.status}: {order.status_reason})"
+            reason = f"filled {order.filled_qty.normalize():f} at {order.avg_fill_price}{note}"
+            signal_transition(signal=signal, to_status=S.FILLED, actor_label=ACTOR, reason=reason)
+        else:
+            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR,
+                              reason=f"order {order.status}: {order.status_reason}")
+    audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
+                       data={"status": order.status, "client_order_id": order.client_order_id,
+                             "filled_qty": str(order.filled_qty), "realized_pnl": str(pnl), "slippage_breach": breach})
+    if fills:
+        _slippage_gap_watch(order.automation_id)
+
+
+def _slippage_gap_watch(automation_id: int) -> None:
+    """Alert when an automation's realized slippage departs from the model by more than 50 %."""
+    from risk.services import alert_raise
+
+    gap = slippage_gap(automation_id)
+    if gap is None or gap.ratio is None or gap.ratio <= SLIPPAGE_GAP_RATIO:
+        return
+    alert_raise(
+        kind="slippage_gap", severity="warning",
+        subject=f"Slippage gap {gap.ratio:.0%} on {gap.automation_name}",
+        message=(f"Over its last {gap.fills} fills, automation {gap.automation_name} paid {gap.realized_bps:.2f} bps of "
+                 f"slippage against a modelled {gap.modelled_bps:.2f} bps (gap {gap.ratio:.0%}, limit "
+                 f"{SLIPPAGE_GAP_RATIO:.0%}). Recalibrate the fill model or reduce size."),
+        dedup_key=f"slippage_gap:{automation_id}",
+    )
+
+
+# ---------------------------------------------------------------------------
+# Reconcile and cancel-all
+# ---------------------------------------------------------------------------
+
+
+def orders_reconcile(*, pending_older_than_s: float = 5.0) -> dict[str, int]:
+    """Settle every order not final: ask the broker about open ones, finish stuck submissions.
+
+    Also sends the execute task again for approved or queued signals that
+    have no order after ``pending_older_than_s`` (a task lost between commit
+    and the broker).
+    """
+    counts = {"checked": 0, "settled": 0, "resubmitted": 0, "requeued": 0}
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=pending_older_than_s)
+    for order in Order.objects.filter(status__in=(O.PENDING, *OPEN_AT_BROKER)).order_by("id"):
+        counts["checked"] += 1
+        if order.status in (O.PENDING, O.SUBMITTING):
+            if order.created_at <= cutoff:
+                before = order.status
+                order = order_submit(order)
+                counts["resubmitted"] += int(order.status != before)
+            continue
+        try:
+            result = broker_for_mode(order.broker).fetch_order(order.client_order_id, symbol=order.symbol)
+        except BrokerError as exc:
+            logger.warning("reconcile: broker unreachable for %s: %s", order.client_order_id, exc)
+            continue
+        if result is None:
+            order_finalize(order_id=order.pk, status=O.FAILED, reason="the broker does not know this order")
+            counts["settled"] += 1
+            continue
+        settled = order_settle(order_id=order.pk, broker_order=result)
+        counts["settled"] += int(settled.status in FINAL)
+    orphans = Signal.objects.filter(status__in=(S.QUEUED, S.APPROVED), order__isnull=True, decided_at__lte=cutoff)
+    for signal_id in orphans.values_list("id", flat=True)[:500]:
+        _send_execute(signal_id)
+        counts["requeued"] += 1
+    return counts
+
+
+def orders_cancel_all(*, reason: str) -> dict[str, Any]:
+    """Cancel every open order (the kill switch's last step). Returns counts and the time taken.
+
+    1. Orders not yet at the broker (pending) are cancelled in the database
+       by conditional update; their reservations are released.
+    2. Orders at the broker are cancelled there by client order id and the
+       broker's answer is recorded.
+    3. Every order the brokers still report open (an orphan from a crash) is
+       cancelled too.
+    """
+    started = time.perf_counter()
+    counts = {"pending": 0, "at_broker": 0, "orphans": 0, "errors": 0}
+    for order_id in Order.objects.filter(status=O.PENDING).values_list("id", flat=True):
+        # The conditional update races the execute worker's claim (pending -> submitting): one wins.
+        with transaction.atomic():
+            note = f"kill switch: {reason}"
+            if Order.objects.filter(pk=order_id, status=O.PENDING).update(status=O.CANCELLED, status_reason=note) == 1:
+                _order_close(Order.objects.select_for_update().get(pk=order_id), timezone.now())
+                counts["pending"] += 1
+    modes: set[str] = {"paper"}
+    for order in Order.objects.filter(status__in=OPEN_AT_BROKER).order_by("id"):
+        modes.add(order.broker)
+        try:
+            result = broker_for_mode(order.broker).cancel(order.client_order_id, symbol=order.symbol)
+        except BrokerError as exc:
+            logger.error("cancel-all: could not cancel %s: %s", order.client_order_id, exc)
+            counts["errors"] += 1
+            continue
+        if result is None:
+            order_finalize(order_id=order.pk, status=O.CANCELLED, reason=f"kill switch: {reason} (never reached the broker)")
+        else:
+            order_settle(order_id=order.pk, broker_order=result)
+        counts["at_broker"] += 1
+    for mode in sorted(modes):
+        try:
+            broker = broker_for_mode(mode)
+            for left in broker.open_orders():
+                broker.cancel(left.client_order_id, symbol=left.symbol)
+                counts["orphans"] += 1
+        except Exception:  # noqa: BLE001 - e.g. live without credentials in this process
+            logger.exception("cancel-all: could not list open orders at %s", mode)
+            counts["errors"] += 1
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject_type="execution.order", subject_id="*",
+                       reason=f"cancel all: {reason}", data={**counts, "elapsed_ms": round(elapsed_ms, 1)})
+    return {**counts, "elapsed_ms": elapsed_ms}

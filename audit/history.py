@@ -153,7 +153,9 @@ def require_reason(instance: models.Model, *, action: str = "change") -> str:
     """
     label = instance._meta.label_lower
     reason = change_reason(instance)
-    user = current_user()
+    # A service may name the user on the instance (simple-history's _history_user).
+    explicit = getattr(instance, "_history_user", None)
+    user = explicit if getattr(explicit, "is_authenticated", False) else current_user()
     if not reason:
         _refuse(instance, action=action, user=user, why="missing_reason", reason="")
         raise MissingReason(

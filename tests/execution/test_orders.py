@@ -1,0 +1,156 @@
+"""Orders: one per signal however often or concurrently the task runs; fills, slippage, cancel-all, reconcile."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from automations.models import Signal
+from execution import services
+from execution.brokers import BrokerOrderStatus, OrderRequest
+from execution.brokers.paper import PaperBroker
+from execution.models import Fill, Order
+from execution.simulation import slippage_bps
+from ingestion.types import Side
+from risk.models import RiskState
+from tests.execution.conftest import make_automation, make_book, make_signal, publish_market
+
+S = Signal.Status
+O = Order.Status
+
+
+@pytest.mark.django_db
+def test_running_the_task_twice_gives_one_order_and_one_broker_order(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED)
+    first = services.order_execute(signal_id=signal.pk)
+    second = services.order_execute(signal_id=signal.pk)
+    assert first.pk == second.pk
+    assert Order.objects.count() == 1
+    assert [o.client_order_id for o in PaperBroker().all_orders()] == [f"fp-{signal.pk}"]
+    state = RiskState.objects.get(automation=automation)
+    assert state.open_orders == 0  # Reserved by the pre-trade check, released when the order filled.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_the_task_concurrently_gives_one_order(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            services.order_execute(signal_id=signal.pk)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert Order.objects.filter(signal=signal).count() == 1
+    assert len(PaperBroker().all_orders()) == 1
+    assert Order.objects.get().status == O.FILLED
+    assert Fill.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_paper_fill_stores_modelled_and_realized_slippage_against_the_arrival_mid(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED, quantity="3", limit_price="100.30")
+    order = services.order_execute(signal_id=signal.pk)
+    assert order.status == O.FILLED
+    fills = list(order.fills.all())
+    assert len(fills) == 1
+    fill = fills[0]
+    # The mid at decision was (100.00 + 100.10) / 2; the fill's realized slippage is measured from it.
+    assert order.arrival_mid == Decimal("100.05")
+    assert fill.realized_slippage_bps == pytest.approx(float((fill.price - Decimal("100.05")) / Decimal("100.05") * 10_000))
+    # Modelled: 2.25 at 100.10 and 0.75 at 100.20 -> VWAP 100.125, 7.496 bps above the mid.
+    assert fill.modelled_slippage_bps == pytest.approx((100.125 - 100.05) / 100.05 * 1e4, rel=1e-6)
+    assert fill.realized_slippage_bps == pytest.approx(float(slippage_bps(Side.BUY, fill.price, Decimal("100.05"))))
+    # 4 bps taker fee on the notional is the realized PnL of an opening trade.
+    assert fill.fee > 0 and fill.realized_pnl == -fill.fee
+    signal.refresh_from_db()
+    assert signal.status == S.FILLED
+
+
+@pytest.mark.django_db
+def test_the_kill_switch_stops_execution_before_any_broker_call(market):
+    from risk.models import KillSwitch
+
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED)
+    switch = KillSwitch(pk=1, engaged=True, reason="test")
+    switch._change_reason = "test setup"
+    switch.save()
+    assert services.order_execute(signal_id=signal.pk) is None
+    signal.refresh_from_db()
+    assert signal.status == S.FAILED and "kill switch" in signal.status_reason
+    assert PaperBroker().all_orders() == []
+
+
+@pytest.mark.django_db
+def test_a_resting_limit_order_stays_open_and_cancel_all_cancels_it(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED, limit_price="99.90")  # Below the 100.10 ask: rests.
+    order = services.order_execute(signal_id=signal.pk)
+    assert order.status == O.SUBMITTED
+    assert [o.client_order_id for o in PaperBroker().open_orders()] == [order.client_order_id]
+    assert RiskState.objects.get(automation=automation).open_orders == 1
+
+    result = services.orders_cancel_all(reason="test")
+    assert result["at_broker"] == 1
+    order.refresh_from_db()
+    signal.refresh_from_db()
+    assert order.status == O.CANCELLED and signal.status == S.FAILED
+    assert PaperBroker().open_orders() == []
+    assert RiskState.objects.get(automation=automation).open_orders == 0
+
+
+@pytest.mark.django_db
+def test_the_reconciler_fills_a_resting_order_once_the_market_reaches_it(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED, limit_price="99.90")
+    order = services.order_execute(signal_id=signal.pk)
+    assert order.status == O.SUBMITTED
+    publish_market(market["redis"], make_book(bid="99.70", ask="99.80"))
+    services.orders_reconcile()
+    order.refresh_from_db()
+    assert order.status == O.FILLED and order.avg_fill_price <= Decimal("99.90")
+
+
+@pytest.mark.django_db
+def test_a_submission_found_at_the_broker_is_recorded_not_resubmitted(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED)
+    order = services._order_decide(signal.pk)
+    # The worker that claimed it reached the broker and died before recording anything.
+    Order.objects.filter(pk=order.pk).update(status=O.SUBMITTING)
+    broker = PaperBroker()
+    accepted = broker.submit(OrderRequest(order.client_order_id, order.symbol, order.side, order.quantity,
+                                          order.limit_price))
+    assert accepted.status == BrokerOrderStatus.FILLED
+    again = services.order_execute(signal_id=signal.pk)
+    assert again.status == O.FILLED
+    assert len(broker.all_orders()) == 1
+    assert [f.broker_fill_id for f in again.fills.all()] == [accepted.fills[0].fill_id]
+
+
+@pytest.mark.django_db
+def test_the_paper_broker_returns_the_existing_order_for_a_repeated_client_order_id(market):
+    broker = PaperBroker()
+    request = OrderRequest("fp-test-1", "TEST-BTC", "sell", Decimal("1"), Decimal("99.00"))
+    first = broker.submit(request)
+    second = broker.submit(OrderRequest("fp-test-1", "TEST-BTC", "sell", Decimal("9"), Decimal("50")))
+    assert first == second
+    assert first.fills[0].price <= Decimal("100.00") and first.filled_qty == Decimal("1")

@@ -33,13 +33,15 @@ class Harness:
         self.venue = venue
         self.raw: list[tuple[str, bytes]] = []
         self.ticks: list[Any] = []
+        # One timeline of what the connector did: ("raw"|"applied", symbol, u) in call order.
+        self.timeline: list[tuple[str, str, int]] = []
         # For each depth frame: the book's last update id at the moment on_raw saw it.
-        self.book_id_at_raw: list[tuple[int, int | None]] = []
+        self.book_id_at_raw: list[tuple[str, int, int | None]] = []
         self.snapshots_at_raw: list[int] = []
         self.connector = BinanceUsdmConnector(
             list(venue.engines),
             self.on_raw,
-            on_tick=self.ticks.append,
+            on_tick=self.on_tick,
             ws_url=venue.ws_url,
             rest_url=venue.rest_url,
             depth_limit=500,
@@ -56,7 +58,13 @@ class Harness:
             return
         data = json.loads(payload)["data"]
         if data["e"] == "depthUpdate":
-            self.book_id_at_raw.append((data["u"], self.connector.book(data["s"]).last_update_id))
+            self.book_id_at_raw.append((data["s"], data["u"], self.connector.book(data["s"]).last_update_id))
+            self.timeline.append(("raw", data["s"], data["u"]))
+
+    def on_tick(self, tick: Any) -> None:
+        self.ticks.append(tick)
+        if isinstance(tick, BookUpdate) and not tick.is_snapshot:
+            self.timeline.append(("applied", tick.symbol, tick.last_update_id or 0))
 
     def ws_frames(self) -> list[bytes]:
         return [p for k, p in self.raw if k == KIND_WS]
@@ -121,11 +129,16 @@ def test_it_builds_the_venues_book_and_hands_every_frame_to_on_raw_before_use() 
     ]
     # Byte-exact and in order: every frame and every REST body the venue sent.
     assert h.ws_frames() == h.venue.sent_ws
-    assert h.rest_bodies() == h.venue.sent_rest
+    # The two symbols' snapshots are fetched concurrently, so their order may differ.
+    assert sorted(h.rest_bodies()) == sorted(h.venue.sent_rest)
     assert len(h.rest_bodies()) == 2
     # on_raw ran before the book applied each depth event and each snapshot.
+    # (Events older than the snapshot are dropped by the sync rules, never applied.)
     assert len(h.book_id_at_raw) == 2 * 150
-    assert all(before is None or before < u for u, before in h.book_id_at_raw)
+    raw_at = {(sym, u): i for i, (what, sym, u) in enumerate(h.timeline) if what == "raw"}
+    applied_at = {(sym, u): i for i, (what, sym, u) in enumerate(h.timeline) if what == "applied"}
+    assert len(applied_at) >= 2 * 150 - 10
+    assert all(raw_at[key] < index for key, index in applied_at.items())
     assert h.snapshots_at_raw == [0, 1]
     counters = h.connector.counters
     assert counters.messages == len(h.venue.sent_ws)
@@ -159,7 +172,7 @@ def test_it_resyncs_from_a_new_snapshot_after_a_sequence_gap() -> None:
     # Two initial snapshots plus the re-fetch for BTCUSDT, each through on_raw.
     assert counters.snapshots == 3
     assert len(h.venue.sent_rest) == 3
-    assert h.rest_bodies() == h.venue.sent_rest
+    assert sorted(h.rest_bodies()) == sorted(h.venue.sent_rest)
     assert counters.reconnects == 0
     _assert_books_equal_venue(h)
 
@@ -180,9 +193,11 @@ def test_it_reconnects_after_a_dropped_connection_and_continues() -> None:
     counters = h.connector.counters
     assert h.venue.connections_accepted == 2
     assert counters.connects == 2 and counters.reconnects == 1
-    # Each book was rebuilt from a fresh snapshot after the reconnect.
+    # Each book was dropped on reconnect and rebuilt from a fresh snapshot,
+    # rather than kept until the new stream's first event exposed a gap.
     assert counters.snapshots == 4
     assert counters.resyncs == 2
+    assert counters.gaps == 0
     assert counters.parse_errors == 0
     _assert_books_equal_venue(h)
     # Every frame that reached the connector is one the venue sent, in order.

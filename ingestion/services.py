@@ -10,40 +10,69 @@ store. Per batch:
    drift alert, by task name, when the offset passes 100 ms;
 4. COPY quotes and trades into the day-partitioned tables; the primary key is
    the raw-store reference, so a batch delivered twice adds nothing;
-5. apply L2 updates to the in-memory books, then publish the latest quote and
-   the top of each book to Redis for the detect workers;
+5. apply L2 updates to the per-symbol books (with the venue's sync rules),
+   update the liquidity monitor, then publish the latest quote, the top of
+   each book and each symbol's liquidity state to Redis for the detect workers;
 6. after commit, ask for one detection per touched symbol (coalesced).
+
+Speed. The worker is CPU-bound in Python, so the hot loop does as little per
+tick as it can: rows are written as COPY text while the ticks are validated
+(timestamps formatted from a per-second cache instead of building a datetime
+per tick), the clock estimator and the liquidity monitor take the whole batch
+at once, and a batch is COPied straight into the partitioned table inside a
+savepoint. Only when that fails on a primary-key clash (a redelivered or
+replayed batch) does it take the slower staging-table path with
+``ON CONFLICT DO NOTHING``; only when it fails on a value PostgreSQL cannot
+hold (a numeric overflow, an over-long field) are rows checked one by one and
+the offending ones quarantined as ``unstorable``.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import re
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
 
+import psycopg.errors
 from celery import current_app
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ingestion.book import BookError, OrderBook
-from ingestion.clock import ClockEstimator
-from ingestion.models import ClockSource, Instrument, QuarantinedMessage
-from ingestion.parsers import ParseError, parse
-from ingestion.types import BookUpdate, QuoteTick, RawRef, TradeTick
+from ingestion import liquidity_store
+from ingestion.book import BinanceBookSync, BookError, BybitBookSync, OrderBook
+from ingestion.clock import ClockEstimator, ClockState
+from ingestion.liquidity import LiquidityMonitor, LiquidityState
+from ingestion.models import ClockSource, IngestedFile, Instrument, QuarantinedMessage, RawStream
+from ingestion.parsers import FORMATS, ParseError, iter_file_records, parse
+from ingestion.rawstore import CorruptTailError, RawStore, RawWriter
+from ingestion.types import BookUpdate, QuoteTick, TradeTick
 from ingestion.validation import Validator, reason_code
 from trading import redis_keys
-from trading.queues import ALERT_RAISE_TASK, DETECT_SYMBOL_TASK
+from trading.queues import ALERT_RAISE_TASK, DETECT_SYMBOL_TASK, INGEST_BATCH_TASK
 from trading.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NS_PER_S = 1_000_000_000
+NS_PER_DAY = 86_400 * NS_PER_S
 BOOK_LEVELS_PUBLISHED = 50
 EXCERPT_BYTES = 500
+SYMBOL_MAX = 32
+TRADE_ID_MAX = 64
+# numeric(30, 12): 18 digits before the point. Decimal.adjusted() is the
+# exponent of the leading digit, so 18 already means >= 1e18: too big.
+_NUMERIC_MAX_ADJUSTED = 17
 
 Record = tuple[int, int, bytes]  # (raw seq, receive time ns, payload)
 
@@ -55,6 +84,7 @@ def ns_to_datetime(ns: int) -> datetime:
 
 @dataclass
 class IngestResult:
+    records: int = 0
     quotes: int = 0
     trades: int = 0
     book_updates: int = 0
@@ -62,8 +92,16 @@ class IngestResult:
     symbols: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, object]:
-        return {"quotes": self.quotes, "trades": self.trades, "book_updates": self.book_updates,
+        return {"records": self.records, "quotes": self.quotes, "trades": self.trades, "book_updates": self.book_updates,
                 "quarantined": self.quarantined, "symbols": sorted(self.symbols)}
+
+    def add(self, other: IngestResult) -> None:
+        self.records += other.records
+        self.quotes += other.quotes
+        self.trades += other.trades
+        self.book_updates += other.book_updates
+        self.quarantined += other.quarantined
+        self.symbols |= other.symbols
 
 
 def encode_records(records: Iterable[Record]) -> list[list[object]]:
@@ -75,125 +113,334 @@ def decode_records(rows: Iterable[Sequence[object]]) -> list[Record]:
     return [(int(seq), int(recv_ns), base64.b64decode(str(payload))) for seq, recv_ns, payload in rows]  # type: ignore[call-overload]
 
 
+# ----------------------------------------------------------------------------- COPY text
+
+
+class _TsText:
+    """Formats ns timestamps as PostgreSQL timestamptz text, one strftime per second.
+
+    Ticks arrive many per second, so the ``YYYY-MM-DD HH:MM:SS`` prefix is
+    cached per whole second and only the microseconds are formatted per tick.
+    Truncation to microseconds matches ``ns_to_datetime`` (floor division).
+    """
+
+    __slots__ = ("cache",)
+    _MAX = 1 << 16
+
+    def __init__(self) -> None:
+        self.cache: dict[int, str] = {}
+
+    def prefix(self, sec: int) -> str:
+        text = (EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%d %H:%M:%S")
+        if len(self.cache) >= self._MAX:
+            self.cache.clear()
+        self.cache[sec] = text
+        return text
+
+
+def _copy_escape(text: str) -> str:
+    # COPY text format: backslash, tab, newline and carriage return are escaped.
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _unstorable_text(text: str, limit: int) -> bool:
+    # PostgreSQL text cannot hold NUL, and the column has a length limit.
+    return len(text) > limit or "\x00" in text
+
+
+def _numeric_problem(text: str) -> str | None:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return f"not a number {text!r}"
+    if value and value.adjusted() > _NUMERIC_MAX_ADJUSTED:
+        return f"{text} does not fit numeric(30, 12)"
+    return None
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
 class _Partitions:
     """Creates daily partitions on demand; remembers which exist."""
 
     def __init__(self) -> None:
-        self.known: set[tuple[str, date]] = set()
+        self.known: set[tuple[str, int]] = set()
 
-    def ensure(self, cursor, table: str, days: Iterable[date]) -> None:
-        for day in days:
-            if (table, day) in self.known:
+    def ensure(self, cursor: Any, table: str, day_numbers: Iterable[int]) -> None:
+        for number in day_numbers:
+            if (table, number) in self.known:
                 continue
+            day = date(1970, 1, 1) + timedelta(days=number)
             name = f"{table}_p{day:%Y%m%d}"
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             # An advisory lock per table stops two workers racing to create
             # the same partition.
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [table])
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "  # noqa: S608 - names built from a date
                 "FOR VALUES FROM (%s) TO (%s)",
-                [datetime(day.year, day.month, day.day, tzinfo=UTC), datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)],
+                [start, start + timedelta(days=1)],
             )
-            self.known.add((table, day))
+            self.known.add((table, number))
+
+
+# ----------------------------------------------------------------------------- books
+
+
+class _BookKeeper:
+    """One symbol's L2 book, kept by the rules of the venue it comes from.
+
+    Binance diff-depth joins a REST snapshot by update ids and resyncs on a
+    gap; Bybit resets on a snapshot and ignores deltas until one arrives; the
+    simulator's books (and anything else) are applied as they come.
+    """
+
+    __slots__ = ("binance", "book", "bybit")
+
+    def __init__(self, symbol: str, fmt: str) -> None:
+        self.binance = BinanceBookSync(symbol) if fmt == "binance-ws" else None
+        self.bybit = BybitBookSync(symbol) if fmt == "bybit-ob" else None
+        if self.binance is not None:
+            self.book = self.binance.book
+        elif self.bybit is not None:
+            self.book = self.bybit.book
+        else:
+            self.book = OrderBook(symbol)
+
+    def apply(self, update: BookUpdate) -> bool:
+        """Apply one update; return whether the book is in sync afterwards."""
+        if self.binance is not None:
+            if update.is_snapshot:
+                self.binance.apply_snapshot(update)
+            else:
+                self.binance.on_event(update)
+            return self.binance.is_synced
+        if self.bybit is not None:
+            self.bybit.on_update(update)
+            return self.bybit.synced
+        self.book.apply(update)
+        return True
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class _Batch:
+    quote_rows: list[str] = field(default_factory=list)
+    trade_rows: list[str] = field(default_factory=list)
+    quotes: list[QuoteTick] = field(default_factory=list)
+    samples: list[tuple[int, int]] = field(default_factory=list)
+    quarantine: list[QuarantinedMessage] = field(default_factory=list)
+    books: set[str] = field(default_factory=set)
 
 
 class IngestPipeline:
-    """Per-process ingest state: validators, clock estimators and books per stream/symbol."""
+    """Per-process ingest state: validators, clock estimators, books and liquidity per stream/symbol."""
 
-    def __init__(self, *, known_symbols: Iterable[str] | None = None, clock_alert_ms: float = 100.0) -> None:
+    def __init__(self, *, known_symbols: Iterable[str] | None = None, clock_alert_ms: float = 100.0,
+                 liquidity: LiquidityMonitor | None = None) -> None:
         self.known_symbols = set(known_symbols) if known_symbols is not None else None
         self.validators: dict[str, Validator] = {}
         self.clocks: dict[str, ClockEstimator] = {}
-        self.books: dict[str, OrderBook] = {}
+        self.books: dict[str, _BookKeeper] = {}
+        self.liquidity = liquidity or LiquidityMonitor()
+        self.liquidity_states: dict[str, LiquidityState] = {}
         self.clock_alert_ms = clock_alert_ms
         self.partitions = _Partitions()
         self._drift_alerted: set[str] = set()
+        self._ts = _TsText()
+        self._safe_symbols: dict[str, str | None] = {}
+        self._stream_info: dict[str, RawStream | None] = {}
+
+    def _stream(self, stream: str) -> RawStream | None:
+        if stream not in self._stream_info:
+            self._stream_info[stream] = RawStream.objects.filter(name=stream).first()
+        return self._stream_info[stream]
 
     def _validator(self, stream: str) -> Validator:
         validator = self.validators.get(stream)
         if validator is None:
             known = self.known_symbols
-            if known is None:
+            info = self._stream(stream) if known is None else None
+            if known is None and (info is None or info.check_symbols):
                 known = set(Instrument.objects.filter(active=True).values_list("symbol", flat=True)) or None
             validator = self.validators[stream] = Validator(known_symbols=known)
         return validator
 
+    def _symbol_text(self, symbol: str) -> str | None:
+        """The symbol as COPY text, or None if the column cannot hold it (cached per symbol)."""
+        if symbol in self._safe_symbols:
+            return self._safe_symbols[symbol]
+        text = None if _unstorable_text(symbol, SYMBOL_MAX) else _copy_escape(symbol)
+        self._safe_symbols[symbol] = text
+        return text
+
     def ingest(self, *, stream: str, fmt: str, records: Sequence[Record], symbol: str | None = None,
                publish: bool = True, detect: bool = True) -> IngestResult:
-        result = IngestResult()
+        result = IngestResult(records=len(records))
         validator = self._validator(stream)
-        clock = self.clocks.setdefault(stream, ClockEstimator(alert_ms=self.clock_alert_ms))
-        quotes: list[QuoteTick] = []
-        trades: list[TradeTick] = []
-        quarantine: list[QuarantinedMessage] = []
-        touched_books: set[str] = set()
-        clock_state = None
-
-        for seq, recv_ns, payload in records:
-            ref = RawRef(stream, seq)
-            try:
-                ticks = parse(fmt, payload, recv_ns=recv_ns, symbol=symbol, raw=ref)
-            except ParseError as exc:
-                quarantine.append(_quarantine_row(ref, "", exc.reason, payload))
-                continue
-            for tick in ticks:
-                problem = validator.check(tick)
-                if problem is not None:
-                    quarantine.append(_quarantine_row(ref, tick.symbol, problem, payload))
-                    continue
-                kind = type(tick)
-                if kind is QuoteTick:
-                    quotes.append(tick)  # type: ignore[arg-type]
-                    clock_state = clock.update(tick.source_ts_ns, tick.recv_ts_ns)
-                elif kind is TradeTick:
-                    trades.append(tick)  # type: ignore[arg-type]
-                    clock_state = clock.update(tick.source_ts_ns, tick.recv_ts_ns)
-                else:
-                    update: BookUpdate = tick  # type: ignore[assignment]
-                    book = self.books.get(update.symbol)
-                    if book is None:
-                        book = self.books[update.symbol] = OrderBook(update.symbol)
-                    try:
-                        book.apply(update)
-                    except BookError as exc:
-                        quarantine.append(_quarantine_row(ref, update.symbol, f"book_rejected: {exc}", payload))
-                        continue
-                    result.book_updates += 1
-                    touched_books.add(update.symbol)
-                result.symbols.add(tick.symbol)
-
+        clock = self.clocks.get(stream)
+        if clock is None:
+            clock = self.clocks[stream] = ClockEstimator(alert_ms=self.clock_alert_ms)
+        batch = self._parse_batch(stream, fmt, records, symbol, validator, result)
+        clock_state = clock.update_many(batch.samples)
         try:
-            self._store(result, quotes, trades, quarantine, clock_state, stream, detect)
+            self._store(result, batch, clock_state, stream, detect)
         except Exception:
             # The batch will be redelivered: forget what the validator learned
-            # from it, or the retry would see its own ticks as duplicates.
+            # from it (or the retry would see its own ticks as duplicates) and
+            # which partitions it created (their creation was rolled back).
             self.validators.pop(stream, None)
+            self.partitions.known.clear()
             raise
-
+        if batch.quotes:
+            self.liquidity_states.update(self.liquidity.update_many(batch.quotes))
         if publish:
-            self._publish(quotes, touched_books)
+            self._publish(batch)
         return result
 
-    def _store(self, result: IngestResult, quotes: list[QuoteTick], trades: list[TradeTick],
-               quarantine: list[QuarantinedMessage], clock_state, stream: str, detect: bool) -> None:
+    def _parse_batch(self, stream: str, fmt: str, records: Sequence[Record], symbol: str | None,
+                     validator: Validator, result: IngestResult) -> _Batch:
+        """Steps 1-2 and the COPY text of every accepted tick: the hot loop."""
+        batch = _Batch()
+        parser = FORMATS.get(fmt)
+        check = validator.check
+        quote_put = batch.quote_rows.append
+        trade_put = batch.trade_rows.append
+        quotes_put = batch.quotes.append
+        sample_put = batch.samples.append
+        quarantine = batch.quarantine
+        symbols = result.symbols
+        ts_cache = self._ts.cache
+        ts_prefix = self._ts.prefix
+        symbol_text = self._symbol_text
+        stream_text = _copy_escape(stream)
+        for seq, recv_ns, payload in records:
+            try:
+                if parser is None:
+                    raise ParseError(f"unknown_format: {fmt!r}")
+                ticks = parser(payload, recv_ns=recv_ns, symbol=symbol, raw=None)
+            except ParseError as exc:
+                quarantine.append(_quarantine_row(stream, seq, "", exc.reason, payload))
+                continue
+            except Exception:
+                # ``parse`` turns a malformed message's exception into a
+                # ParseError (and lets a real bug through); the hot path calls
+                # the parser directly and only goes through ``parse`` here.
+                try:
+                    ticks = parse(fmt, payload, recv_ns=recv_ns, symbol=symbol, raw=None)
+                except ParseError as exc:
+                    quarantine.append(_quarantine_row(stream, seq, "", exc.reason, payload))
+                    continue
+            for tick in ticks:
+                problem = check(tick)
+                if problem is not None:
+                    quarantine.append(_quarantine_row(stream, seq, tick.symbol, problem, payload))
+                    continue
+                kind = type(tick)
+                if kind is QuoteTick or kind is TradeTick:
+                    sym = symbol_text(tick.symbol)
+                    src = tick.source_ts_ns
+                    recv = tick.recv_ts_ns
+                    # ``str(us + 10**6)[1:]`` zero-pads the microseconds several
+                    # times faster than a ``:06d`` format spec.
+                    sec = src // NS_PER_S
+                    src_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(src // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                    sec = recv // NS_PER_S
+                    recv_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(recv // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                    if kind is QuoteTick:
+                        if sym is None:
+                            quarantine.append(_quarantine_row(stream, seq, tick.symbol, "unstorable: symbol too long or holds NUL", payload))
+                            continue
+                        # ``!s``: Decimal's ``__format__`` is several times slower than ``__str__``.
+                        quote_put(f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.bid!s}\t{tick.bid_size!s}\t{tick.ask!s}\t{tick.ask_size!s}\n")  # type: ignore[union-attr]
+                        quotes_put(tick)  # type: ignore[arg-type]
+                    else:
+                        trade_id = tick.trade_id  # type: ignore[union-attr]
+                        if not trade_id.isdigit():
+                            if sym is None or _unstorable_text(trade_id, TRADE_ID_MAX):
+                                quarantine.append(_quarantine_row(stream, seq, tick.symbol, "unstorable: symbol or trade id too long or holds NUL", payload))
+                                continue
+                            trade_id = _copy_escape(trade_id)
+                        elif sym is None or len(trade_id) > TRADE_ID_MAX:
+                            quarantine.append(_quarantine_row(stream, seq, tick.symbol, "unstorable: symbol or trade id too long", payload))
+                            continue
+                        aggressor = tick.aggressor  # type: ignore[union-attr]
+                        trade_put(f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.price!s}\t{tick.size!s}\t{aggressor.value if aggressor else ''}\t{trade_id}\n")  # type: ignore[union-attr]
+                    sample_put((src, recv))
+                else:
+                    update: BookUpdate = tick  # type: ignore[assignment]
+                    keeper = self.books.get(update.symbol)
+                    if keeper is None:
+                        keeper = self.books[update.symbol] = _BookKeeper(update.symbol, fmt)
+                    try:
+                        keeper.apply(update)
+                    except BookError as exc:
+                        quarantine.append(_quarantine_row(stream, seq, update.symbol, f"book_rejected: {exc}", payload))
+                        continue
+                    result.book_updates += 1
+                    batch.books.add(update.symbol)
+                symbols.add(tick.symbol)
+        return batch
+
+    def _store(self, result: IngestResult, batch: _Batch, clock_state: ClockState | None, stream: str, detect: bool) -> None:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                if quotes:
-                    self.partitions.ensure(cursor, "ingestion_quote", {ns_to_datetime(q.source_ts_ns).date() for q in quotes})
-                    result.quotes = _copy_quotes(cursor, quotes)
-                if trades:
-                    self.partitions.ensure(cursor, "ingestion_trade", {ns_to_datetime(t.source_ts_ns).date() for t in trades})
-                    result.trades = _copy_trades(cursor, trades)
-            if quarantine:
-                QuarantinedMessage.objects.bulk_create(quarantine, ignore_conflicts=True)
-                result.quarantined = len(quarantine)
+            if batch.quote_rows or batch.trade_rows:
+                days = {src // NS_PER_DAY for src, _recv in batch.samples}
+                with connection.cursor() as cursor:
+                    if batch.quote_rows:
+                        self.partitions.ensure(cursor, "ingestion_quote", days)
+                        result.quotes = self._copy(cursor, "ingestion_quote", _QUOTE_COLUMNS, batch.quote_rows, batch)
+                    if batch.trade_rows:
+                        self.partitions.ensure(cursor, "ingestion_trade", days)
+                        result.trades = self._copy(cursor, "ingestion_trade", _TRADE_COLUMNS, batch.trade_rows, batch)
+            if batch.quarantine:
+                QuarantinedMessage.objects.bulk_create(batch.quarantine, ignore_conflicts=True)
+                result.quarantined = len(batch.quarantine)
             if clock_state is not None:
-                self._record_clock(stream, clock_state)
+                self._record_clock(stream, clock_state, batch)
             if detect and result.symbols:
                 symbols = sorted(result.symbols)
                 transaction.on_commit(lambda: request_detection(symbols))
 
-    def _record_clock(self, stream: str, state) -> None:
+    def _copy(self, cursor: Any, table: str, columns: str, rows: list[str], batch: _Batch) -> int:
+        """COPY the rows; returns how many were new. See the module docstring for the fallbacks."""
+        data = "".join(rows)
+        try:
+            with transaction.atomic():
+                _copy_text(cursor, table, columns, data)
+            return len(rows)
+        except psycopg.errors.UniqueViolation:
+            pass
+        except psycopg.errors.DataError:
+            rows = self._drop_unstorable(table, rows, batch)
+            data = "".join(rows)
+            try:
+                with transaction.atomic():
+                    _copy_text(cursor, table, columns, data)
+                return len(rows)
+            except psycopg.errors.UniqueViolation:
+                pass
+        return _copy_new_only(cursor, table, columns, data)
+
+    @staticmethod
+    def _drop_unstorable(table: str, rows: list[str], batch: _Batch) -> list[str]:
+        numeric = (5, 6, 7, 8) if table == "ingestion_quote" else (5, 6)
+        kept = []
+        for row in rows:
+            fields = row.rstrip("\n").split("\t")
+            problem = next((p for i in numeric if (p := _numeric_problem(fields[i])) is not None), None)
+            if problem is None:
+                kept.append(row)
+            else:
+                batch.quarantine.append(QuarantinedMessage(
+                    raw_stream=fields[0], raw_seq=int(fields[1]), symbol=fields[2][:SYMBOL_MAX], code="unstorable",
+                    reason=f"unstorable: {problem}", payload_excerpt=_text(row[:EXCERPT_BYTES])))
+        return kept
+
+    def _record_clock(self, stream: str, state: ClockState, batch: _Batch) -> None:
         ClockSource.objects.update_or_create(
             source=stream,
             defaults={"updated_at": timezone.now(), "baseline_ms": state.baseline_ms, "offset_ms": state.offset_ms,
@@ -201,19 +448,21 @@ class IngestPipeline:
         )
         if state.drift_alert and stream not in self._drift_alerted:
             self._drift_alerted.add(stream)
+            at = ns_to_datetime(batch.samples[-1][1]).isoformat() if batch.samples else timezone.now().isoformat()
             message = (f"Clock offset of source {stream} estimated at {state.offset_ms:.1f} ms "
-                       f"(baseline lag {state.baseline_ms:.1f} ms over {state.samples} samples), above {self.clock_alert_ms:.0f} ms.")
+                       f"(baseline lag {state.baseline_ms:.1f} ms, jitter {state.jitter_ms:.1f} ms over {state.samples} samples) "
+                       f"at {at}, above {self.clock_alert_ms:.0f} ms.")
             transaction.on_commit(lambda: current_app.send_task(
                 ALERT_RAISE_TASK, kwargs={"kind": "clock_drift", "severity": "warning", "subject": f"Clock drift on {stream}",
                                           "message": message, "dedup_key": f"clock_drift:{stream}"}))
         elif not state.drift_alert:
             self._drift_alerted.discard(stream)
 
-    def _publish(self, quotes: list[QuoteTick], touched_books: set[str]) -> None:
+    def _publish(self, batch: _Batch) -> None:
         latest: dict[str, QuoteTick] = {}
-        for quote in quotes:
+        for quote in batch.quotes:
             latest[quote.symbol] = quote
-        if not latest and not touched_books:
+        if not latest and not batch.books:
             return
         pipe = redis_client().pipeline(transaction=False)
         for sym, quote in latest.items():
@@ -221,8 +470,12 @@ class IngestPipeline:
                 "symbol": sym, "source_ts_ns": quote.source_ts_ns, "recv_ts_ns": quote.recv_ts_ns,
                 "bid": str(quote.bid), "bid_size": str(quote.bid_size), "ask": str(quote.ask), "ask_size": str(quote.ask_size),
             }))
-        for sym in touched_books:
-            snap = self.books[sym].snapshot(BOOK_LEVELS_PUBLISHED)
+            state = self.liquidity_states.get(sym)
+            if state is not None:
+                pipe.set(liquidity_store.key(sym), liquidity_store.dumps(state))
+        for sym in batch.books:
+            keeper = self.books[sym]
+            snap = keeper.book.snapshot(BOOK_LEVELS_PUBLISHED)
             pipe.set(redis_keys.book(sym), json.dumps({
                 "symbol": sym, "ts_ns": snap.ts_ns,
                 "bids": [[str(p), str(s)] for p, s in snap.bids], "asks": [[str(p), str(s)] for p, s in snap.asks],
@@ -230,9 +483,9 @@ class IngestPipeline:
         pipe.execute()
 
 
-def _quarantine_row(ref: RawRef, symbol: str, reason: str, payload: bytes) -> QuarantinedMessage:
+def _quarantine_row(stream: str, seq: int, symbol: str, reason: str, payload: bytes) -> QuarantinedMessage:
     return QuarantinedMessage(
-        raw_stream=ref.stream, raw_seq=ref.seq, symbol=_text(symbol)[:32], code=reason_code(reason)[:48],
+        raw_stream=stream, raw_seq=seq, symbol=_text(symbol)[:SYMBOL_MAX], code=reason_code(reason)[:48],
         reason=_text(reason), payload_excerpt=_text(payload[:EXCERPT_BYTES].decode("utf-8", errors="backslashreplace")),
     )
 
@@ -247,29 +500,20 @@ _QUOTE_COLUMNS = "raw_stream, raw_seq, symbol, source_ts, recv_ts, bid, bid_size
 _TRADE_COLUMNS = "raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id"
 
 
-def _copy_rows(cursor, table: str, columns: str, rows: Iterable[tuple]) -> int:
+def _copy_text(cursor: Any, table: str, columns: str, data: str) -> None:
+    with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        copy.write(data)
+
+
+def _copy_new_only(cursor: Any, table: str, columns: str, data: str) -> int:
     """COPY into a temporary table, then insert what is new: COPY itself has no ON CONFLICT."""
     staging = f"_stage_{table}"
     cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:  # type: ignore[attr-defined]
-        for row in rows:
-            copy.write_row(row)
+    _copy_text(cursor, staging, columns, data)
     cursor.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT DO NOTHING")  # noqa: S608
     inserted = cursor.rowcount
     cursor.execute(f"TRUNCATE {staging}")
     return inserted
-
-
-def _copy_quotes(cursor, quotes: list[QuoteTick]) -> int:
-    return _copy_rows(cursor, "ingestion_quote", _QUOTE_COLUMNS, (
-        (q.raw.stream, q.raw.seq, q.symbol, ns_to_datetime(q.source_ts_ns), ns_to_datetime(q.recv_ts_ns),
-         q.bid, q.bid_size, q.ask, q.ask_size) for q in quotes if q.raw is not None))
-
-
-def _copy_trades(cursor, trades: list[TradeTick]) -> int:
-    return _copy_rows(cursor, "ingestion_trade", _TRADE_COLUMNS, (
-        (t.raw.stream, t.raw.seq, t.symbol, ns_to_datetime(t.source_ts_ns), ns_to_datetime(t.recv_ts_ns),
-         t.price, t.size, t.aggressor.value if t.aggressor else "", t.trade_id) for t in trades if t.raw is not None))
 
 
 def request_detection(symbols: Iterable[str]) -> list[str]:
@@ -283,6 +527,208 @@ def request_detection(symbols: Iterable[str]) -> list[str]:
             current_app.send_task(DETECT_SYMBOL_TASK, args=[sym])
             sent.append(sym)
     return sent
+
+
+def raw_stream_register(*, name: str, fmt: str, symbol: str = "", check_symbols: bool = True) -> RawStream:
+    """Record (once) which format a raw stream holds, so ``replay_raw`` can read it back.
+
+    A stream's format never changes: registering it again with another format
+    raises ``ValueError`` rather than letting one stream mix two formats.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+    row, _created = RawStream.objects.get_or_create(
+        name=name, defaults={"fmt": fmt, "symbol": symbol, "check_symbols": check_symbols})
+    if row.fmt != fmt or (row.symbol or "") != (symbol or ""):
+        raise ValueError(f"raw stream {name!r} holds format {row.fmt!r} (symbol {row.symbol!r}); "
+                         f"refusing to add {fmt!r} (symbol {symbol!r}) to it")
+    return row
+
+
+# ----------------------------------------------------------------------------- files and replay
+
+INGEST_BATCH = 5000
+# Streams the platform writes itself, readable by ``replay_raw`` even before
+# their writer registered them in ``RawStream``.
+DEFAULT_STREAM_FORMATS = {"sim": "sim", "binance": "binance-ws"}
+_STREAM_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class FileAlreadyIngestedError(Exception):
+    """The same file (by SHA-256) was already loaded into the same raw stream."""
+
+
+def file_stream_name(fmt: str, path: Path) -> str:
+    """``file-<format>-<basename>``, made a valid raw-store stream name (max 128)."""
+    name = _STREAM_CHARS.sub("-", f"file-{fmt}-{path.name}")
+    return name[:128]
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def open_raw_writer(store: RawStore, stream: str) -> RawWriter:
+    """Open the stream's writer, cutting off a frame half-written by a crash."""
+    try:
+        return store.writer(stream)
+    except CorruptTailError:
+        removed = store.repair_tail(stream)
+        logger.warning("raw stream %s: removed an incomplete final frame (%s bytes) left by a crash", stream, removed)
+        return store.writer(stream)
+
+
+def file_ingest(*, path: Path, fmt: str, store: RawStore, stream: str | None = None, symbol: str | None = None,
+                queue: bool = False, batch: int = INGEST_BATCH, publish: bool = True,
+                pipeline: IngestPipeline | None = None, send: Any = None) -> dict[str, Any]:
+    """Load a recorded file: raw store first, then ingest (inline or through the ingest queue).
+
+    Steps:
+    1. Hash the file. The same bytes already loaded into the same stream are
+       refused (``FileAlreadyIngestedError``): appending them again would give
+       every tick a second raw reference, hence a second row.
+    2. Register the stream's format (``RawStream``) so ``replay_raw`` can read it.
+    3. Record the load (``IngestedFile``, status ``appending``, first seq)
+       before the first append, so a crash can be resumed: a rerun finds the
+       records already in the raw store, ingests those again (idempotent) and
+       appends only the rest.
+    4. Per batch: append to the raw store, then ingest inline or send the
+       batch to the ingest queue (by task name).
+    5. Mark the load ``ingested`` or ``queued``.
+
+    Receive time: the file's own where the format records one (``binance-ws``
+    lines start with it), else now. Tardis rows carry the recorder's receive
+    time inside the row, which is what their parser uses anyway.
+    """
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+    sha, size = file_sha256(path)
+    stream = stream or file_stream_name(fmt, path)
+    raw_stream_register(name=stream, fmt=fmt, symbol=symbol or "", check_symbols=False)
+    row = IngestedFile.objects.filter(stream=stream, sha256=sha).first()
+    if row is not None and row.status in (IngestedFile.Status.INGESTED, IngestedFile.Status.QUEUED):
+        raise FileAlreadyIngestedError(
+            f"{path} (sha256 {sha}) was already loaded into stream {stream!r} on {row.finished_at or row.created_at:%Y-%m-%d %H:%M:%S}; "
+            f"replay_raw --stream {stream} rebuilds its ticks from the raw store")
+    pipeline = pipeline or IngestPipeline()
+    send = send or current_app.send_task
+    total = IngestResult()
+    queued = 0
+
+    def hand_over(records: list[Record]) -> None:
+        nonlocal queued
+        if queue:
+            send(INGEST_BATCH_TASK, args=[stream, fmt, encode_records(records), symbol])
+            queued += 1
+        else:
+            total.add(pipeline.ingest(stream=stream, fmt=fmt, records=records, symbol=symbol, publish=publish, detect=False))
+
+    writer = open_raw_writer(store, stream)
+    try:
+        if row is None:
+            row = IngestedFile.objects.create(stream=stream, sha256=sha, fmt=fmt, path=str(path), size_bytes=size,
+                                              first_seq=writer.last_seq + 1)
+        already = writer.last_seq - row.first_seq + 1
+        resumed = already
+        if already > 0:
+            # A previous run stopped part-way: what it appended is the truth,
+            # so ingest it again from the raw store before going on.
+            prefix: list[Record] = []
+            for rec in store.read(stream, from_seq=row.first_seq):
+                prefix.append((rec.seq, rec.recv_ns, rec.payload))
+                if len(prefix) >= batch:
+                    hand_over(prefix)
+                    prefix = []
+            if prefix:
+                hand_over(prefix)
+        appended = 0
+        skipped = 0
+        payloads: list[bytes] = []
+        stamps: list[int | None] = []
+
+        def flush() -> None:
+            nonlocal appended
+            now = time.time_ns()
+            recvs = [now if s is None else s for s in stamps]
+            refs = writer.append_many(payloads, recv_ns=recvs)
+            writer.flush()
+            appended += len(refs)
+            hand_over([(ref.seq, recv, payload) for ref, recv, payload in zip(refs, recvs, payloads, strict=True)])
+            payloads.clear()
+            stamps.clear()
+
+        for payload, recv in iter_file_records(fmt, path):
+            if skipped < already:
+                skipped += 1
+                continue
+            payloads.append(payload)
+            stamps.append(recv)
+            if len(payloads) >= batch:
+                flush()
+        if payloads:
+            flush()
+        last_seq = writer.last_seq
+    finally:
+        writer.close()
+    row.last_seq = last_seq
+    row.records = last_seq - row.first_seq + 1
+    row.status = IngestedFile.Status.QUEUED if queue else IngestedFile.Status.INGESTED
+    row.finished_at = timezone.now()
+    row.save(update_fields=["last_seq", "records", "status", "finished_at"])
+    out: dict[str, Any] = {"path": str(path), "format": fmt, "stream": stream, "sha256": sha, "records": row.records,
+                           "first_seq": row.first_seq, "last_seq": last_seq, "appended": appended,
+                           "resumed_records": max(resumed, 0), "status": row.status}
+    if queue:
+        out["batches_queued"] = queued
+    else:
+        out.update(total.as_dict())
+    return out
+
+
+def stream_format(stream: str) -> tuple[str, str | None] | None:
+    """(format, parser symbol) of a raw stream, or None when nobody recorded it."""
+    row = RawStream.objects.filter(name=stream).first()
+    if row is not None:
+        return row.fmt, row.symbol or None
+    fmt = DEFAULT_STREAM_FORMATS.get(stream)
+    return (fmt, None) if fmt else None
+
+
+def raw_replay(*, store: RawStore, day: date | None = None, streams: Iterable[str] | None = None,
+               batch: int = INGEST_BATCH, publish: bool = False, pipeline: IngestPipeline | None = None) -> dict[str, Any]:
+    """Rebuild the tick tables from the raw store through the same ``IngestPipeline`` path.
+
+    Idempotent: every row's key is its raw reference, so replaying twice adds
+    nothing, and quarantine rows are unique per reference and reason. Streams
+    whose format is unknown are reported, not guessed.
+    """
+    pipeline = pipeline or IngestPipeline()
+    names = list(streams) if streams is not None else store.streams(day)
+    report: dict[str, Any] = {"day": day.isoformat() if day else None, "streams": {}, "skipped": {}}
+    for name in names:
+        known = stream_format(name)
+        if known is None:
+            report["skipped"][name] = "format unknown: no RawStream row; register it (ingest_file/feed do) and replay again"
+            continue
+        fmt, symbol = known
+        total = IngestResult()
+        chunk: list[Record] = []
+        for rec in store.read(name, day=day):
+            chunk.append((rec.seq, rec.recv_ns, rec.payload))
+            if len(chunk) >= batch:
+                total.add(pipeline.ingest(stream=name, fmt=fmt, records=chunk, symbol=symbol, publish=publish, detect=False))
+                chunk = []
+        if chunk:
+            total.add(pipeline.ingest(stream=name, fmt=fmt, records=chunk, symbol=symbol, publish=publish, detect=False))
+        report["streams"][name] = {"format": fmt, **total.as_dict()}
+    return report
 
 
 _pipeline_lock = threading.Lock()

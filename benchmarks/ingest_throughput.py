@@ -1,0 +1,134 @@
+"""End-to-end ingest throughput of one worker into PostgreSQL, next to the parse-only rate.
+
+Realistic ticks: the recorded Tardis BTCUSDT quotes and trades, repeated with
+their timestamps shifted forward so every copy is new data (9,999 distinct
+rows per pass, same prices, sizes and receive lags). Each figure is the median
+of a few runs over ``BATCH``-record batches, the batch size the feed uses.
+
+- ``parse_only``: ``ingestion.parsers.parse`` per record (nothing else).
+- ``parse_validate_clock``: the pipeline's hot loop without the database
+  (parse, validate, COPY text, clock estimator, liquidity monitor).
+- ``end_to_end``: ``IngestPipeline.ingest`` (the above plus COPY into the
+  day partitions, quarantine, clock row), what the ingest worker does per batch.
+- ``end_to_end_redelivered``: the same batches again (all duplicates), which
+  takes the staging-table ``ON CONFLICT`` path.
+
+Needs ``DATABASE_URL`` (a migrated database) and ``REDIS_URL``; rows are
+written under a stream ``bench-<pid>`` and deleted afterwards.
+Run: ``.venv/bin/python benchmarks/ingest_throughput.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trading.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.db import connection  # noqa: E402
+
+from ingestion.parsers import iter_file_records, parse  # noqa: E402
+from ingestion.services import IngestPipeline, IngestResult  # noqa: E402
+from ingestion.validation import Validator  # noqa: E402
+
+DATA = Path(os.environ.get("FP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+BATCH = 5000
+PASSES = int(os.environ.get("BENCH_PASSES", "10"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+
+
+def shifted(fmt: str, name: str, passes: int, start_seq: int = 1) -> list[tuple[int, int, bytes]]:
+    """The file's rows ``passes`` times, timestamps moved three hours per pass (new, in-order data)."""
+    rows = [payload for payload, _recv in iter_file_records(fmt, DATA / name)]
+    out: list[tuple[int, int, bytes]] = []
+    seq = start_seq
+    for p in range(passes):
+        shift = p * 10_800_000_000  # three hours in microseconds
+        for row in rows:
+            f = row.split(b",")
+            f[2] = str(int(f[2]) + shift).encode()
+            f[3] = str(int(f[3]) + shift).encode()
+            if fmt == "tardis-trades":
+                f[4] = f"{f[4].decode()}-{p}".encode()
+            out.append((seq, 0, b",".join(f)))
+            seq += 1
+    return out
+
+
+def batches(records: list, size: int = BATCH) -> list[list]:
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def rate(n: int, seconds: float) -> float:
+    return round(n / seconds)
+
+
+def cleanup(stream: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ingestion_quote WHERE raw_stream = %s", [stream])
+        cursor.execute("DELETE FROM ingestion_trade WHERE raw_stream = %s", [stream])
+        cursor.execute("DELETE FROM ingestion_quarantinedmessage WHERE raw_stream = %s", [stream])
+        cursor.execute("DELETE FROM ingestion_clocksource WHERE source = %s", [stream])
+
+
+def main() -> None:
+    stream = f"bench-{os.getpid()}"
+    out: dict[str, object] = {"batch": BATCH, "cpus": os.cpu_count()}
+    for fmt, name in (("tardis-quotes", "tardis_binance-futures_BTCUSDT_quotes_2020-02-22.csv"),
+                      ("tardis-trades", "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv")):
+        records = shifted(fmt, name, PASSES)
+        n = len(records)
+        parse_runs, hot_runs, e2e_runs, dup_runs = [], [], [], []
+        for _ in range(RUNS):
+            started = time.perf_counter()
+            for seq, recv, payload in records:
+                parse(fmt, payload, recv_ns=recv)
+            parse_runs.append(time.perf_counter() - started)
+
+            pipeline = IngestPipeline(known_symbols={"BTCUSDT"})
+            started = time.perf_counter()
+            for chunk in batches(records):
+                result = IngestResult()
+                batch = pipeline._parse_batch(stream, fmt, chunk, None, Validator(known_symbols={"BTCUSDT"}), result)
+                pipeline.clocks.setdefault(stream, __import__("ingestion.clock").clock.ClockEstimator()).update_many(batch.samples)
+                pipeline.liquidity.update_many(batch.quotes)
+            hot_runs.append(time.perf_counter() - started)
+
+            cleanup(stream)
+            pipeline = IngestPipeline(known_symbols={"BTCUSDT"})
+            stored = 0
+            started = time.perf_counter()
+            for chunk in batches(records):
+                r = pipeline.ingest(stream=stream, fmt=fmt, records=chunk, publish=True, detect=False)
+                stored += r.quotes + r.trades
+            e2e_runs.append(time.perf_counter() - started)
+            assert stored == n, (stored, n)
+
+            pipeline = IngestPipeline(known_symbols={"BTCUSDT"})
+            started = time.perf_counter()
+            for chunk in batches(records):
+                pipeline.ingest(stream=stream, fmt=fmt, records=chunk, publish=True, detect=False)
+            dup_runs.append(time.perf_counter() - started)
+        cleanup(stream)
+        out[fmt] = {
+            "ticks": n,
+            "parse_only_ticks_per_s": rate(n, statistics.median(parse_runs)),
+            "parse_validate_clock_ticks_per_s": rate(n, statistics.median(hot_runs)),
+            "end_to_end_ticks_per_s": rate(n, statistics.median(e2e_runs)),
+            "end_to_end_redelivered_ticks_per_s": rate(n, statistics.median(dup_runs)),
+        }
+    out["target_ticks_per_s"] = 150_000
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,7 @@ import struct
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -95,6 +95,11 @@ _sha256_long = hashlib.sha256
 _LONG_PAYLOAD = 128
 
 
+# Building RawRefs slot by slot is only right while it has exactly these
+# fields; if the shared type grows, fall back to its constructor.
+_REFS_BY_SLOT = [f.name for f in fields(RawRef)] == ["stream", "seq"] and RawRef.__slots__ == ("stream", "seq")
+
+
 def _refs(stream: str, first: int, last: int) -> list[RawRef]:
     """Build RawRefs for ``first..last`` without the frozen dataclass ``__init__``.
 
@@ -103,6 +108,8 @@ def _refs(stream: str, first: int, last: int) -> list[RawRef]:
     the two slots through their descriptors builds the same objects (equal,
     hashable, still frozen to callers) about three times faster.
     """
+    if not _REFS_BY_SLOT:
+        return [RawRef(stream, s) for s in range(first, last + 1)]
     new = object.__new__
     set_stream = RawRef.__dict__["stream"].__set__
     set_seq = RawRef.__dict__["seq"].__set__

@@ -16,7 +16,7 @@ import stat
 import struct
 import subprocess
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ from ingestion.types import RawRef
 SEG_HDR = struct.Struct(">8sHHQ32s")
 FRAME = struct.Struct(">HIQQ32s32s")
 DAY = date(2024, 3, 5)
-DAY_NS = int(datetime(2024, 3, 5, tzinfo=timezone.utc).timestamp()) * 1_000_000_000  # noqa: UP017
+DAY_NS = int(datetime(2024, 3, 5, tzinfo=UTC).timestamp()) * 1_000_000_000
 NS_PER_DAY = 86_400 * 1_000_000_000
 
 
@@ -421,20 +421,25 @@ def test_it_detects_a_record_cut_from_the_end_of_the_previous_day(tmp_path: Path
     assert problems_of(tmp_path, DAY + timedelta(days=1)) == [("record_deleted", rel(DAY, "sim"), 3)]
 
 
-def test_it_detects_a_forged_start_chain_of_the_next_day(tmp_path: Path) -> None:
+def test_it_detects_a_next_day_segment_rebuilt_on_a_forged_chain(tmp_path: Path) -> None:
     store = RawStore(tmp_path)
     with store.writer("sim") as w:
         w.append_many([b"a", b"b"], recv_ns=DAY_NS)
         w.append_many([b"c"], recv_ns=DAY_NS + NS_PER_DAY)
     nxt = DAY + timedelta(days=1)
-    path = seg_path(tmp_path, nxt, "sim")
-    data = bytearray(path.read_bytes())
-    data[30] ^= 1  # Inside the header's start chain.
-    path.write_bytes(bytes(data))
+    # Rewrite the next day as a self-consistent segment that starts from a made-up chain head:
+    # only the link to the previous day can tell.
+    fake_start = hashlib.sha256(b"made up").digest()
+    recv = DAY_NS + NS_PER_DAY
+    digest = hashlib.sha256(b"c").digest()
+    chain3 = hashlib.sha256(fake_start + (3).to_bytes(8, "big") + recv.to_bytes(8, "big") + digest).digest()
+    seg_path(tmp_path, nxt, "sim").write_bytes(
+        SEG_HDR.pack(b"FPRAWSEG", 1, 0, 3, fake_start) + FRAME.pack(0xF5A1, 1, 3, recv, digest, chain3) + b"c"
+    )
 
-    problems = problems_of(tmp_path)
-
-    assert ("chain_broken", rel(nxt, "sim"), 3) in problems
+    assert problems_of(tmp_path) == [("chain_broken", rel(nxt, "sim"), 3)]
+    assert problems_of(tmp_path, nxt) == [("chain_broken", rel(nxt, "sim"), 3)]
+    assert problems_of(tmp_path, DAY) == []
 
 
 def test_it_keeps_a_record_whose_clock_stepped_back_in_the_current_day(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from automations.models import Automation
 from ingestion.types import BookSnapshot, Side
-from automations.strategies import Intent
+from automations.strategies import Intent, get_strategy
 from trading import redis_keys
 
 BASE_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
@@ -32,6 +32,8 @@ def make_automation(name: str = "auto-1", symbol: str = "TEST-BTC", **fields) ->
         "approval_threshold": 0, "signal_expiry_seconds": 120,
     }
     values.update(fields)
+    strategy = get_strategy(values["strategy"])
+    values["parameters"] = strategy.params_as_json(strategy.validate_params(values["parameters"]))
     automation = Automation(name=name, symbol=symbol, **values)
     automation._change_reason = "test setup"
     automation.save()

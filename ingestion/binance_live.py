@@ -265,9 +265,7 @@ class BinanceUsdmConnector:
                 # A connection that delivered data resets the backoff; one that
                 # failed straight away keeps growing it.
                 attempt = 0 if received else attempt + 1
-                delay = backoff_delay(
-                    attempt, initial_s=self.backoff_initial_s, max_s=self.backoff_max_s, rng=self._rng
-                )
+                delay = backoff_delay(attempt, initial_s=self.backoff_initial_s, max_s=self.backoff_max_s, rng=self._rng)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop_event.wait(), delay)
         finally:
@@ -316,7 +314,7 @@ class BinanceUsdmConnector:
     def _handle(self, payload: bytes, recv_ns: int) -> None:
         try:
             message = json.loads(payload)
-            data = message["data"] if "data" in message else message
+            data = message.get("data", message)
             event = data["e"]
             if event == "depthUpdate":
                 update = parse_depth_update(data, recv_ns)
@@ -327,7 +325,7 @@ class BinanceUsdmConnector:
                 self._emit(parse_trade(data, recv_ns))
             else:
                 raise BinanceMessageError(f"unknown event type {event!r}")
-        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
             self.counters.parse_errors += 1
             logger.warning("unparseable binance usd-m frame (%s): %r", exc, payload[:200])
 

@@ -134,9 +134,7 @@ class FaultConfig:
 DEFAULT_SYMBOLS: dict[str, SymbolSpec] = {
     "SIM-BTCUSD": SymbolSpec("SIM-BTCUSD", Decimal("50000.0"), Decimal("0.1"), Decimal("0.001"), 0.60),
     "SIM-ETHUSD": SymbolSpec("SIM-ETHUSD", Decimal("3000.00"), Decimal("0.01"), Decimal("0.01"), 0.75),
-    "SIM-XRPUSD": SymbolSpec(
-        "SIM-XRPUSD", Decimal("0.5000"), Decimal("0.0001"), Decimal("1"), 0.90, typical_size_lots=5000.0
-    ),
+    "SIM-XRPUSD": SymbolSpec("SIM-XRPUSD", Decimal("0.5000"), Decimal("0.0001"), Decimal("1"), 0.90, typical_size_lots=5000.0),
 }
 
 # The spread in price units is this fraction of the one-second price move

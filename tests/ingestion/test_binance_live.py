@@ -289,7 +289,7 @@ def test_it_parses_binance_book_ticker_trade_and_depth_snapshot_payloads() -> No
     )
 
 
-@pytest.mark.parametrize("payload", [b"not json", b'{"stream":"x","data":{"e":"mystery"}}', b'{"data":{"e":"trade"}}'])
+@pytest.mark.parametrize("payload", [b"not json", b"[1, 2]", b'{"stream":"x","data":{"e":"mystery"}}', b'{"data":{"e":"trade"}}'])
 def test_it_counts_an_unparseable_frame_instead_of_failing(payload: bytes) -> None:
     ticks: list[Any] = []
     connector = BinanceUsdmConnector(["BTCUSDT"], lambda *_: None, on_tick=ticks.append)

@@ -238,9 +238,7 @@ def test_it_injects_malformed_and_duplicate_messages_at_about_the_configured_rat
     originals = len(raw) - duplicates
     malformed_messages = [r for r in raw if _decode(r) is None]
     # Duplicated malformed payloads are counted once.
-    malformed = len(malformed_messages) - sum(
-        1 for a, b in zip(raw, raw[1:], strict=False) if a == b and _decode(a) is None
-    )
+    malformed = len(malformed_messages) - sum(1 for a, b in zip(raw, raw[1:], strict=False) if a == b and _decode(a) is None)
     assert originals > 7_000
     # Binomial noise at this size is about 0.0025 on the malformed rate.
     assert 0.04 < malformed / originals < 0.06
@@ -279,8 +277,7 @@ def test_it_crosses_the_book_only_when_that_fault_is_on() -> None:
 def test_it_offsets_and_skews_source_timestamps() -> None:
     clean = [json.loads(r) for r in _run(MarketSimulator(DEFAULT_SYMBOLS, seed=4), 30)]
     offset = [
-        json.loads(r)
-        for r in _run(MarketSimulator(DEFAULT_SYMBOLS, seed=4, faults=FaultConfig(clock_offset_ns=700_000_000)), 30)
+        json.loads(r) for r in _run(MarketSimulator(DEFAULT_SYMBOLS, seed=4, faults=FaultConfig(clock_offset_ns=700_000_000)), 30)
     ]
     assert len(clean) == len(offset)
     assert all(b["ts_ns"] - a["ts_ns"] == 700_000_000 for a, b in zip(clean, offset, strict=True))

@@ -95,3 +95,18 @@ def webhook(settings: Any) -> Iterator[WebhookServer]:
 
 
 D = Decimal
+
+
+@pytest.fixture
+def role_permissions(db: Any) -> None:
+    """The roles' model permissions, as the migrations grant them.
+
+    A ``transactional_db`` test flushes every table, migration data included,
+    so tests that rely on the roles re-apply the grants.
+    """
+    import importlib
+
+    from django.apps import apps
+
+    for module in ("automations.migrations.0003_role_permissions", "risk.migrations.0003_role_permissions"):
+        importlib.import_module(module).grant(apps, None)

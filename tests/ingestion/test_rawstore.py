@@ -545,3 +545,21 @@ def test_it_stores_recorded_bybit_l2_messages_byte_exact(tmp_path: Path) -> None
     data[off + FRAME.size + 5000] ^= 0x20
     path.write_bytes(bytes(data))
     assert problems_of(tmp_path) == [("payload_edited", rel(DAY, "file-bybit"), 1)]
+
+
+def test_it_catches_a_sealed_segment_rebuilt_consistently_through_the_manifest(tmp_path: Path) -> None:
+    write_day(tmp_path / "real")
+    _seal(tmp_path / "real")
+    # An attacker who can rewrite the whole file rebuilds a self-consistent chain with record 5 changed.
+    forged_payloads = [quote(i) if i != 4 else b'{"e":"bookTicker","b":"1.00"}' for i in range(10)]
+    with RawStore(tmp_path / "forged").writer("sim") as w:
+        w.append_many(forged_payloads, recv_ns=[DAY_NS + 1_000 * i for i in range(10)])
+    target = seg_path(tmp_path / "real", DAY, "sim")
+    os.chmod(target, 0o644)
+    target.write_bytes(seg_path(tmp_path / "forged", DAY, "sim").read_bytes())
+
+    problems = RawStore(tmp_path / "real").verify().problems
+
+    fields = {p.detail.split(":")[0] for p in problems}
+    assert all(p.kind == ProblemKind.MANIFEST_MISMATCH and p.segment == rel(DAY, "sim") for p in problems)
+    assert fields == {"bytes", "file_sha256", "chain_end", "merkle_root"}

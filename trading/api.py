@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -32,3 +33,20 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, DjangoValidationError):
         return Response({"detail": exc.messages, "code": "invalid"}, status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """Names nested ``InputSerializer``/``OutputSerializer`` components after their view.
+
+    Views declare their serializers inside the view class (one view per
+    operation), so many are called ``InputSerializer``; without this their
+    schema components would collide.
+    """
+
+    def _get_serializer_name(self, serializer: Any, direction: str, bypass_extensions: bool = False) -> str:
+        name = super()._get_serializer_name(serializer, direction, bypass_extensions)
+        cls = serializer if isinstance(serializer, type) else type(serializer)
+        outer = cls.__qualname__.rsplit(".", 1)[0] if "." in cls.__qualname__ else ""
+        if outer and not name.startswith(outer):
+            return f"{outer}{name}"
+        return name

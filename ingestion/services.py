@@ -162,14 +162,23 @@ def _numeric_problem(text: str) -> str | None:
 
 
 class _Partitions:
-    """Creates daily partitions on demand; remembers which exist."""
+    """Creates daily partitions on demand; remembers for a while which exist.
+
+    The memory expires because retention (``prune_ticks``) may drop an old
+    partition behind a long-lived worker's back; rows for that day would then
+    land in the default partition and block re-creating it.
+    """
+
+    TTL_S = 300.0
 
     def __init__(self) -> None:
-        self.known: set[tuple[str, int]] = set()
+        self.known: dict[tuple[str, int], float] = {}
 
     def ensure(self, cursor: Any, table: str, day_numbers: Iterable[int]) -> None:
+        now = time.monotonic()
         for number in day_numbers:
-            if (table, number) in self.known:
+            seen = self.known.get((table, number))
+            if seen is not None and now - seen < self.TTL_S:
                 continue
             day = date(1970, 1, 1) + timedelta(days=number)
             name = f"{table}_p{day:%Y%m%d}"
@@ -182,7 +191,7 @@ class _Partitions:
                 "FOR VALUES FROM (%s) TO (%s)",
                 [start, start + timedelta(days=1)],
             )
-            self.known.add((table, number))
+            self.known[(table, number)] = now
 
 
 # ----------------------------------------------------------------------------- books

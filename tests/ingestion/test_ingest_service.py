@@ -131,3 +131,46 @@ def test_it_keeps_the_l2_book_from_bybit_and_publishes_its_top(redis_clean):
 def test_records_survive_the_celery_message_encoding():
     records = [(1, 10, b"\x00\xff{}"), (2, 11, b"plain")]
     assert decode_records(encode_records(records)) == records
+
+
+@pytest.mark.django_db
+def test_it_publishes_liquidity_per_symbol_and_flags_a_wide_thin_book(instrument, redis_clean):
+    from ingestion.liquidity_store import latest_liquidity
+
+    # Spread 100.0/101.0 is about 99.5 bps, far above the 10 bps default; top
+    # notional 2 x 100 = 200 is far below 10,000.
+    records = [(i + 1, T0 + i * 1_000_000, sim_quote(i, bid="100.0", ask="101.0")) for i in range(4)]
+    IngestPipeline().ingest(stream="sim", fmt="sim", records=records, detect=False)
+    state = latest_liquidity("SIM-A")
+    assert state is not None
+    assert state.spread_bps == pytest.approx((101.0 - 100.0) / 100.5 * 10_000)
+    assert state.bid_notional == pytest.approx(200.0) and state.ask_notional == pytest.approx(303.0)
+    assert state.quotes_in_window == 4
+    assert state.wide_spread and state.thin_book and state.low_liquidity
+    raw = json.loads(redis_clean.get("fp:liquidity:SIM-A"))
+    assert raw["low_liquidity"] is True and [r.split(":")[0] for r in raw["reasons"]] == ["wide_spread", "thin_book"]
+
+
+@pytest.mark.django_db
+def test_a_value_the_column_cannot_hold_is_quarantined_and_the_rest_is_stored(instrument, redis_clean):
+    records = [
+        (1, T0, sim_quote(0)),
+        # 1e18 passes validation (its exponent is in range) but overflows numeric(30, 12).
+        (2, T0 + 1_000_000, sim_quote(1, bid="1000000000000000000", ask="1000000000000000001")),
+        (3, T0 + 2_000_000, sim_quote(2, bid="100.2")),
+    ]
+    result = IngestPipeline().ingest(stream="sim", fmt="sim", records=records, detect=False)
+    assert result.quotes == 2
+    assert sorted(Quote.objects.values_list("raw_seq", flat=True)) == [1, 3]
+    row = QuarantinedMessage.objects.get()
+    assert (row.raw_seq, row.code) == (2, "unstorable")
+
+
+@pytest.mark.django_db
+def test_a_partly_stored_batch_delivered_again_stores_only_the_missing_rows(instrument, redis_clean):
+    records = [(i + 1, T0 + i * 1_000_000, sim_quote(i, bid=f"99.{i}")) for i in range(6)]
+    IngestPipeline().ingest(stream="sim", fmt="sim", records=records[:3], detect=False)
+    # The redelivered batch clashes on the primary key and takes the ON CONFLICT path.
+    result = IngestPipeline().ingest(stream="sim", fmt="sim", records=records, detect=False)
+    assert result.quotes == 3
+    assert sorted(Quote.objects.values_list("raw_seq", "bid")) == [(i + 1, Decimal(f"99.{i}")) for i in range(6)]

@@ -43,7 +43,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from audit.services import audit_event_record, audit_event_record_autonomous
 from automations.models import Automation, Signal
-from automations.services import automation_update, signal_transition
+from automations.services import signal_transition
 from execution.accounting import Position, position_apply
 from execution.brokers import BrokerError, BrokerOrder, BrokerOrderStatus, BrokerRejected, OrderRequest, broker_for_mode
 from execution.gating import gating_required, signal_order_hash
@@ -295,10 +295,28 @@ def automation_mode_set(*, automation_id: int, user: Any, mode: str, otp_token: 
             audit_event_record(kind=AuditEvent.Kind.OTP_FAILED, actor=user, subject=automation, reason=reason,
                                data={"action": "mode", "to": mode})
         else:
-            automation = automation_update(automation=automation, actor=user, reason=reason, changes={"mode": mode})
+            automation = _automation_mode_write(automation_id=automation_id, user=user, mode=mode, reason=reason)
     if refusal is not None:
         raise refusal
     return automation
+
+
+def _automation_mode_write(*, automation_id: int, user: Any, mode: str, reason: str) -> Automation:
+    """The versioned write of the mode (simple-history row with the reason, audit events)."""
+    locked = Automation.objects.select_for_update().get(pk=automation_id)
+    before = locked.mode
+    if before == mode:
+        raise _refusal(f"automation {locked.name} is already in {mode} mode", code="no_change", status_code=400)
+    locked.mode = mode
+    locked.last_changed_by = user
+    locked._change_reason = reason  # type: ignore[attr-defined]
+    locked._history_user = user  # type: ignore[attr-defined]
+    locked.save(update_fields=["mode", "last_changed_by", "updated_at"])
+    audit_event_record(kind=AuditEvent.Kind.CONFIG_CHANGE, actor=user, subject=locked, reason=reason,
+                       data={"action": "update", "changes": {"mode": [before, mode]}})
+    audit_event_record(kind=AuditEvent.Kind.MODE_CHANGE, actor=user, subject=locked, reason=reason,
+                       data={"from": before, "to": mode, "otp_verified": True})
+    return locked
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
 from django_otp.decorators import otp_required
 from django_otp.forms import OTPAuthenticationForm
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from automations import selectors
 from automations.api import CONFIGURE_ROLES, OPERATE_ROLES, user_roles
@@ -26,6 +27,17 @@ class OTPLoginForm(OTPAuthenticationForm):
         super().__init__(*args, **kwargs)
         self.fields["otp_token"].required = True
         self.fields["otp_token"].widget.attrs.update({"autocomplete": "one-time-code", "inputmode": "numeric"})
+
+    def _chosen_device(self, user):
+        """The device the form names, else the user's authenticator app (its first confirmed TOTP device).
+
+        django-otp no longer tries every device in turn (a miss would throttle
+        unrelated devices), so a one-field login must say which device it means.
+        """
+        device = super()._chosen_device(user)
+        if device is None:
+            device = TOTPDevice.objects.filter(user=user, confirmed=True).order_by("id").first()
+        return device
 
 
 class OTPLoginView(auth_views.LoginView):

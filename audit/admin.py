@@ -11,6 +11,7 @@ from audit.admin_tools import (
     FastChangelistMixin,
     ReadOnlyAdminMixin,
     ReasonActionForm,
+    StaffUserFilter,
     action_reason,
     date_range_filter,
     register_history,
@@ -52,7 +53,7 @@ _AT_FROM, _AT_TO = date_range_filter("at")
 class AuditEventAdmin(FastChangelistMixin, ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "at", "kind", "actor_label", "subject_display", "short_reason", "changes")
     list_select_related = ("actor",)
-    list_filter = ("kind", ("actor", admin.RelatedOnlyFieldListFilter), SubjectFilter, _AT_FROM, _AT_TO)
+    list_filter = ("kind", ("actor", StaffUserFilter), SubjectFilter, _AT_FROM, _AT_TO)
     search_fields = ("reason",)
     search_help_text = "Search the reason text."
     readonly_fields = ("id", "at", "kind", "actor", "actor_label", "subject_type", "subject_id", "reason", "data_pretty",

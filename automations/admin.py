@@ -98,7 +98,7 @@ class SignalAdmin(FastChangelistMixin, ExportMixin, ReadOnlyAdminMixin, admin.Mo
     """Signals; opening one shows its full story (context, snapshot, regime, approval, order, fills, audit)."""
 
     list_display = ("id", "created_at", "automation", "symbol", "side", "quantity", "limit_price", "status", "needs_approval")
-    list_filter = ("status", "side", "needs_approval", ("automation", admin.RelatedOnlyFieldListFilter), _CREATED_FROM,
+    list_filter = ("status", "side", "needs_approval", "automation", _CREATED_FROM,
                    _CREATED_TO)
     list_select_related = ("automation",)
     search_fields = ("=id", "symbol")

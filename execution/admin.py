@@ -12,6 +12,7 @@ from audit.admin_tools import (
     FastChangelistMixin,
     ReadOnlyAdminMixin,
     ReasonRequiredAdminMixin,
+    StaffUserFilter,
     date_range_filter,
     register_history,
 )
@@ -40,7 +41,7 @@ _ORDER_FROM, _ORDER_TO = date_range_filter("created_at")
 class OrderAdmin(FastChangelistMixin, ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "created_at", "client_order_id", "automation", "symbol", "side", "quantity", "limit_price",
                     "status", "filled_qty", "avg_fill_price", "gated")
-    list_filter = ("status", "gated", "broker", ("automation", admin.RelatedOnlyFieldListFilter), _ORDER_FROM, _ORDER_TO)
+    list_filter = ("status", "gated", "broker", "automation", _ORDER_FROM, _ORDER_TO)
     list_select_related = ("automation",)
     search_fields = ("=client_order_id", "=broker_order_id", "=signal__id")
     inlines = [FillInline]
@@ -61,7 +62,7 @@ _DECIDED_FROM, _DECIDED_TO = date_range_filter("decided_at")
 @admin.register(Approval)
 class ApprovalAdmin(FastChangelistMixin, ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "decided_at", "signal", "decision", "user", "device_id", "order_hash", "reason")
-    list_filter = ("decision", ("user", admin.RelatedOnlyFieldListFilter), _DECIDED_FROM, _DECIDED_TO)
+    list_filter = ("decision", ("user", StaffUserFilter), _DECIDED_FROM, _DECIDED_TO)
     list_select_related = ("user", "signal")
     search_fields = ("=order_hash", "=signal__id", "reason")
     ordering = ("-id",)

@@ -94,7 +94,7 @@ _TRIPPED_FROM, _TRIPPED_TO = date_range_filter("tripped_at")
 @admin.register(BreakerTrip)
 class BreakerTripAdmin(FastChangelistMixin, ExportMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("id", "tripped_at", "automation", "limit", "value", "threshold", "reset_at", "reset_by", "reset_reason")
-    list_filter = ("limit", ("automation", admin.RelatedOnlyFieldListFilter), _TRIPPED_FROM, _TRIPPED_TO)
+    list_filter = ("limit", "automation", _TRIPPED_FROM, _TRIPPED_TO)
     list_select_related = ("automation",)
     search_fields = ("message", "reset_reason")
     ordering = ("-id",)

@@ -4,13 +4,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from audit.history import acting_as
-from audit.roles import roles_setup
-from audit.services import role_assign
+# Django imports live inside the fixtures: pure tests in this folder run with -p no:django.
 
 
 @pytest.fixture(autouse=True)
@@ -30,11 +25,17 @@ def alerts(_no_alert_broker: list[tuple[str, dict[str, Any]]]) -> list[tuple[str
 
 @pytest.fixture
 def roles(db: None) -> None:
+    from audit.roles import roles_setup
+
     roles_setup()
 
 
 @pytest.fixture
 def make_user(roles: None):
+    from django.contrib.auth import get_user_model
+
+    from audit.services import role_assign
+
     User = get_user_model()
     root = User.objects.create_superuser("root", "root@example.com", "x" * 16)
 
@@ -48,7 +49,10 @@ def make_user(roles: None):
     return make
 
 
-def otp_client(user: Any, *, verified: bool = True) -> Client:
+def otp_client(user: Any, *, verified: bool = True) -> Any:
+    from django.test import Client
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
     client = Client()
     client.force_login(user)
     if verified:
@@ -61,6 +65,7 @@ def otp_client(user: Any, *, verified: bool = True) -> Client:
 
 @pytest.fixture
 def automation(make_user: Any) -> Any:
+    from audit.history import acting_as
     from automations.models import Automation
 
     with acting_as(make_user.root, "test setup: create the automation"):
@@ -70,6 +75,7 @@ def automation(make_user: Any) -> Any:
 
 @pytest.fixture
 def risk_limit(automation: Any, make_user: Any) -> Any:
+    from audit.history import acting_as
     from risk.models import RiskLimit
 
     with acting_as(make_user.root, "test setup: limits"):

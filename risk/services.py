@@ -28,7 +28,7 @@ import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, Q
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -40,7 +40,6 @@ from risk.models import Alert, BreakerTrip, KillSwitch, RiskLimit, RiskState
 from risk.selectors import (
     LIMIT_FIELDS,
     LIMIT_SETTING_FIELDS,
-    kill_switch_engaged,
     risk_limits_for,
     user_is_risk_officer,
     user_may_engage_kill_switch,
@@ -182,7 +181,15 @@ def _states_lock(automation_id: int | None, now: datetime) -> tuple[RiskState, R
         scope = Q(automation__isnull=True)
         if automation_id:
             scope |= Q(automation_id=automation_id)
-        return list(RiskState.objects.select_for_update().filter(scope).order_by("pk"))
+        # One round trip: the rows (locked), the automation's status and the
+        # kill switch, so the hot path does not pay three separate reads.
+        return list(
+            RiskState.objects.select_for_update(of=("self",))
+            .select_related("automation")
+            .annotate(kill_switch_on=Exists(KillSwitch.objects.filter(pk=1, engaged=True)))
+            .filter(scope)
+            .order_by("pk")
+        )
 
     rows = load()
     if len(rows) < wanted:
@@ -212,6 +219,28 @@ def _state_refresh(row: RiskState, now: datetime) -> None:
     now_s = now.timestamp()
     row.signal_times = [t for t in row.signal_times if t > now_s - SIGNAL_WINDOW_S]
     row.order_times = [t for t in row.order_times if t > now_s - ORDER_WINDOW_S]
+
+
+# How many window entries a row keeps when its scope has no limit for that
+# window: enough history that a limit set later starts from real data,
+# small enough that the JSON rewritten under the lock stays short.
+WINDOW_UNSET_KEEP = 100
+
+
+def _window_trim(row: RiskState, *, signal_limit: int | None, order_limit: int | None) -> None:
+    """Keep only the newest entries that can matter.
+
+    With a count limit of M, whether one more is allowed depends only on the
+    newest M entries in the window (older ones leave the window first), so
+    the row never needs more than M.
+    """
+    row.signal_times = _newest(row.signal_times, WINDOW_UNSET_KEEP if signal_limit is None else signal_limit)
+    row.order_times = _newest(row.order_times, WINDOW_UNSET_KEEP if order_limit is None else order_limit)
+
+
+def _newest(times: list[float], keep: int) -> list[float]:
+    # A slice of [-0:] would keep everything; a limit of 0 keeps nothing.
+    return times[-keep:] if keep > 0 else []
 
 
 def _rules_state(row: RiskState) -> rules.RiskState:
@@ -290,14 +319,14 @@ def pretrade_check(
     _state_refresh(automation_row, now)
 
     refusal: rules.Breach | None = None
-    if kill_switch_engaged():
+    if global_row.kill_switch_on:  # type: ignore[attr-defined]
         refusal = rules.Breach(REFUSAL_KILL_SWITCH, 1, 0, "the kill switch is engaged: all trading is halted")
     elif global_row.tripped:
         refusal = _open_trip_refusal(None)
     elif automation_row.tripped:
         refusal = _open_trip_refusal(automation_id)
     else:
-        status = Automation.objects.filter(pk=automation_id).values_list("status", flat=True).first()
+        status = automation_row.automation.status
         if status != Automation.Status.ACTIVE:
             refusal = rules.Breach(REFUSAL_NOT_ACTIVE, 0, 0, f"the automation is {status or 'missing'}, not active")
     if refusal is not None:
@@ -324,9 +353,10 @@ def pretrade_check(
         return _globalize(global_breaches) + automation_breaches
 
     now_s = now.timestamp()
-    for row in (global_row, automation_row):
+    for row, limits in ((global_row, global_limits), (automation_row, automation_limits)):
         row.open_orders += 1
         row.order_times.append(now_s)
+        _window_trim(row, signal_limit=limits.max_signals_per_hour, order_limit=limits.max_orders_per_minute)
     _state_save(global_row, automation_row)
     return []
 
@@ -350,8 +380,9 @@ def signal_rate_check(*, automation: Automation | int, actor_label: str = "worke
     automation_breaches = rules.check_signal(automation_limits, _rules_state(automation_row))
     if not global_breaches and not automation_breaches:
         now_s = now.timestamp()
-        global_row.signal_times.append(now_s)
-        automation_row.signal_times.append(now_s)
+        for row, limits in ((global_row, global_limits), (automation_row, automation_limits)):
+            row.signal_times.append(now_s)
+            _window_trim(row, signal_limit=limits.max_signals_per_hour, order_limit=limits.max_orders_per_minute)
         _state_save(global_row, automation_row)
         return None
     _state_save(global_row, automation_row)
@@ -387,7 +418,7 @@ def order_closed(
     assert automation_row is not None
     tripped: list[rules.Breach] = []
     global_limits, automation_limits, _ = risk_limits_for(automation_id)
-    for row, limits in ((global_row, global_limits), (automation_row, automation_limits)):
+    for row in (global_row, automation_row):
         _state_refresh(row, now)
         row.open_orders = max(0, row.open_orders - 1)
         after = rules.apply_fill_pnl(_rules_state(row), pnl)
@@ -462,7 +493,9 @@ def _send_trip_backup(trip: BreakerTrip) -> None:
     }
     try:
         breaker_trip_ensure_task.apply_async(kwargs=payload, retry=False)
-    except Exception:  # noqa: BLE001 - the broker being down must not hide the trip itself
+    # The broker being down must not hide the trip itself: it is still in
+    # the caller's transaction.
+    except Exception:
         logger.exception("could not queue the durable copy of breaker trip %s", trip.trip_key)
 
 
@@ -801,7 +834,8 @@ def _alert_delivery_enqueue(alert_id: int) -> None:
 
     try:
         alert_deliver_task.apply_async(args=[alert_id], retry=False)
-    except Exception:  # noqa: BLE001 - the alert row stays pending; alerts_redeliver_pending picks it up
+    # The alert row stays pending; alerts_redeliver_pending picks it up.
+    except Exception:
         logger.exception("could not queue delivery of alert %s", alert_id)
 
 
@@ -860,7 +894,8 @@ def alert_deliver(*, alert_id: int) -> str:
             else:
                 _email_send(emails, alert)
             done.add(name)
-        except Exception as exc:  # noqa: BLE001 - any failure of a channel is retried
+        # Any failure of a channel is recorded and retried.
+        except Exception as exc:
             errors.append(f"{name}: {exc}"[:500])
     max_attempts = int(_setting("ALERT_MAX_ATTEMPTS", 6))
     with transaction.atomic():

@@ -8,22 +8,20 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
-from django.db import connection
-from django_otp.oath import TOTP
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from automations.models import Automation, Signal
-from automations.strategies import Intent
 from ingestion.types import BookSnapshot, Side
-from trading import redis_keys
-from trading.celery import app as celery_app
+
+# Django is imported inside the helpers, so the pure tests of this folder (backtest,
+# credentials) also run with ``-p no:django``.
 
 BASE_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
 PASSWORD = "correct horse battery staple"
 
 
-def make_user(username: str, *groups: str, otp: bool = True) -> tuple[User, TOTPDevice | None]:
+def make_user(username: str, *groups: str, otp: bool = True) -> tuple[Any, Any]:
+    from django.contrib.auth.models import Group, Permission, User
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
     user = User.objects.create_user(username=username, password=PASSWORD)
     for name in groups:
         group, _ = Group.objects.get_or_create(name=name)
@@ -34,14 +32,18 @@ def make_user(username: str, *groups: str, otp: bool = True) -> tuple[User, TOTP
     return user, device
 
 
-def totp(device: TOTPDevice, offset_steps: int = 0) -> str:
+def totp(device: Any, offset_steps: int = 0) -> str:
     """The device's code for the current time step (+ offset), computed independently of verify_token."""
+    from django_otp.oath import TOTP
+
     generator = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
     generator.time = time.time() + offset_steps * device.step
     return f"{generator.token():0{device.digits}d}"
 
 
-def make_automation(name: str = "auto-x", symbol: str = "TEST-BTC", **fields: Any) -> Automation:
+def make_automation(name: str = "auto-x", symbol: str = "TEST-BTC", **fields: Any) -> Any:
+    from automations.models import Automation
+
     values = {"strategy": "microprice_reversion", "parameters": {"quantity": "0.01"},
               "status": Automation.Status.ACTIVE, "approval_threshold": 0, "signal_expiry_seconds": 120}
     values.update(fields)
@@ -51,14 +53,14 @@ def make_automation(name: str = "auto-x", symbol: str = "TEST-BTC", **fields: An
     return automation
 
 
-def make_signal(automation: Automation, *, status: str = Signal.Status.PENDING_APPROVAL, side: str = "buy",
-                quantity: str = "0.5", limit_price: str = "100.10", **context: Any) -> Signal:
+def make_signal(automation: Any, *, status: str = "pending_approval", side: str = "buy",
+                quantity: str = "0.5", limit_price: str = "100.10", **context: Any) -> Any:
     """A signal born and routed through the signal services (the detection path's calls)."""
     from automations.services import signal_create, signal_transition
 
     signal = signal_create(automation=automation, side=side, quantity=Decimal(quantity),
                            limit_price=Decimal(limit_price), reason="test", mid=Decimal("100.05"),
-                           needs_approval=status == Signal.Status.PENDING_APPROVAL, **context)
+                           needs_approval=status == "pending_approval", **context)
     return signal_transition(signal=signal, to_status=status, actor_label="test")
 
 
@@ -71,6 +73,8 @@ def make_book(symbol: str = "TEST-BTC", ts_ns: int = BASE_NS, levels: int = 20,
 
 def publish_market(client: Any, book: BookSnapshot) -> None:
     """Write the Redis keys the ingest worker writes: latest quote and book."""
+    from trading import redis_keys
+
     client.set(redis_keys.book(book.symbol), json.dumps({
         "symbol": book.symbol, "ts_ns": book.ts_ns,
         "bids": [[str(p), str(s)] for p, s in book.bids], "asks": [[str(p), str(s)] for p, s in book.asks],
@@ -83,6 +87,8 @@ def publish_market(client: Any, book: BookSnapshot) -> None:
 
 
 def insert_quote(symbol: str, ts_ns: int, bid: str = "100.00", ask: str = "100.10", stream: str = "test") -> None:
+    from django.db import connection
+
     with connection.cursor() as cursor:
         cursor.execute("SELECT coalesce(max(raw_seq), 0) FROM ingestion_quote WHERE raw_stream = %s", [stream])
         seq = cursor.fetchone()[0] + 1
@@ -109,7 +115,9 @@ class AlwaysBuy:
     def trade_lookback_ns(self, params: Any) -> int:
         return 0
 
-    def evaluate(self, window: Any, params: Any, features: Any = None) -> list[Intent]:
+    def evaluate(self, window: Any, params: Any, features: Any = None) -> list[Any]:
+        from automations.strategies import Intent
+
         ask = Decimal(str(window.quotes["ask"].iloc[-1])).quantize(Decimal("0.01"))
         return [Intent(side=Side.BUY, quantity=Decimal("0.5"), limit_price=ask, reason="always buy", features={})]
 
@@ -121,9 +129,15 @@ def always_buy(monkeypatch: pytest.MonkeyPatch) -> AlwaysBuy:
 
 
 @pytest.fixture(autouse=True)
-def sent_tasks(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[list[tuple[str, Any]]]:
+def sent_tasks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]]]:
     """Capture every task sent by name; never publish to a real broker from a unit test."""
     sent: list[tuple[str, Any]] = []
+    if "django_db_setup" not in request.fixturenames and not request.node.get_closest_marker("django_db"):
+        yield sent  # A pure test: no Django, nothing to capture.
+        return
+    from trading.celery import app as celery_app
+
+    settings = request.getfixturevalue("settings")
     monkeypatch.setattr(celery_app, "send_task", lambda name, args=None, kwargs=None, **kw: sent.append((name, args)))
     settings.ALERT_WEBHOOK_URL = ""
     settings.ALERT_EMAILS = []

@@ -706,48 +706,55 @@ def _cancel_all_send(reason: str) -> None:
     app.send_task(ORDERS_CANCEL_ALL_TASK, args=[reason])
 
 
-@transaction.atomic
 def kill_switch_engage(*, actor: Any, reason: str) -> KillSwitch:
-    """Stop everything: halt every automation, stop waiting signals, cancel every open order.
+    """Stop everything: cancel every open order, halt every automation, stop waiting signals.
 
-    1. Lock the kill switch row and turn it on (versioned, with the reason).
-       From this commit on, ``kill_switch_engaged()`` is true and the execute
-       worker refuses any order.
-    2. Halt every automation (status ``halted``, versioned, audited).
-    3. Expire every signal pending approval, queued or approved.
-    4. Audit, alert, and on commit send ``execution.tasks.orders_cancel_all_task``
-       by name to the execute worker, which cancels every open order at the broker.
+    Two transactions, so the orders are cancelled as early as possible:
 
-    Engaging again while engaged repeats steps 2 to 4 (a fresh sweep).
+    1. Lock the kill switch row and turn it on (versioned, with the reason),
+       audit it, and on commit send ``execution.tasks.orders_cancel_all_task``
+       by name to the execute worker, which cancels every open order at the
+       broker. From this commit on, ``kill_switch_engaged()`` is true and the
+       execute worker (and ``pretrade_check``) refuses every order.
+    2. Halt every automation (status ``halted``, versioned, audited), expire
+       every signal pending approval, queued or approved, and raise the
+       critical ``kill_switch_on`` alert. If this step failed, trading would
+       still be stopped by step 1; engaging again repeats it.
+
+    Call it outside any transaction: inside one, the cancel-all waits for the
+    caller's commit. Engaging again while engaged repeats both steps (a fresh sweep).
     """
     reason = _require_reason(reason)
     user, label = _actor_parts(actor)
     started = time.monotonic()
-    switch = _kill_switch_lock()
-    was_engaged = switch.engaged
-    switch.engaged = True
-    switch.reason = reason
-    switch.changed_at = timezone.now()
-    switch.changed_by = label
-    switch._change_reason = reason  # type: ignore[attr-defined]
-    if user is not None:
-        switch._history_user = user  # type: ignore[attr-defined]
-    switch.save()
     halt_reason = f"kill switch engaged by {label}: {reason}"
-    halted = automations_halt_all(reason=halt_reason, actor_label=label, actor=user)
-    stopped = _signals_stop(reason=halt_reason, actor_label=label, actor=user)
-    audit_event_record(
-        kind=AuditEvent.Kind.KILL_SWITCH, actor=user, actor_label=label, subject=switch, reason=reason,
-        data={"engaged": True, "was_engaged": was_engaged, "automations_halted": halted, "signals_stopped": stopped},
-    )
-    alert_raise(
-        kind=AlertKind.KILL_SWITCH_ON, severity=Alert.Severity.CRITICAL,
-        subject=f"KILL SWITCH ENGAGED by {label}",
-        message=f"{reason}\nAutomations halted: {len(halted)}. Signals stopped: {len(stopped)}. "
-                f"Cancelling every open order.",
-    )
-    transaction.on_commit(lambda: _cancel_all_send(halt_reason))
-    logger.warning("kill switch engaged by %s in %.1f ms: %s", label, (time.monotonic() - started) * 1e3, reason)
+    with transaction.atomic():
+        switch = _kill_switch_lock()
+        was_engaged = switch.engaged
+        switch.engaged = True
+        switch.reason = reason
+        switch.changed_at = timezone.now()
+        switch.changed_by = label
+        switch._change_reason = reason  # type: ignore[attr-defined]
+        if user is not None:
+            switch._history_user = user  # type: ignore[attr-defined]
+        switch.save()
+        audit_event_record(
+            kind=AuditEvent.Kind.KILL_SWITCH, actor=user, actor_label=label, subject=switch, reason=reason,
+            data={"engaged": True, "was_engaged": was_engaged},
+        )
+        transaction.on_commit(lambda: _cancel_all_send(halt_reason))
+    with transaction.atomic():
+        halted = automations_halt_all(reason=halt_reason, actor_label=label, actor=user)
+        stopped = _signals_stop(reason=halt_reason, actor_label=label, actor=user)
+        alert_raise(
+            kind=AlertKind.KILL_SWITCH_ON, severity=Alert.Severity.CRITICAL,
+            subject=f"KILL SWITCH ENGAGED by {label}",
+            message=f"{reason}\nAutomations halted: {len(halted)}. Signals stopped: {len(stopped)}. "
+                    f"Every open order is being cancelled.",
+        )
+    logger.warning("kill switch engaged by %s in %.1f ms (%d automations halted, %d signals stopped): %s",
+                   label, (time.monotonic() - started) * 1e3, len(halted), len(stopped), reason)
     return switch
 
 

@@ -68,7 +68,7 @@ ACTOR = "worker-detect"
 REGIME_QUOTES = 300
 # Trade flow is aggregated over a time window; this many recent prints cover
 # the default lookbacks on liquid symbols without loading a day of trades.
-TRADE_ROWS = 5000
+TRADE_ROWS = 2000
 LAST_EVALUATED_TTL_S = 86_400
 
 
@@ -101,6 +101,32 @@ class _Plan:
 
 
 _params_cache: dict[tuple[int, datetime | None], dict[str, Any]] = {}
+# Per symbol: (fingerprint, automations). The fingerprint is the count, the
+# newest ``updated_at`` and the highest id of the symbol's active automations;
+# any save (status, parameters, gating) moves ``updated_at``, so one cheap
+# aggregate query tells whether the thousand rows must be loaded again. A
+# stale entry could at worst evaluate an automation just paused, and
+# ``_route`` re-reads the status inside the signal's transaction anyway.
+_automations_cache: dict[str, tuple[tuple[Any, ...], list[Automation]]] = {}
+
+
+def _active_automations(symbol: str) -> list[Automation]:
+    from django.db.models import Count, Max
+
+    active = Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE)
+    agg = active.aggregate(n=Count("id"), changed=Max("updated_at"), top=Max("id"))
+    fingerprint = (agg["n"], agg["changed"], agg["top"])
+    hit = _automations_cache.get(symbol)
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    rows = list(active.only(
+        "id", "symbol", "strategy", "parameters", "status", "allowed_regimes", "snapshot_levels",
+        "signal_expiry_seconds", "updated_at", "name",
+    ).order_by("id"))
+    if len(_automations_cache) > 10_000:
+        _automations_cache.clear()
+    _automations_cache[symbol] = (fingerprint, rows)
+    return rows
 
 
 def _plan(automation: Automation) -> _Plan | None:
@@ -238,7 +264,7 @@ def detect_symbol(*, symbol: str) -> DetectResult:
 def _detect(symbol: str, client: Any) -> DetectResult:
     started = time.perf_counter()
     result = DetectResult(symbol=symbol)
-    automations = list(Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE).order_by("id"))
+    automations = _active_automations(symbol)
     result.automations = len(automations)
     if not automations:
         return result

@@ -13,6 +13,13 @@ of a few runs over ``BATCH``-record batches, the batch size the feed uses.
 - ``end_to_end_redelivered``: the same batches again (all duplicates), which
   takes the staging-table ``ON CONFLICT`` path.
 
+Besides wall-clock rates (which depend on whatever else the two cores are
+doing), CPU cost per tick is reported for the worker process
+(``time.process_time``) and for its PostgreSQL backend (``/proc/<pid>/stat``
+of ``pg_backend_pid()``, when the server runs on this machine): on an idle
+2-core machine the worker's ceiling is about ``1e6 / max(worker, backend)``
+ticks/s when the COPY overlaps parsing, ``1e6 / (worker + backend)`` when not.
+
 Needs ``DATABASE_URL`` (a migrated database) and ``REDIS_URL``; rows are
 written under a stream ``bench-<pid>`` and deleted afterwards.
 Run: ``.venv/bin/python benchmarks/ingest_throughput.py``.
@@ -30,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trading.settings")
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -72,6 +79,18 @@ def rate(n: int, seconds: float) -> float:
     return round(n / seconds)
 
 
+def backend_cpu_s() -> float | None:
+    """CPU seconds used so far by this connection's PostgreSQL backend, if it runs on this host."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cleanup(stream: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM ingestion_quote WHERE raw_stream = %s", [stream])
@@ -87,10 +106,10 @@ def main() -> None:
                       ("tardis-trades", "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv")):
         records = shifted(fmt, name, PASSES)
         n = len(records)
-        parse_runs, hot_runs, e2e_runs, dup_runs = [], [], [], []
+        parse_runs, hot_runs, e2e_runs, dup_runs, cpu_runs, pg_runs = [], [], [], [], [], []
         for _ in range(RUNS):
             started = time.perf_counter()
-            for seq, recv, payload in records:
+            for _seq, recv, payload in records:
                 parse(fmt, payload, recv_ns=recv)
             parse_runs.append(time.perf_counter() - started)
 
@@ -106,11 +125,17 @@ def main() -> None:
             cleanup(stream)
             pipeline = IngestPipeline(known_symbols={"BTCUSDT"})
             stored = 0
+            pg_before = backend_cpu_s()
+            cpu_before = time.process_time()
             started = time.perf_counter()
             for chunk in batches(records):
                 r = pipeline.ingest(stream=stream, fmt=fmt, records=chunk, publish=True, detect=False)
                 stored += r.quotes + r.trades
             e2e_runs.append(time.perf_counter() - started)
+            cpu_runs.append(time.process_time() - cpu_before)
+            pg_after = backend_cpu_s()
+            if pg_before is not None and pg_after is not None:
+                pg_runs.append(pg_after - pg_before)
             assert stored == n, (stored, n)
 
             pipeline = IngestPipeline(known_symbols={"BTCUSDT"})
@@ -125,8 +150,11 @@ def main() -> None:
             "parse_validate_clock_ticks_per_s": rate(n, statistics.median(hot_runs)),
             "end_to_end_ticks_per_s": rate(n, statistics.median(e2e_runs)),
             "end_to_end_redelivered_ticks_per_s": rate(n, statistics.median(dup_runs)),
+            "worker_cpu_us_per_tick": round(statistics.median(cpu_runs) / n * 1e6, 2),
+            "postgres_cpu_us_per_tick": round(statistics.median(pg_runs) / n * 1e6, 2) if pg_runs else None,
         }
     out["target_ticks_per_s"] = 150_000
+    out["load_average_1m"] = os.getloadavg()[0]
     print(json.dumps(out))
 
 

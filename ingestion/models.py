@@ -39,6 +39,9 @@ class Quote(models.Model):
         managed = False
         db_table = "ingestion_quote"
 
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.bid}/{self.ask} @ {self.source_ts.isoformat()}"
+
 
 class Trade(models.Model):
     """A trade print (time and sales), partitioned like ``Quote``."""
@@ -57,6 +60,9 @@ class Trade(models.Model):
     class Meta:
         managed = False
         db_table = "ingestion_trade"
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.size} @ {self.price} {self.source_ts.isoformat()}"
 
 
 class QuarantinedMessage(models.Model):

@@ -37,6 +37,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -187,7 +188,7 @@ class _Partitions:
             # the same partition.
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [table])
             cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "  # noqa: S608 - names built from a date
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
                 "FOR VALUES FROM (%s) TO (%s)",
                 [start, start + timedelta(days=1)],
             )
@@ -262,6 +263,7 @@ class IngestPipeline:
         self._ts = _TsText()
         self._safe_symbols: dict[str, str | None] = {}
         self._stream_info: dict[str, RawStream | None] = {}
+        self._copier: ThreadPoolExecutor | None = None
 
     def _stream(self, stream: str) -> RawStream | None:
         if stream not in self._stream_info:
@@ -293,10 +295,12 @@ class IngestPipeline:
         clock = self.clocks.get(stream)
         if clock is None:
             clock = self.clocks[stream] = ClockEstimator(alert_ms=self.clock_alert_ms)
-        batch = self._parse_batch(stream, fmt, records, symbol, validator, result)
-        clock_state = clock.update_many(batch.samples)
+        batch = _Batch()
         try:
-            self._store(result, batch, clock_state, stream, detect)
+            with transaction.atomic():
+                streamed = self._parse_and_copy(stream, fmt, records, symbol, validator, result, batch)
+                clock_state = clock.update_many(batch.samples)
+                self._store(result, batch, clock_state, stream, detect, streamed)
         except Exception:
             # The batch will be redelivered: forget what the validator learned
             # from it (or the retry would see its own ticks as duplicates) and
@@ -310,10 +314,75 @@ class IngestPipeline:
             self._publish(batch)
         return result
 
+    def _parse_and_copy(self, stream: str, fmt: str, records: Sequence[Record], symbol: str | None,
+                        validator: Validator, result: IngestResult, batch: _Batch) -> bool:
+        """Parse in chunks and COPY each chunk from a helper thread while the next one is parsed.
+
+        PostgreSQL (on the other core) then works on chunk k while Python
+        parses chunk k+1; psycopg releases the GIL while it waits on the
+        server. All chunks go through one savepoint on the same connection
+        and transaction, in order. Returns True when every row was stored this
+        way; False when the batch was small (parsed only) or a chunk clashed
+        with stored rows or held an unstorable value: the savepoint is then
+        rolled back and ``_store`` takes the checked path for the whole batch.
+        """
+        if len(records) <= STREAM_CHUNK:
+            self._parse_batch(stream, fmt, records, symbol, validator, result, batch)
+            return False
+        connection.ensure_connection()
+        raw = connection.connection
+        executor = self._executor()
+        sid = transaction.savepoint()
+        pending = None
+        failed = False
+        sent_quotes = sent_trades = sent_samples = 0
+        try:
+            for start in range(0, len(records), STREAM_CHUNK):
+                self._parse_batch(stream, fmt, records[start:start + STREAM_CHUNK], symbol, validator, result, batch)
+                if failed:
+                    continue
+                if pending is not None:
+                    failed = _copy_failed(pending)
+                    pending = None
+                    if failed:
+                        continue
+                quotes = batch.quote_rows[sent_quotes:]
+                trades = batch.trade_rows[sent_trades:]
+                if not quotes and not trades:
+                    continue
+                days = {src // NS_PER_DAY for src, _recv in batch.samples[sent_samples:]}
+                with connection.cursor() as cursor:
+                    if quotes:
+                        self.partitions.ensure(cursor, "ingestion_quote", days)
+                    if trades:
+                        self.partitions.ensure(cursor, "ingestion_trade", days)
+                sent_quotes, sent_trades, sent_samples = len(batch.quote_rows), len(batch.trade_rows), len(batch.samples)
+                pending = executor.submit(_copy_chunk, raw, quotes, trades)
+            if pending is not None and not failed:
+                failed = _copy_failed(pending)
+                pending = None
+        finally:
+            if pending is not None:
+                # Something failed in the main thread: the helper must be done
+                # with the connection before the transaction is rolled back.
+                wait([pending])
+        if failed:
+            transaction.savepoint_rollback(sid)
+            return False
+        transaction.savepoint_commit(sid)
+        result.quotes = len(batch.quote_rows)
+        result.trades = len(batch.trade_rows)
+        return True
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._copier is None:
+            self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-copy")
+        return self._copier
+
     def _parse_batch(self, stream: str, fmt: str, records: Sequence[Record], symbol: str | None,
-                     validator: Validator, result: IngestResult) -> _Batch:
-        """Steps 1-2 and the COPY text of every accepted tick: the hot loop."""
-        batch = _Batch()
+                     validator: Validator, result: IngestResult, batch: _Batch | None = None) -> _Batch:
+        """Steps 1-2 and the COPY text of every accepted tick: the hot loop. Appends to ``batch``."""
+        batch = batch if batch is not None else _Batch()
         parser = FORMATS.get(fmt)
         check = validator.check
         quote_put = batch.quote_rows.append
@@ -326,6 +395,8 @@ class IngestPipeline:
         ts_prefix = self._ts.prefix
         symbol_text = self._symbol_text
         stream_text = _copy_escape(stream)
+        last_src = last_recv = -1
+        src_text = recv_text = ""
         for seq, recv_ns, payload in records:
             try:
                 if parser is None:
@@ -353,12 +424,18 @@ class IngestPipeline:
                     sym = symbol_text(tick.symbol)
                     src = tick.source_ts_ns
                     recv = tick.recv_ts_ns
+                    # A feed batch shares one receive time and bursts share a venue
+                    # time, so the previous text is reused when the value repeats.
                     # ``str(us + 10**6)[1:]`` zero-pads the microseconds several
                     # times faster than a ``:06d`` format spec.
-                    sec = src // NS_PER_S
-                    src_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(src // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
-                    sec = recv // NS_PER_S
-                    recv_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(recv // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                    if src != last_src:
+                        sec = src // NS_PER_S
+                        last_src = src
+                        src_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(src // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                    if recv != last_recv:
+                        sec = recv // NS_PER_S
+                        last_recv = recv
+                        recv_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(recv // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
                     if kind is QuoteTick:
                         if sym is None:
                             quarantine.append(_quarantine_row(stream, seq, tick.symbol, "unstorable: symbol too long or holds NUL", payload))
@@ -394,9 +471,10 @@ class IngestPipeline:
                 symbols.add(tick.symbol)
         return batch
 
-    def _store(self, result: IngestResult, batch: _Batch, clock_state: ClockState | None, stream: str, detect: bool) -> None:
+    def _store(self, result: IngestResult, batch: _Batch, clock_state: ClockState | None, stream: str, detect: bool,
+               streamed: bool = False) -> None:
         with transaction.atomic():
-            if batch.quote_rows or batch.trade_rows:
+            if not streamed and (batch.quote_rows or batch.trade_rows):
                 days = {src // NS_PER_DAY for src, _recv in batch.samples}
                 with connection.cursor() as cursor:
                     if batch.quote_rows:
@@ -507,6 +585,27 @@ def _text(value: str) -> str:
 
 _QUOTE_COLUMNS = "raw_stream, raw_seq, symbol, source_ts, recv_ts, bid, bid_size, ask, ask_size"
 _TRADE_COLUMNS = "raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id"
+
+
+STREAM_CHUNK = 1000
+
+
+def _copy_chunk(raw: Any, quotes: list[str], trades: list[str]) -> None:
+    """Runs in the helper thread, on the raw psycopg connection of the ingest transaction."""
+    with raw.cursor() as cursor:
+        if quotes:
+            _copy_text(cursor, "ingestion_quote", _QUOTE_COLUMNS, "".join(quotes))
+        if trades:
+            _copy_text(cursor, "ingestion_trade", _TRADE_COLUMNS, "".join(trades))
+
+
+def _copy_failed(future: Future[None]) -> bool:
+    """Wait for a chunk's COPY; True if it clashed or held an unstorable value (other errors propagate)."""
+    try:
+        future.result()
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DataError):
+        return True
+    return False
 
 
 def _copy_text(cursor: Any, table: str, columns: str, data: str) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from celery import current_app
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from ingestion.models import ClockSource, IngestedFile, QuarantinedMessage, Quote, RawStream, Trade
 from ingestion.rawstore import RawStore

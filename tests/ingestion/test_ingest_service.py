@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from ingestion.models import ClockSource, Instrument, QuarantinedMessage, Quote, Trade
+from ingestion.models import ClockSource, Instrument, QuarantinedMessage, Quote
 from ingestion.parsers import iter_file_records
 from ingestion.selectors import book_snapshot, latest_quote, quotes_frame
 from ingestion.services import IngestPipeline, decode_records, encode_records

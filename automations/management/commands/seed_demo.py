@@ -63,7 +63,7 @@ class Command(BaseCommand):
         self.stdout.write("\nDemo logins (password / TOTP secret / otpauth URI):")
         for username, user in users.items():
             device = TOTPDevice.objects.get(user=user, name="default")
-            self.stdout.write(f"  {username:<11} role={ROLES[username]:<13} password={creds[username]}")
+            self.stdout.write(f"  {username:<11} role={ROLES[username]:<13} password={creds.get(username, '(set before; not kept here)')}")
             self.stdout.write(f"              totp secret={totp_secret_base32(device)}")
             self.stdout.write(f"              {device.config_url}")
 

@@ -202,7 +202,11 @@ class Validator:
                 return f"crossed_book: bid {best_bid} > ask {best_ask}"
             if best_bid == best_ask:
                 return f"locked_book: bid {best_bid} == ask {best_ask}"
-        if state.last_book_ts_ns is not None and tick.source_ts_ns < state.last_book_ts_ns:
+        # A snapshot is not ordered against the deltas: a Binance REST snapshot
+        # is answered while newer stream events are already arriving, so it is
+        # routinely older than the last delta, and the venue's sync rules
+        # (update ids, not timestamps) decide whether it joins the stream.
+        if not tick.is_snapshot and state.last_book_ts_ns is not None and tick.source_ts_ns < state.last_book_ts_ns:
             return _out_of_order(tick.source_ts_ns, state.last_book_ts_ns, "book")
         # A snapshot restarts the numbering (Bybit resets ``u`` to 1 after a
         # restart); a delta whose last id is not past the applied one is a
@@ -214,7 +218,8 @@ class Validator:
             and tick.last_update_id <= state.last_book_update_id
         ):
             return f"duplicate: book update {tick.last_update_id} already applied (last {state.last_book_update_id})"
-        state.last_book_ts_ns = tick.source_ts_ns
+        if not tick.is_snapshot:
+            state.last_book_ts_ns = tick.source_ts_ns
         if tick.last_update_id is not None:
             state.last_book_update_id = tick.last_update_id
         return None

@@ -23,7 +23,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from automations.models import Signal
 from execution.models import Order
-from tests.execution.conftest import PASSWORD, make_automation, make_book, make_signal, make_user, publish_market, totp
+from tests.execution.conftest import PASSWORD, make_automation, make_book, make_signal, make_user, publish_market, totp, totp_next
 from trading.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,8 +97,8 @@ def test_a_trader_signs_in_with_otp_sees_a_live_signal_approves_it_and_sees_it_f
             expect(page.get_by_test_id(f"signal-row-{signal.pk}")).to_be_visible(timeout=10_000)
             expect(page.get_by_test_id(f"signal-status-{signal.pk}")).to_have_text("pending_approval")
 
-            # The sign-in used this time step's code; django-otp accepts the next step's code once.
-            page.get_by_test_id(f"approve-otp-{signal.pk}").fill(totp(device, 1))
+            # The sign-in used this time step's code; django-otp accepts a later step's code once.
+            page.get_by_test_id(f"approve-otp-{signal.pk}").fill(totp_next(device))
             page.get_by_test_id(f"approve-{signal.pk}").click()
             expect(page.get_by_test_id(f"signal-status-{signal.pk}")).to_have_text("filled", timeout=30_000)
             browser.close()

@@ -41,6 +41,24 @@ def totp(device: Any, offset_steps: int = 0) -> str:
     return f"{generator.token():0{device.digits}d}"
 
 
+def totp_next(device: Any) -> str:
+    """A code the device will accept next: the first step after its last used one inside its window.
+
+    django-otp remembers the last accepted step (``last_t``) and the drift it
+    saw; right after a sign-in at a step boundary the drift is -1, so a naive
+    "next step" code can fall outside the window. This reads the device's state.
+    """
+    from django_otp.oath import TOTP
+
+    device.refresh_from_db()
+    now_step = int((time.time() - device.t0) // device.step)
+    window = range(now_step + device.drift - device.tolerance, now_step + device.drift + device.tolerance + 1)
+    step = next(t for t in window if t > device.last_t)
+    generator = TOTP(device.bin_key, device.step, device.t0, device.digits, 0)
+    generator.time = device.t0 + step * device.step + device.step / 2
+    return f"{generator.token():0{device.digits}d}"
+
+
 def make_automation(name: str = "auto-x", symbol: str = "TEST-BTC", **fields: Any) -> Any:
     from automations.models import Automation
 

@@ -10,8 +10,8 @@ from django.db import connection
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from automations.models import Automation
-from ingestion.types import BookSnapshot, Side
 from automations.strategies import Intent, get_strategy
+from ingestion.types import BookSnapshot, Side
 from trading import redis_keys
 
 BASE_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z

@@ -9,7 +9,7 @@ from automations.models import Automation, Signal
 from automations.services import signal_transition
 from automations.snapshots import snapshot_load
 from risk.models import RiskLimit
-from tests.automations.conftest import BASE_NS, insert_quotes, make_automation, make_book, publish_market
+from tests.automations.conftest import insert_quotes, make_automation, make_book, publish_market
 from trading.queues import ORDER_EXECUTE_TASK
 
 pytestmark = pytest.mark.django_db(transaction=True)

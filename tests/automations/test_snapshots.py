@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from automations.models import L2Snapshot, Signal
+from automations.models import L2Snapshot
 from automations.services import signal_create, snapshot_coverage_check, snapshot_missing_ratio
 from automations.snapshots import SnapshotIntegrityError, snapshot_create, snapshot_load, snapshots_archive
 from risk.models import Alert

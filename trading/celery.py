@@ -19,6 +19,8 @@ app.conf.task_routes = TASK_ROUTES
 app.conf.task_default_queue = Queue.DEFAULT.value
 app.conf.beat_schedule = {
     "signals-expire": {"task": "automations.tasks.detect_expire_signals_task", "schedule": 5.0, "options": {"expires": 5}},
+    "snapshots-coverage": {"task": "automations.tasks.detect_snapshot_coverage_task", "schedule": 60.0, "options": {"expires": 60}},
+    "snapshots-archive": {"task": "automations.tasks.detect_snapshot_archive_task", "schedule": crontab(minute=20, hour=0)},
     "orders-reconcile": {"task": "execution.tasks.order_reconcile_task", "schedule": 15.0, "options": {"expires": 15}},
     "alerts-redeliver": {"task": "risk.tasks.alerts_redeliver_pending_task", "schedule": 60.0, "options": {"expires": 60}},
     "raw-seal-yesterday": {"task": "ingestion.tasks.raw_seal_task", "schedule": crontab(minute=5, hour=0)},

@@ -1,0 +1,129 @@
+"""Tick ingested to order submitted on the automatic path, through the real queues; median and p99.
+
+Target: p99 under 20 ms on the embedded stack. Real processes, one Celery
+worker per queue (ingest, detect, execute; solo pools), started here with a
+queue prefix of their own on ``DATABASE_URL`` / ``REDIS_URL`` (migrated).
+
+The path timed is production's: ``ingestion.tasks.ingest_batch_task`` (parse,
+validate, COPY, publish quote, one detect task) -> ``detect_symbol_task``
+(features, regime, strategy, signal, signal-rate breaker, gating: automatic)
+-> ``order_execute_task`` (re-checks, pre-trade check, order, paper broker).
+Each tick is one quote in the simulator's format whose venue and receive
+time are the moment it is sent; the clock stops at the order's
+``submitted_at`` (same host clock). An ``imbalance_breakout`` automation
+(lookback 2, no approval gate) sees a rising mid with bids outweighing asks,
+so every tick makes one buy signal. The book the paper broker fills against
+is published to Redis with each tick (the ingest worker publishes books from
+L2 messages, which the simulator's quote does not carry).
+
+Creates an automation ``bench-t2o`` on ``BENCH-T2O`` (left for inspection).
+Run: ``.venv/bin/python benchmarks/tick_to_order.py`` (BENCH_TICKS=40).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trading.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from celery import Celery  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from automations.models import Automation  # noqa: E402
+from execution.models import Order  # noqa: E402
+from ingestion.services import encode_records  # noqa: E402
+from tests.execution.conftest import make_book, publish_market  # noqa: E402
+from trading.queues import INGEST_BATCH_TASK  # noqa: E402
+from trading.redis_client import redis_client  # noqa: E402
+
+TICKS = int(os.environ.get("BENCH_TICKS", "40"))
+SPACING_S = float(os.environ.get("BENCH_SPACING_S", "0.4"))
+SYMBOL = "BENCH-T2O"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _worker(queue: str, env: dict[str, str], run: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trading", "worker", "-Q", queue,  # noqa: S603
+                             "--pool", "solo", "-n", f"{queue}-{run}@%h", "--without-gossip", "--without-mingle",
+                             "--without-heartbeat", "-l", "WARNING"], cwd=ROOT, env=env)
+
+
+def main() -> None:
+    run = uuid.uuid4().hex[:6]
+    automation = Automation.objects.filter(name="bench-t2o").first() or Automation(name="bench-t2o", symbol=SYMBOL)
+    automation.strategy = "imbalance_breakout"
+    automation.parameters = {"quantity": "0.01", "lookback": 2, "imbalance_threshold": 0.3}
+    automation.status = Automation.Status.ACTIVE
+    automation.approval_threshold = 0
+    automation.require_approval = False
+    automation._change_reason = "tick-to-order benchmark"
+    automation.save()
+
+    db = connection.settings_dict
+    prefix = f"bench-t2o-{run}:"
+    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+           "REDIS_URL": settings.REDIS_URL, "CELERY_KEY_PREFIX": prefix, "LOG_LEVEL": "WARNING"}
+    workers = [_worker(q, env, run) for q in ("ingest", "detect", "execute")]
+    sender = Celery("bench", broker=settings.CELERY_BROKER_URL)
+    sender.conf.broker_transport_options = {"global_keyprefix": prefix}
+    sender.conf.task_routes = {"ingestion.tasks.*": {"queue": "ingest"}}
+    client = redis_client()
+    sent: dict[int, int] = {}
+    try:
+        time.sleep(8)  # Worker start-up (Django + Celery import) before the first tick.
+        base = Decimal("100.00") + Decimal(int(time.time()) % 1000)
+        stream = f"bench-t2o-{run}"
+        for i in range(TICKS + 3):
+            bid = base + Decimal("0.10") * i
+            now_ns = time.time_ns()
+            book = make_book(symbol=SYMBOL, ts_ns=now_ns, bid=str(bid), ask=str(bid + Decimal("0.10")))
+            publish_market(client, book)
+            payload = json.dumps({"type": "quote", "symbol": SYMBOL, "ts_ns": now_ns, "bid": str(bid), "bid_size": "10",
+                                  "ask": str(bid + Decimal("0.10")), "ask_size": "1"}).encode()
+            sender.send_task(INGEST_BATCH_TASK, args=[stream, "sim", encode_records([(i + 1, now_ns, payload)])])
+            sent[now_ns] = i
+            time.sleep(SPACING_S)
+        time.sleep(3)
+    finally:
+        for proc in workers:
+            proc.terminate()
+            proc.wait(timeout=30)
+    latencies = []
+    # The signal's market time is the tick's venue time as stored (microsecond precision in PostgreSQL).
+    first_ns = min(sent) - 1_000_000
+    for market_ts_ns, submitted in Order.objects.filter(automation=automation, submitted_at__isnull=False,
+                                                        signal__market_ts_ns__gte=first_ns).values_list(
+            "signal__market_ts_ns", "submitted_at"):
+        latencies.append(submitted.timestamp() * 1e3 - market_ts_ns / 1e6)
+    if not latencies:
+        raise SystemExit("no order was submitted: see the worker output above")
+    print(json.dumps({
+        "ticks": len(sent), "orders": len(latencies),
+        "tick_to_submitted_median_ms": round(statistics.median(latencies), 1),
+        "tick_to_submitted_p99_ms": round(_percentile(latencies, 0.99), 1),
+        "tick_to_submitted_max_ms": round(max(latencies), 1),
+        "target": "p99 < 20 ms on the embedded stack",
+    }))
+
+
+if __name__ == "__main__":
+    main()

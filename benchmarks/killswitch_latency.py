@@ -87,6 +87,53 @@ def _one(n: int) -> dict[str, float]:
     return {"to_all_halted_ms": (t_commit - t0) * 1e3, "to_cancel_all_dispatched_ms": (dispatched[0] - t0) * 1e3}
 
 
+OPEN_ORDERS = int(os.environ.get("BENCH_OPEN_ORDERS", "20"))
+
+
+def _with_open_orders() -> dict[str, float]:
+    """Command -> every open order cancelled at the (paper) broker: the whole kill-switch budget.
+
+    ``OPEN_ORDERS`` resting paper orders (limit below the touch) are placed
+    through the execution path; then the switch is engaged and the cancel-all
+    the execute worker runs on that dispatch (``execution.services.orders_cancel_all``)
+    is run here, in-process, so the figure excludes only the queue hop (one
+    Redis push and pop). The clock stops when the broker reports no open order.
+    """
+    from execution import services as execution
+    from execution.brokers.paper import PaperBroker
+    from execution.models import Order
+    from tests.execution.conftest import make_book, make_signal, publish_market
+    from trading.redis_client import redis_client
+
+    publish_market(redis_client(), make_book(symbol="BENCH-KS"))
+    automation = Automation.objects.filter(name="bench-ks-orders").first() or Automation(
+        name="bench-ks-orders", symbol="BENCH-KS", strategy="microprice_reversion", parameters={"quantity": "0.01"})
+    automation.status = Automation.Status.ACTIVE
+    automation.approval_threshold = 0
+    automation._change_reason = "kill switch benchmark with open orders"
+    automation.save()
+    for _ in range(OPEN_ORDERS):
+        signal = make_signal(automation, status=Signal.Status.QUEUED, limit_price="99.00", quantity="0.01")
+        order = execution.order_execute(signal_id=signal.pk)
+        assert order is not None and order.status == Order.Status.SUBMITTED, order
+    broker = PaperBroker()
+    open_before = len(broker.open_orders())
+    original = app.send_task
+    app.send_task = lambda *a, **k: None  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        kill_switch_engage(actor="benchmark", reason="kill switch latency benchmark (open orders)")
+        t_commit = time.perf_counter()
+        execution.orders_cancel_all(reason="kill switch latency benchmark")
+        t_cancelled = time.perf_counter()
+    finally:
+        app.send_task = original  # type: ignore[method-assign]
+    assert broker.open_orders() == [] and not Order.objects.filter(status__in=Order.OPEN_STATUSES).exists()
+    kill_switch_release(actor="benchmark", reason="kill switch latency benchmark done")
+    return {"open_orders": open_before, "to_commit_ms": (t_commit - t0) * 1e3,
+            "command_to_all_cancelled_ms": (t_cancelled - t0) * 1e3}
+
+
 def main() -> None:
     if kill_switch_engaged():
         raise SystemExit("the kill switch is engaged here; refusing to benchmark (it would release it)")
@@ -95,6 +142,12 @@ def main() -> None:
         runs = [_one(n) for _ in range(RUNS)]
         report[f"automations_{n}"] = {
             key: round(statistics.median(r[key] for r in runs), 1) for key in ("to_all_halted_ms", "to_cancel_all_dispatched_ms")
+        }
+    if OPEN_ORDERS:
+        with_orders = [_with_open_orders() for _ in range(RUNS)]
+        report[f"open_orders_{OPEN_ORDERS}"] = {
+            key: round(statistics.median(r[key] for r in with_orders), 1)
+            for key in ("to_commit_ms", "command_to_all_cancelled_ms")
         }
     report["target"] = "< 1000 ms from command to every order cancelled (this part: to cancel-all dispatched)"
     print(json.dumps(report))

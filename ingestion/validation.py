@@ -221,7 +221,10 @@ class Validator:
         if not tick.is_snapshot:
             state.last_book_ts_ns = tick.source_ts_ns
         if tick.last_update_id is not None:
-            state.last_book_update_id = tick.last_update_id
+            # Binance's first event after a REST snapshot may end exactly at the
+            # snapshot's lastUpdateId (``U <= id <= u``) and must still reach
+            # the book sync, so a snapshot's id counts as not yet applied.
+            state.last_book_update_id = tick.last_update_id - 1 if tick.is_snapshot else tick.last_update_id
         return None
 
 

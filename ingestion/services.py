@@ -93,8 +93,14 @@ class IngestResult:
     symbols: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, object]:
-        return {"records": self.records, "quotes": self.quotes, "trades": self.trades, "book_updates": self.book_updates,
-                "quarantined": self.quarantined, "symbols": sorted(self.symbols)}
+        return {
+            "records": self.records,
+            "quotes": self.quotes,
+            "trades": self.trades,
+            "book_updates": self.book_updates,
+            "quarantined": self.quarantined,
+            "symbols": sorted(self.symbols),
+        }
 
     def add(self, other: IngestResult) -> None:
         self.records += other.records
@@ -188,8 +194,7 @@ class _Partitions:
             # the same partition.
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [table])
             cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
-                "FOR VALUES FROM (%s) TO (%s)",
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM (%s) TO (%s)",
                 [start, start + timedelta(days=1)],
             )
             self.known[(table, number)] = now
@@ -249,8 +254,13 @@ class _Batch:
 class IngestPipeline:
     """Per-process ingest state: validators, clock estimators, books and liquidity per stream/symbol."""
 
-    def __init__(self, *, known_symbols: Iterable[str] | None = None, clock_alert_ms: float = 100.0,
-                 liquidity: LiquidityMonitor | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        known_symbols: Iterable[str] | None = None,
+        clock_alert_ms: float = 100.0,
+        liquidity: LiquidityMonitor | None = None,
+    ) -> None:
         self.known_symbols = set(known_symbols) if known_symbols is not None else None
         self.validators: dict[str, Validator] = {}
         self.clocks: dict[str, ClockEstimator] = {}
@@ -288,9 +298,22 @@ class IngestPipeline:
         self._safe_symbols[symbol] = text
         return text
 
-    def ingest(self, *, stream: str, fmt: str, records: Sequence[Record], symbol: str | None = None,
-               publish: bool = True, detect: bool = True) -> IngestResult:
+    def ingest(
+        self,
+        *,
+        stream: str,
+        fmt: str,
+        records: Sequence[Record],
+        symbol: str | None = None,
+        publish: bool = True,
+        detect: bool = True,
+    ) -> IngestResult:
         result = IngestResult(records=len(records))
+        if symbol is None:
+            # A stream that needs a symbol for its parser (a Binance REST
+            # snapshot names none) recorded it when it was registered.
+            info = self._stream(stream)
+            symbol = (info.symbol or None) if info is not None else None
         validator = self._validator(stream)
         clock = self.clocks.get(stream)
         if clock is None:
@@ -314,8 +337,16 @@ class IngestPipeline:
             self._publish(batch)
         return result
 
-    def _parse_and_copy(self, stream: str, fmt: str, records: Sequence[Record], symbol: str | None,
-                        validator: Validator, result: IngestResult, batch: _Batch) -> bool:
+    def _parse_and_copy(
+        self,
+        stream: str,
+        fmt: str,
+        records: Sequence[Record],
+        symbol: str | None,
+        validator: Validator,
+        result: IngestResult,
+        batch: _Batch,
+    ) -> bool:
         """Parse in chunks and COPY each chunk from a helper thread while the next one is parsed.
 
         PostgreSQL (on the other core) then works on chunk k while Python
@@ -338,7 +369,7 @@ class IngestPipeline:
         sent_quotes = sent_trades = sent_samples = 0
         try:
             for start in range(0, len(records), STREAM_CHUNK):
-                self._parse_batch(stream, fmt, records[start:start + STREAM_CHUNK], symbol, validator, result, batch)
+                self._parse_batch(stream, fmt, records[start : start + STREAM_CHUNK], symbol, validator, result, batch)
                 if failed:
                     continue
                 if pending is not None:
@@ -379,8 +410,16 @@ class IngestPipeline:
             self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-copy")
         return self._copier
 
-    def _parse_batch(self, stream: str, fmt: str, records: Sequence[Record], symbol: str | None,
-                     validator: Validator, result: IngestResult, batch: _Batch | None = None) -> _Batch:
+    def _parse_batch(
+        self,
+        stream: str,
+        fmt: str,
+        records: Sequence[Record],
+        symbol: str | None,
+        validator: Validator,
+        result: IngestResult,
+        batch: _Batch | None = None,
+    ) -> _Batch:
         """Steps 1-2 and the COPY text of every accepted tick: the hot loop. Appends to ``batch``."""
         batch = batch if batch is not None else _Batch()
         parser = FORMATS.get(fmt)
@@ -431,30 +470,46 @@ class IngestPipeline:
                     if src != last_src:
                         sec = src // NS_PER_S
                         last_src = src
-                        src_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(src // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                        src_text = (
+                            f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(src // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                        )
                     if recv != last_recv:
                         sec = recv // NS_PER_S
                         last_recv = recv
-                        recv_text = f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(recv // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                        recv_text = (
+                            f"{ts_cache.get(sec) or ts_prefix(sec)}.{str(recv // 1000 - sec * 1_000_000 + 1_000_000)[1:]}+00"
+                        )
                     if kind is QuoteTick:
                         if sym is None:
-                            quarantine.append(_quarantine_row(stream, seq, tick.symbol, "unstorable: symbol too long or holds NUL", payload))
+                            quarantine.append(
+                                _quarantine_row(stream, seq, tick.symbol, "unstorable: symbol too long or holds NUL", payload)
+                            )
                             continue
                         # ``!s``: Decimal's ``__format__`` is several times slower than ``__str__``.
-                        quote_put(f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.bid!s}\t{tick.bid_size!s}\t{tick.ask!s}\t{tick.ask_size!s}\n")  # type: ignore[union-attr]
+                        quote_put(
+                            f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.bid!s}\t{tick.bid_size!s}\t{tick.ask!s}\t{tick.ask_size!s}\n"
+                        )  # type: ignore[union-attr]
                         quotes_put(tick)  # type: ignore[arg-type]
                     else:
                         trade_id = tick.trade_id  # type: ignore[union-attr]
                         if not trade_id.isdigit():
                             if sym is None or _unstorable_text(trade_id, TRADE_ID_MAX):
-                                quarantine.append(_quarantine_row(stream, seq, tick.symbol, "unstorable: symbol or trade id too long or holds NUL", payload))
+                                quarantine.append(
+                                    _quarantine_row(
+                                        stream, seq, tick.symbol, "unstorable: symbol or trade id too long or holds NUL", payload
+                                    )
+                                )
                                 continue
                             trade_id = _copy_escape(trade_id)
                         elif sym is None or len(trade_id) > TRADE_ID_MAX:
-                            quarantine.append(_quarantine_row(stream, seq, tick.symbol, "unstorable: symbol or trade id too long", payload))
+                            quarantine.append(
+                                _quarantine_row(stream, seq, tick.symbol, "unstorable: symbol or trade id too long", payload)
+                            )
                             continue
                         aggressor = tick.aggressor  # type: ignore[union-attr]
-                        trade_put(f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.price!s}\t{tick.size!s}\t{aggressor.value if aggressor else ''}\t{trade_id}\n")  # type: ignore[union-attr]
+                        trade_put(
+                            f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.price!s}\t{tick.size!s}\t{aggressor.value if aggressor else ''}\t{trade_id}\n"
+                        )  # type: ignore[union-attr]
                     sample_put((src, recv))
                 else:
                     update: BookUpdate = tick  # type: ignore[assignment]
@@ -471,8 +526,15 @@ class IngestPipeline:
                 symbols.add(tick.symbol)
         return batch
 
-    def _store(self, result: IngestResult, batch: _Batch, clock_state: ClockState | None, stream: str, detect: bool,
-               streamed: bool = False) -> None:
+    def _store(
+        self,
+        result: IngestResult,
+        batch: _Batch,
+        clock_state: ClockState | None,
+        stream: str,
+        detect: bool,
+        streamed: bool = False,
+    ) -> None:
         with transaction.atomic():
             if not streamed and (batch.quote_rows or batch.trade_rows):
                 days = {src // NS_PER_DAY for src, _recv in batch.samples}
@@ -522,26 +584,50 @@ class IngestPipeline:
             if problem is None:
                 kept.append(row)
             else:
-                batch.quarantine.append(QuarantinedMessage(
-                    raw_stream=fields[0], raw_seq=int(fields[1]), symbol=fields[2][:SYMBOL_MAX], code="unstorable",
-                    reason=f"unstorable: {problem}", payload_excerpt=_text(row[:EXCERPT_BYTES])))
+                batch.quarantine.append(
+                    QuarantinedMessage(
+                        raw_stream=fields[0],
+                        raw_seq=int(fields[1]),
+                        symbol=fields[2][:SYMBOL_MAX],
+                        code="unstorable",
+                        reason=f"unstorable: {problem}",
+                        payload_excerpt=_text(row[:EXCERPT_BYTES]),
+                    )
+                )
         return kept
 
     def _record_clock(self, stream: str, state: ClockState, batch: _Batch) -> None:
         ClockSource.objects.update_or_create(
             source=stream,
-            defaults={"updated_at": timezone.now(), "baseline_ms": state.baseline_ms, "offset_ms": state.offset_ms,
-                      "jitter_ms": state.jitter_ms, "samples": state.total_samples, "drift_alert": state.drift_alert},
+            defaults={
+                "updated_at": timezone.now(),
+                "baseline_ms": state.baseline_ms,
+                "offset_ms": state.offset_ms,
+                "jitter_ms": state.jitter_ms,
+                "samples": state.total_samples,
+                "drift_alert": state.drift_alert,
+            },
         )
         if state.drift_alert and stream not in self._drift_alerted:
             self._drift_alerted.add(stream)
             at = ns_to_datetime(batch.samples[-1][1]).isoformat() if batch.samples else timezone.now().isoformat()
-            message = (f"Clock offset of source {stream} estimated at {state.offset_ms:.1f} ms "
-                       f"(baseline lag {state.baseline_ms:.1f} ms, jitter {state.jitter_ms:.1f} ms over {state.samples} samples) "
-                       f"at {at}, above {self.clock_alert_ms:.0f} ms.")
-            transaction.on_commit(lambda: current_app.send_task(
-                ALERT_RAISE_TASK, kwargs={"kind": "clock_drift", "severity": "warning", "subject": f"Clock drift on {stream}",
-                                          "message": message, "dedup_key": f"clock_drift:{stream}"}))
+            message = (
+                f"Clock offset of source {stream} estimated at {state.offset_ms:.1f} ms "
+                f"(baseline lag {state.baseline_ms:.1f} ms, jitter {state.jitter_ms:.1f} ms over {state.samples} samples) "
+                f"at {at}, above {self.clock_alert_ms:.0f} ms."
+            )
+            transaction.on_commit(
+                lambda: current_app.send_task(
+                    ALERT_RAISE_TASK,
+                    kwargs={
+                        "kind": "clock_drift",
+                        "severity": "warning",
+                        "subject": f"Clock drift on {stream}",
+                        "message": message,
+                        "dedup_key": f"clock_drift:{stream}",
+                    },
+                )
+            )
         elif not state.drift_alert:
             self._drift_alerted.discard(stream)
 
@@ -553,27 +639,48 @@ class IngestPipeline:
             return
         pipe = redis_client().pipeline(transaction=False)
         for sym, quote in latest.items():
-            pipe.set(redis_keys.quote(sym), json.dumps({
-                "symbol": sym, "source_ts_ns": quote.source_ts_ns, "recv_ts_ns": quote.recv_ts_ns,
-                "bid": str(quote.bid), "bid_size": str(quote.bid_size), "ask": str(quote.ask), "ask_size": str(quote.ask_size),
-            }))
+            pipe.set(
+                redis_keys.quote(sym),
+                json.dumps(
+                    {
+                        "symbol": sym,
+                        "source_ts_ns": quote.source_ts_ns,
+                        "recv_ts_ns": quote.recv_ts_ns,
+                        "bid": str(quote.bid),
+                        "bid_size": str(quote.bid_size),
+                        "ask": str(quote.ask),
+                        "ask_size": str(quote.ask_size),
+                    }
+                ),
+            )
             state = self.liquidity_states.get(sym)
             if state is not None:
                 pipe.set(liquidity_store.key(sym), liquidity_store.dumps(state))
         for sym in batch.books:
             keeper = self.books[sym]
             snap = keeper.book.snapshot(BOOK_LEVELS_PUBLISHED)
-            pipe.set(redis_keys.book(sym), json.dumps({
-                "symbol": sym, "ts_ns": snap.ts_ns,
-                "bids": [[str(p), str(s)] for p, s in snap.bids], "asks": [[str(p), str(s)] for p, s in snap.asks],
-            }))
+            pipe.set(
+                redis_keys.book(sym),
+                json.dumps(
+                    {
+                        "symbol": sym,
+                        "ts_ns": snap.ts_ns,
+                        "bids": [[str(p), str(s)] for p, s in snap.bids],
+                        "asks": [[str(p), str(s)] for p, s in snap.asks],
+                    }
+                ),
+            )
         pipe.execute()
 
 
 def _quarantine_row(stream: str, seq: int, symbol: str, reason: str, payload: bytes) -> QuarantinedMessage:
     return QuarantinedMessage(
-        raw_stream=stream, raw_seq=seq, symbol=_text(symbol)[:SYMBOL_MAX], code=reason_code(reason)[:48],
-        reason=_text(reason), payload_excerpt=_text(payload[:EXCERPT_BYTES].decode("utf-8", errors="backslashreplace")),
+        raw_stream=stream,
+        raw_seq=seq,
+        symbol=_text(symbol)[:SYMBOL_MAX],
+        code=reason_code(reason)[:48],
+        reason=_text(reason),
+        payload_excerpt=_text(payload[:EXCERPT_BYTES].decode("utf-8", errors="backslashreplace")),
     )
 
 
@@ -646,10 +753,13 @@ def raw_stream_register(*, name: str, fmt: str, symbol: str = "", check_symbols:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
     row, _created = RawStream.objects.get_or_create(
-        name=name, defaults={"fmt": fmt, "symbol": symbol, "check_symbols": check_symbols})
+        name=name, defaults={"fmt": fmt, "symbol": symbol, "check_symbols": check_symbols}
+    )
     if row.fmt != fmt or (row.symbol or "") != (symbol or ""):
-        raise ValueError(f"raw stream {name!r} holds format {row.fmt!r} (symbol {row.symbol!r}); "
-                         f"refusing to add {fmt!r} (symbol {symbol!r}) to it")
+        raise ValueError(
+            f"raw stream {name!r} holds format {row.fmt!r} (symbol {row.symbol!r}); "
+            f"refusing to add {fmt!r} (symbol {symbol!r}) to it"
+        )
     return row
 
 
@@ -658,7 +768,7 @@ def raw_stream_register(*, name: str, fmt: str, symbol: str = "", check_symbols:
 INGEST_BATCH = 5000
 # Streams the platform writes itself, readable by ``replay_raw`` even before
 # their writer registered them in ``RawStream``.
-DEFAULT_STREAM_FORMATS = {"sim": "sim", "binance": "binance-ws"}
+DEFAULT_STREAM_FORMATS = {"sim": "sim"}
 _STREAM_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -692,9 +802,19 @@ def open_raw_writer(store: RawStore, stream: str) -> RawWriter:
         return store.writer(stream)
 
 
-def file_ingest(*, path: Path, fmt: str, store: RawStore, stream: str | None = None, symbol: str | None = None,
-                queue: bool = False, batch: int = INGEST_BATCH, publish: bool = True,
-                pipeline: IngestPipeline | None = None, send: Any = None) -> dict[str, Any]:
+def file_ingest(
+    *,
+    path: Path,
+    fmt: str,
+    store: RawStore,
+    stream: str | None = None,
+    symbol: str | None = None,
+    queue: bool = False,
+    batch: int = INGEST_BATCH,
+    publish: bool = True,
+    pipeline: IngestPipeline | None = None,
+    send: Any = None,
+) -> dict[str, Any]:
     """Load a recorded file: raw store first, then ingest (inline or through the ingest queue).
 
     Steps:
@@ -724,7 +844,8 @@ def file_ingest(*, path: Path, fmt: str, store: RawStore, stream: str | None = N
     if row is not None and row.status in (IngestedFile.Status.INGESTED, IngestedFile.Status.QUEUED):
         raise FileAlreadyIngestedError(
             f"{path} (sha256 {sha}) was already loaded into stream {stream!r} on {row.finished_at or row.created_at:%Y-%m-%d %H:%M:%S}; "
-            f"replay_raw --stream {stream} rebuilds its ticks from the raw store")
+            f"replay_raw --stream {stream} rebuilds its ticks from the raw store"
+        )
     pipeline = pipeline or IngestPipeline()
     send = send or current_app.send_task
     total = IngestResult()
@@ -741,8 +862,9 @@ def file_ingest(*, path: Path, fmt: str, store: RawStore, stream: str | None = N
     writer = open_raw_writer(store, stream)
     try:
         if row is None:
-            row = IngestedFile.objects.create(stream=stream, sha256=sha, fmt=fmt, path=str(path), size_bytes=size,
-                                              first_seq=writer.last_seq + 1)
+            row = IngestedFile.objects.create(
+                stream=stream, sha256=sha, fmt=fmt, path=str(path), size_bytes=size, first_seq=writer.last_seq + 1
+            )
         already = writer.last_seq - row.first_seq + 1
         resumed = already
         if already > 0:
@@ -790,9 +912,18 @@ def file_ingest(*, path: Path, fmt: str, store: RawStore, stream: str | None = N
     row.status = IngestedFile.Status.QUEUED if queue else IngestedFile.Status.INGESTED
     row.finished_at = timezone.now()
     row.save(update_fields=["last_seq", "records", "status", "finished_at"])
-    out: dict[str, Any] = {"path": str(path), "format": fmt, "stream": stream, "sha256": sha, "records": row.records,
-                           "first_seq": row.first_seq, "last_seq": last_seq, "appended": appended,
-                           "resumed_records": max(resumed, 0), "status": row.status}
+    out: dict[str, Any] = {
+        "path": str(path),
+        "format": fmt,
+        "stream": stream,
+        "sha256": sha,
+        "records": row.records,
+        "first_seq": row.first_seq,
+        "last_seq": last_seq,
+        "appended": appended,
+        "resumed_records": max(resumed, 0),
+        "status": row.status,
+    }
     if queue:
         out["batches_queued"] = queued
     else:
@@ -809,8 +940,15 @@ def stream_format(stream: str) -> tuple[str, str | None] | None:
     return (fmt, None) if fmt else None
 
 
-def raw_replay(*, store: RawStore, day: date | None = None, streams: Iterable[str] | None = None,
-               batch: int = INGEST_BATCH, publish: bool = False, pipeline: IngestPipeline | None = None) -> dict[str, Any]:
+def raw_replay(
+    *,
+    store: RawStore,
+    day: date | None = None,
+    streams: Iterable[str] | None = None,
+    batch: int = INGEST_BATCH,
+    publish: bool = False,
+    pipeline: IngestPipeline | None = None,
+) -> dict[str, Any]:
     """Rebuild the tick tables from the raw store through the same ``IngestPipeline`` path.
 
     Idempotent: every row's key is its raw reference, so replaying twice adds

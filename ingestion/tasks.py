@@ -29,3 +29,15 @@ def raw_seal_task() -> list[str]:
         return []
     manifest = store.seal_day(day)
     return [str(day), str(manifest)]
+
+
+@shared_task(name="ingestion.tasks.ticks_prune_task", ignore_result=True)
+def ticks_prune_task() -> list[dict[str, object]]:
+    """Drop tick partitions past hot retention whose raw days are sealed (see ``ingestion.retention``)."""
+    from django.conf import settings
+
+    from ingestion.rawstore import RawStore
+    from ingestion.retention import DEFAULT_RETENTION_DAYS, decisions_as_dicts, ticks_prune
+
+    days = getattr(settings, "TICK_RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
+    return decisions_as_dicts(ticks_prune(store=RawStore(settings.RAW_STORE_DIR), retention_days=days))

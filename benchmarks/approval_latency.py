@@ -100,9 +100,9 @@ def main() -> None:
     env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
            "REDIS_URL": settings.REDIS_URL, "CELERY_KEY_PREFIX": f"bench-appr-{run}:", "LOG_LEVEL": "WARNING"}
     port = _free_port()
-    web = subprocess.Popen([sys.executable, "-m", "uvicorn", "trading.asgi:application", "--port", str(port),  # noqa: S603
+    web = subprocess.Popen([sys.executable, "-m", "uvicorn", "trading.asgi:application", "--port", str(port),
                             "--no-access-log", "--log-level", "warning"], cwd=ROOT, env=env)
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "trading", "worker", "-Q", "execute",  # noqa: S603
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "trading", "worker", "-Q", "execute",
                                "--pool", "solo", "-n", f"bench-{run}@%h", "--without-gossip", "--without-mingle",
                                "--without-heartbeat", "-l", "WARNING"], cwd=ROOT, env=env)
     total_ms: list[float] = []

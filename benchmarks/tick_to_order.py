@@ -62,7 +62,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _worker(queue: str, env: dict[str, str], run: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trading", "worker", "-Q", queue,  # noqa: S603
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trading", "worker", "-Q", queue,
                              "--pool", "solo", "-n", f"{queue}-{run}@%h", "--without-gossip", "--without-mingle",
                              "--without-heartbeat", "-l", "WARNING"], cwd=ROOT, env=env)
 

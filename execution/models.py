@@ -71,6 +71,9 @@ class Fill(models.Model):
             models.CheckConstraint(condition=models.Q(quantity__gt=0), name="fill_quantity_positive"),
         ]
 
+    def __str__(self) -> str:
+        return f"fill {self.broker_fill_id}: {self.quantity} @ {self.price}"
+
 
 class Approval(models.Model):
     """A trader's OTP-verified approval of one signal's order.

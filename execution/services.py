@@ -61,9 +61,9 @@ logger = logging.getLogger(__name__)
 
 ACTOR = "worker-execute"
 S = Signal.Status
-O = Order.Status
-OPEN_AT_BROKER = (O.SUBMITTING, O.SUBMITTED, O.PARTIALLY_FILLED)
-FINAL = (O.FILLED, O.CANCELLED, O.REJECTED, O.FAILED)
+OS = Order.Status
+OPEN_AT_BROKER = (OS.SUBMITTING, OS.SUBMITTED, OS.PARTIALLY_FILLED)
+FINAL = (OS.FILLED, OS.CANCELLED, OS.REJECTED, OS.FAILED)
 # Without a configured collar, an approval is refused when the price moved this far from the signal's limit.
 DEFAULT_APPROVAL_COLLAR_BPS = Decimal(os.environ.get("FP_APPROVAL_COLLAR_BPS", "100"))
 SLIPPAGE_GAP_RATIO = 0.5
@@ -390,7 +390,7 @@ def _order_decide(signal_id: int) -> Order | None:
         )
         if breaches:
             reason = "; ".join(b.message for b in breaches)
-            order.status = O.REJECTED
+            order.status = OS.REJECTED
             order.status_reason = f"risk: {reason}"
             order.closed_at = now
             order.save(force_insert=True)
@@ -458,9 +458,9 @@ def order_submit(order: Order) -> Order:
     with _submission_lock(order.pk) as held:
         if not held:
             return order
-        claimed = Order.objects.filter(pk=order.pk, status=O.PENDING).update(status=O.SUBMITTING)
+        claimed = Order.objects.filter(pk=order.pk, status=OS.PENDING).update(status=OS.SUBMITTING)
         order.refresh_from_db()
-        if order.status != O.SUBMITTING:
+        if order.status != OS.SUBMITTING:
             return order
         broker = broker_for_mode(order.broker)
         result: BrokerOrder | None = None
@@ -476,8 +476,8 @@ def order_submit(order: Order) -> Order:
             try:
                 result = broker.submit(_request(order))
             except BrokerRejected as exc:
-                return order_finalize(order_id=order.pk, status=O.REJECTED, reason=f"broker rejected: {exc}")
-            except Exception as exc:  # noqa: BLE001 - unknown outcome: never assume it failed
+                return order_finalize(order_id=order.pk, status=OS.REJECTED, reason=f"broker rejected: {exc}")
+            except Exception as exc:
                 logger.exception("execute: submission of %s has an unknown outcome", order.client_order_id)
                 return _order_note(order, f"submission outcome unknown ({exc}); the reconciler asks the broker")
             _fault_hook("after_broker")
@@ -498,17 +498,17 @@ def _order_note(order: Order, note: str) -> Order:
 def order_execute(*, signal_id: int) -> Order | None:
     """The execute task's body: decide again from the database, then claim and submit."""
     order = _order_decide(signal_id)
-    if order is None or order.status not in (O.PENDING, O.SUBMITTING):
+    if order is None or order.status not in (OS.PENDING, OS.SUBMITTING):
         return order
     return order_submit(order)
 
 
 _STATUS_FROM_BROKER = {
-    BrokerOrderStatus.OPEN: O.SUBMITTED,
-    BrokerOrderStatus.PARTIALLY_FILLED: O.PARTIALLY_FILLED,
-    BrokerOrderStatus.FILLED: O.FILLED,
-    BrokerOrderStatus.CANCELLED: O.CANCELLED,
-    BrokerOrderStatus.REJECTED: O.REJECTED,
+    BrokerOrderStatus.OPEN: OS.SUBMITTED,
+    BrokerOrderStatus.PARTIALLY_FILLED: OS.PARTIALLY_FILLED,
+    BrokerOrderStatus.FILLED: OS.FILLED,
+    BrokerOrderStatus.CANCELLED: OS.CANCELLED,
+    BrokerOrderStatus.REJECTED: OS.REJECTED,
 }
 
 
@@ -594,7 +594,7 @@ def _order_close(order: Order, now: datetime) -> None:
     signal = Signal.objects.get(pk=order.signal_id)
     if signal.status == S.ORDERED:
         if order.filled_qty > 0:
-            note = "" if order.status == O.FILLED else f" ({order.status}: {order.status_reason})"
+            note = "" if order.status == OS.FILLED else f" ({order.status}: {order.status_reason})"
             reason = f"filled {order.filled_qty.normalize():f} at {order.avg_fill_price}{note}"
             signal_transition(signal=signal, to_status=S.FILLED, actor_label=ACTOR, reason=reason)
         else:
@@ -639,9 +639,9 @@ def orders_reconcile(*, pending_older_than_s: float = 5.0) -> dict[str, int]:
     counts = {"checked": 0, "settled": 0, "resubmitted": 0, "requeued": 0}
     now = timezone.now()
     cutoff = now - timedelta(seconds=pending_older_than_s)
-    for order in Order.objects.filter(status__in=(O.PENDING, *OPEN_AT_BROKER)).order_by("id"):
+    for order in Order.objects.filter(status__in=(OS.PENDING, *OPEN_AT_BROKER)).order_by("id"):
         counts["checked"] += 1
-        if order.status in (O.PENDING, O.SUBMITTING):
+        if order.status in (OS.PENDING, OS.SUBMITTING):
             if order.created_at <= cutoff:
                 before = order.status
                 order = order_submit(order)
@@ -653,7 +653,7 @@ def orders_reconcile(*, pending_older_than_s: float = 5.0) -> dict[str, int]:
             logger.warning("reconcile: broker unreachable for %s: %s", order.client_order_id, exc)
             continue
         if result is None:
-            order_finalize(order_id=order.pk, status=O.FAILED, reason="the broker does not know this order")
+            order_finalize(order_id=order.pk, status=OS.FAILED, reason="the broker does not know this order")
             counts["settled"] += 1
             continue
         settled = order_settle(order_id=order.pk, broker_order=result)
@@ -677,11 +677,11 @@ def orders_cancel_all(*, reason: str) -> dict[str, Any]:
     """
     started = time.perf_counter()
     counts = {"pending": 0, "at_broker": 0, "orphans": 0, "errors": 0}
-    for order_id in Order.objects.filter(status=O.PENDING).values_list("id", flat=True):
+    for order_id in Order.objects.filter(status=OS.PENDING).values_list("id", flat=True):
         # The conditional update races the execute worker's claim (pending -> submitting): one wins.
         with transaction.atomic():
             note = f"kill switch: {reason}"
-            if Order.objects.filter(pk=order_id, status=O.PENDING).update(status=O.CANCELLED, status_reason=note) == 1:
+            if Order.objects.filter(pk=order_id, status=OS.PENDING).update(status=OS.CANCELLED, status_reason=note) == 1:
                 _order_close(Order.objects.select_for_update().get(pk=order_id), timezone.now())
                 counts["pending"] += 1
     modes: set[str] = {"paper"}
@@ -694,7 +694,7 @@ def orders_cancel_all(*, reason: str) -> dict[str, Any]:
             counts["errors"] += 1
             continue
         if result is None:
-            order_finalize(order_id=order.pk, status=O.CANCELLED, reason=f"kill switch: {reason} (never reached the broker)")
+            order_finalize(order_id=order.pk, status=OS.CANCELLED, reason=f"kill switch: {reason} (never reached the broker)")
         else:
             order_settle(order_id=order.pk, broker_order=result)
         counts["at_broker"] += 1
@@ -704,7 +704,7 @@ def orders_cancel_all(*, reason: str) -> dict[str, Any]:
             for left in broker.open_orders():
                 broker.cancel(left.client_order_id, symbol=left.symbol)
                 counts["orphans"] += 1
-        except Exception:  # noqa: BLE001 - e.g. live without credentials in this process
+        except Exception:
             logger.exception("cancel-all: could not list open orders at %s", mode)
             counts["errors"] += 1
     elapsed_ms = (time.perf_counter() - started) * 1e3

@@ -19,7 +19,7 @@ from risk.models import RiskState
 from tests.execution.conftest import make_automation, make_book, make_signal, publish_market
 
 S = Signal.Status
-O = Order.Status
+OS = Order.Status
 
 
 @pytest.mark.django_db
@@ -59,7 +59,7 @@ def test_running_the_task_concurrently_gives_one_order(market):
     assert errors == []
     assert Order.objects.filter(signal=signal).count() == 1
     assert len(PaperBroker().all_orders()) == 1
-    assert Order.objects.get().status == O.FILLED
+    assert Order.objects.get().status == OS.FILLED
     assert Fill.objects.count() == 1
 
 
@@ -68,7 +68,7 @@ def test_a_paper_fill_stores_modelled_and_realized_slippage_against_the_arrival_
     automation = make_automation()
     signal = make_signal(automation, status=S.QUEUED, quantity="3", limit_price="100.30")
     order = services.order_execute(signal_id=signal.pk)
-    assert order.status == O.FILLED
+    assert order.status == OS.FILLED
     fills = list(order.fills.all())
     assert len(fills) == 1
     fill = fills[0]
@@ -104,7 +104,7 @@ def test_a_resting_limit_order_stays_open_and_cancel_all_cancels_it(market):
     automation = make_automation()
     signal = make_signal(automation, status=S.QUEUED, limit_price="99.90")  # Below the 100.10 ask: rests.
     order = services.order_execute(signal_id=signal.pk)
-    assert order.status == O.SUBMITTED
+    assert order.status == OS.SUBMITTED
     assert [o.client_order_id for o in PaperBroker().open_orders()] == [order.client_order_id]
     assert RiskState.objects.get(automation=automation).open_orders == 1
 
@@ -112,7 +112,7 @@ def test_a_resting_limit_order_stays_open_and_cancel_all_cancels_it(market):
     assert result["at_broker"] == 1
     order.refresh_from_db()
     signal.refresh_from_db()
-    assert order.status == O.CANCELLED and signal.status == S.FAILED
+    assert order.status == OS.CANCELLED and signal.status == S.FAILED
     assert PaperBroker().open_orders() == []
     assert RiskState.objects.get(automation=automation).open_orders == 0
 
@@ -122,11 +122,11 @@ def test_the_reconciler_fills_a_resting_order_once_the_market_reaches_it(market)
     automation = make_automation()
     signal = make_signal(automation, status=S.QUEUED, limit_price="99.90")
     order = services.order_execute(signal_id=signal.pk)
-    assert order.status == O.SUBMITTED
+    assert order.status == OS.SUBMITTED
     publish_market(market["redis"], make_book(bid="99.70", ask="99.80"))
     services.orders_reconcile()
     order.refresh_from_db()
-    assert order.status == O.FILLED and order.avg_fill_price <= Decimal("99.90")
+    assert order.status == OS.FILLED and order.avg_fill_price <= Decimal("99.90")
 
 
 @pytest.mark.django_db
@@ -135,13 +135,13 @@ def test_a_submission_found_at_the_broker_is_recorded_not_resubmitted(market):
     signal = make_signal(automation, status=S.QUEUED)
     order = services._order_decide(signal.pk)
     # The worker that claimed it reached the broker and died before recording anything.
-    Order.objects.filter(pk=order.pk).update(status=O.SUBMITTING)
+    Order.objects.filter(pk=order.pk).update(status=OS.SUBMITTING)
     broker = PaperBroker()
     accepted = broker.submit(OrderRequest(order.client_order_id, order.symbol, order.side, order.quantity,
                                           order.limit_price))
     assert accepted.status == BrokerOrderStatus.FILLED
     again = services.order_execute(signal_id=signal.pk)
-    assert again.status == O.FILLED
+    assert again.status == OS.FILLED
     assert len(broker.all_orders()) == 1
     assert [f.broker_fill_id for f in again.fills.all()] == [accepted.fills[0].fill_id]
 

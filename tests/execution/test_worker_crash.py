@@ -28,7 +28,7 @@ from tests.execution.conftest import make_automation, make_signal
 
 ROOT = Path(__file__).resolve().parents[2]
 S = Signal.Status
-O = Order.Status
+OS = Order.Status
 
 
 def _worker_env(prefix: str, crash_at: str | None) -> dict[str, str]:
@@ -81,11 +81,11 @@ def test_a_worker_killed_mid_submission_leaves_exactly_one_order_at_the_broker(
     try:
         assert first.wait(timeout=90) == 137, (tmp_path / "worker1.log").read_text()[-3000:]
         order = Order.objects.get(signal=signal)
-        assert order.status == O.SUBMITTING
+        assert order.status == OS.SUBMITTING
         assert len(PaperBroker().all_orders()) == broker_orders_after_crash
 
         second = _start_worker(_worker_env(prefix, None), tmp_path / "worker2.log")
-        settled = _wait(lambda: Order.objects.get(pk=order.pk).status == O.FILLED, timeout=90)
+        settled = _wait(lambda: Order.objects.get(pk=order.pk).status == OS.FILLED, timeout=90)
         assert settled, (tmp_path / "worker2.log").read_text()[-3000:]
     finally:
         for proc in (first, second):

@@ -26,23 +26,55 @@ T = 1_733_011_200_000
 
 def samples() -> dict[str, tuple[list[bytes], str | None]]:
     out: dict[str, tuple[list[bytes], str | None]] = {}
-    for fmt, name in (("tardis-quotes", "tardis_binance-futures_BTCUSDT_quotes_2020-02-22.csv"),
-                      ("tardis-trades", "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv"),
-                      ("bybit-ob", "bybit_XRPUSDT_ob500_2024-12-01.data")):
+    for fmt, name in (
+        ("tardis-quotes", "tardis_binance-futures_BTCUSDT_quotes_2020-02-22.csv"),
+        ("tardis-trades", "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv"),
+        ("bybit-ob", "bybit_XRPUSDT_ob500_2024-12-01.data"),
+    ):
         out[fmt] = ([payload for payload, _ in iter_file_records(fmt, DATA / name)], None)
     binance = []
     for i in range(10_000):
         if i % 2:
-            data = {"e": "bookTicker", "u": i, "s": "BTCUSDT", "b": f"96000.{i % 90 + 10}", "B": "1.500",
-                    "a": f"96001.{i % 90 + 10}", "A": "0.700", "T": T + i, "E": T + i}
+            data = {
+                "e": "bookTicker",
+                "u": i,
+                "s": "BTCUSDT",
+                "b": f"96000.{i % 90 + 10}",
+                "B": "1.500",
+                "a": f"96001.{i % 90 + 10}",
+                "A": "0.700",
+                "T": T + i,
+                "E": T + i,
+            }
             binance.append(json.dumps({"stream": "btcusdt@bookTicker", "data": data}).encode())
         else:
-            data = {"e": "trade", "E": T + i, "T": T + i, "s": "BTCUSDT", "t": i, "p": f"96000.{i % 90 + 10}",
-                    "q": "0.010", "X": "MARKET", "m": bool(i % 4)}
+            data = {
+                "e": "trade",
+                "E": T + i,
+                "T": T + i,
+                "s": "BTCUSDT",
+                "t": i,
+                "p": f"96000.{i % 90 + 10}",
+                "q": "0.010",
+                "X": "MARKET",
+                "m": bool(i % 4),
+            }
             binance.append(json.dumps({"stream": "btcusdt@trade", "data": data}).encode())
     out["binance-ws"] = (binance, "BTCUSDT")
-    sim = [json.dumps({"type": "quote", "symbol": "SIM-A", "ts_ns": T * 10**6 + i, "bid": f"99.{i % 90 + 10}",
-                       "bid_size": "2", "ask": f"100.{i % 90 + 10}", "ask_size": "3"}).encode() for i in range(10_000)]
+    sim = [
+        json.dumps(
+            {
+                "type": "quote",
+                "symbol": "SIM-A",
+                "ts_ns": T * 10**6 + i,
+                "bid": f"99.{i % 90 + 10}",
+                "bid_size": "2",
+                "ask": f"100.{i % 90 + 10}",
+                "ask_size": "3",
+            }
+        ).encode()
+        for i in range(10_000)
+    ]
     out["sim"] = (sim, None)
     return out
 

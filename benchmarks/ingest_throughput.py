@@ -102,8 +102,10 @@ def cleanup(stream: str) -> None:
 def main() -> None:
     stream = f"bench-{os.getpid()}"
     out: dict[str, object] = {"batch": BATCH, "cpus": os.cpu_count()}
-    for fmt, name in (("tardis-quotes", "tardis_binance-futures_BTCUSDT_quotes_2020-02-22.csv"),
-                      ("tardis-trades", "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv")):
+    for fmt, name in (
+        ("tardis-quotes", "tardis_binance-futures_BTCUSDT_quotes_2020-02-22.csv"),
+        ("tardis-trades", "tardis_binance-futures_BTCUSDT_trades_2020-02-22.csv"),
+    ):
         records = shifted(fmt, name, PASSES)
         n = len(records)
         parse_runs, hot_runs, e2e_runs, dup_runs, cpu_runs, pg_runs = [], [], [], [], [], []
@@ -118,7 +120,9 @@ def main() -> None:
             for chunk in batches(records):
                 result = IngestResult()
                 batch = pipeline._parse_batch(stream, fmt, chunk, None, Validator(known_symbols={"BTCUSDT"}), result)
-                pipeline.clocks.setdefault(stream, __import__("ingestion.clock").clock.ClockEstimator()).update_many(batch.samples)
+                pipeline.clocks.setdefault(stream, __import__("ingestion.clock").clock.ClockEstimator()).update_many(
+                    batch.samples
+                )
                 pipeline.liquidity.update_many(batch.quotes)
             hot_runs.append(time.perf_counter() - started)
 

@@ -91,8 +91,9 @@ def _uncovered(lo: int, hi: int, spans: list[tuple[int, int, date]]) -> int | No
     return need
 
 
-def _raw_problem(partition: str, ranges: dict[str, list[tuple[int, int, date]]], store: RawStore,
-                 verify: bool, verified: dict[date, bool]) -> tuple[str | None, int]:
+def _raw_problem(
+    partition: str, ranges: dict[str, list[tuple[int, int, date]]], store: RawStore, verify: bool, verified: dict[date, bool]
+) -> tuple[str | None, int]:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT raw_stream, min(raw_seq), max(raw_seq), count(*) FROM {partition} GROUP BY raw_stream")  # noqa: S608 - name from pg_class, matched above
         per_stream = cursor.fetchall()
@@ -113,8 +114,14 @@ def _raw_problem(partition: str, ranges: dict[str, list[tuple[int, int, date]]],
     return None, rows
 
 
-def ticks_prune(*, store: RawStore, retention_days: int = DEFAULT_RETENTION_DAYS, today: date | None = None,
-                dry_run: bool = False, verify: bool = False) -> list[PartitionDecision]:
+def ticks_prune(
+    *,
+    store: RawStore,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+    today: date | None = None,
+    dry_run: bool = False,
+    verify: bool = False,
+) -> list[PartitionDecision]:
     """Drop tick partitions older than ``retention_days`` whose raw records are all sealed.
 
     Steps:

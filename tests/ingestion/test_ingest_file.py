@@ -32,7 +32,9 @@ def raw_dir(settings, tmp_path):
 def sent(monkeypatch):
     """Every task sent by name (alerts, detection), captured instead of reaching a broker."""
     calls: list[tuple[str, dict]] = []
-    monkeypatch.setattr(current_app, "send_task", lambda name, args=None, kwargs=None, **_: calls.append((name, kwargs or {"args": args})))
+    monkeypatch.setattr(
+        current_app, "send_task", lambda name, args=None, kwargs=None, **_: calls.append((name, kwargs or {"args": args}))
+    )
     return calls
 
 
@@ -52,7 +54,9 @@ def us_to_ns(text: str) -> int:
 
 
 @pytest.mark.django_db
-def test_it_loads_every_tardis_quote_exactly_and_raises_the_drift_alert(raw_dir, redis_clean, sent, django_capture_on_commit_callbacks):
+def test_it_loads_every_tardis_quote_exactly_and_raises_the_drift_alert(
+    raw_dir, redis_clean, sent, django_capture_on_commit_callbacks
+):
     rows = csv_rows(QUOTES)
     with django_capture_on_commit_callbacks(execute=True):
         out = ingest("--format", "tardis-quotes", str(QUOTES))
@@ -68,7 +72,11 @@ def test_it_loads_every_tardis_quote_exactly_and_raises_the_drift_alert(raw_dir,
     last = Quote.objects.get(raw_stream=stream, raw_seq=9999)
     for stored, row in ((first, rows[0]), (last, rows[-1])):
         assert (stored.bid, stored.bid_size, stored.ask, stored.ask_size) == (
-            Decimal(row["bid_price"]), Decimal(row["bid_amount"]), Decimal(row["ask_price"]), Decimal(row["ask_amount"]))
+            Decimal(row["bid_price"]),
+            Decimal(row["bid_amount"]),
+            Decimal(row["ask_price"]),
+            Decimal(row["ask_amount"]),
+        )
         assert int(stored.source_ts.timestamp() * 1_000_000) == int(row["timestamp"])
         assert int(stored.recv_ts.timestamp() * 1_000_000) == int(row["local_timestamp"])
     # The drift estimate: the baseline is the minimum lag of the last window
@@ -82,9 +90,14 @@ def test_it_loads_every_tardis_quote_exactly_and_raises_the_drift_alert(raw_dir,
     assert len(alerts) == 1
     assert alerts[0]["kind"] == "clock_drift" and alerts[0]["dedup_key"] == f"clock_drift:{stream}"
     assert stream in alerts[0]["message"] and "ms" in alerts[0]["message"]
-    print(json.dumps({"tardis_quote_lag_ms": {"min": min(lags_ms), "max": max(lags_ms),
-                                              "median": sorted(lags_ms)[len(lags_ms) // 2]},
-                      "estimate": {"baseline_ms": clock.baseline_ms, "offset_ms": clock.offset_ms, "jitter_ms": clock.jitter_ms}}))
+    print(
+        json.dumps(
+            {
+                "tardis_quote_lag_ms": {"min": min(lags_ms), "max": max(lags_ms), "median": sorted(lags_ms)[len(lags_ms) // 2]},
+                "estimate": {"baseline_ms": clock.baseline_ms, "offset_ms": clock.offset_ms, "jitter_ms": clock.jitter_ms},
+            }
+        )
+    )
     latest = latest_quote("BTCUSDT")
     assert latest is not None and latest.bid == Decimal(rows[-1]["bid_price"])
 
@@ -99,7 +112,11 @@ def test_it_loads_every_tardis_trade_exactly(raw_dir, redis_clean, sent):
     last = Trade.objects.get(raw_stream="tardis-trades-test", raw_seq=9999)
     for stored, row in ((first, rows[0]), (last, rows[-1])):
         assert (stored.price, stored.size, stored.trade_id, stored.aggressor) == (
-            Decimal(row["price"]), Decimal(row["amount"]), row["id"], row["side"])
+            Decimal(row["price"]),
+            Decimal(row["amount"]),
+            row["id"],
+            row["side"],
+        )
         assert int(stored.source_ts.timestamp() * 1_000_000) == int(row["timestamp"])
     assert RawStream.objects.get(name="tardis-trades-test").fmt == "tardis-trades"
 
@@ -135,25 +152,105 @@ def binance_lines() -> tuple[list[str], dict]:
         return f"{ms * 1_000_000 + lag + extra_ns} " + json.dumps({"stream": stream, "data": data})
 
     depth = [
-        {"e": "depthUpdate", "E": t + 1, "T": t + 1, "s": "BTCUSDT", "U": 100, "u": 105, "pu": 99,
-         "b": [["96000.10", "1.500"]], "a": [["96000.20", "0.700"]]},
-        {"e": "depthUpdate", "E": t + 2, "T": t + 2, "s": "BTCUSDT", "U": 106, "u": 110, "pu": 105,
-         "b": [["96000.00", "0"], ["95999.90", "2.250"]], "a": [["96000.30", "1.100"]]},
-        {"e": "depthUpdate", "E": t + 5, "T": t + 5, "s": "BTCUSDT", "U": 111, "u": 115, "pu": 110,
-         "b": [["96000.10", "0.900"]], "a": [["96000.20", "0"], ["96000.40", "3.000"]]},
-        {"e": "depthUpdate", "E": t + 6, "T": t + 6, "s": "BTCUSDT", "U": 116, "u": 120, "pu": 115,
-         "b": [["95999.80", "4.000"]], "a": [["96000.30", "0.400"]]},
+        {
+            "e": "depthUpdate",
+            "E": t + 1,
+            "T": t + 1,
+            "s": "BTCUSDT",
+            "U": 100,
+            "u": 105,
+            "pu": 99,
+            "b": [["96000.10", "1.500"]],
+            "a": [["96000.20", "0.700"]],
+        },
+        {
+            "e": "depthUpdate",
+            "E": t + 2,
+            "T": t + 2,
+            "s": "BTCUSDT",
+            "U": 106,
+            "u": 110,
+            "pu": 105,
+            "b": [["96000.00", "0"], ["95999.90", "2.250"]],
+            "a": [["96000.30", "1.100"]],
+        },
+        {
+            "e": "depthUpdate",
+            "E": t + 5,
+            "T": t + 5,
+            "s": "BTCUSDT",
+            "U": 111,
+            "u": 115,
+            "pu": 110,
+            "b": [["96000.10", "0.900"]],
+            "a": [["96000.20", "0"], ["96000.40", "3.000"]],
+        },
+        {
+            "e": "depthUpdate",
+            "E": t + 6,
+            "T": t + 6,
+            "s": "BTCUSDT",
+            "U": 116,
+            "u": 120,
+            "pu": 115,
+            "b": [["95999.80", "4.000"]],
+            "a": [["96000.30", "0.400"]],
+        },
     ]
-    snapshot = {"lastUpdateId": 108, "E": t + 3, "T": t + 3,
-                "bids": [["96000.10", "1.200"], ["96000.00", "0.500"], ["95999.50", "8.000"]],
-                "asks": [["96000.20", "0.600"], ["96000.50", "2.000"], ["96001.00", "5.000"]]}
+    snapshot = {
+        "lastUpdateId": 108,
+        "E": t + 3,
+        "T": t + 3,
+        "bids": [["96000.10", "1.200"], ["96000.00", "0.500"], ["95999.50", "8.000"]],
+        "asks": [["96000.20", "0.600"], ["96000.50", "2.000"], ["96001.00", "5.000"]],
+    }
     quotes = [
-        {"e": "bookTicker", "u": 104, "s": "BTCUSDT", "b": "96000.10", "B": "1.500", "a": "96000.20", "A": "0.700", "T": t + 1, "E": t + 1},
-        {"e": "bookTicker", "u": 119, "s": "BTCUSDT", "b": "96000.10", "B": "0.900", "a": "96000.30", "A": "0.400", "T": t + 6, "E": t + 6},
+        {
+            "e": "bookTicker",
+            "u": 104,
+            "s": "BTCUSDT",
+            "b": "96000.10",
+            "B": "1.500",
+            "a": "96000.20",
+            "A": "0.700",
+            "T": t + 1,
+            "E": t + 1,
+        },
+        {
+            "e": "bookTicker",
+            "u": 119,
+            "s": "BTCUSDT",
+            "b": "96000.10",
+            "B": "0.900",
+            "a": "96000.30",
+            "A": "0.400",
+            "T": t + 6,
+            "E": t + 6,
+        },
     ]
     trades = [
-        {"e": "trade", "E": t + 4, "T": t + 4, "s": "BTCUSDT", "t": 5001, "p": "96000.20", "q": "0.010", "X": "MARKET", "m": False},
-        {"e": "trade", "E": t + 6, "T": t + 6, "s": "BTCUSDT", "t": 5002, "p": "96000.10", "q": "0.250", "X": "MARKET", "m": True},
+        {
+            "e": "trade",
+            "E": t + 4,
+            "T": t + 4,
+            "s": "BTCUSDT",
+            "t": 5001,
+            "p": "96000.20",
+            "q": "0.010",
+            "X": "MARKET",
+            "m": False,
+        },
+        {
+            "e": "trade",
+            "E": t + 6,
+            "T": t + 6,
+            "s": "BTCUSDT",
+            "t": 5002,
+            "p": "96000.10",
+            "q": "0.250",
+            "X": "MARKET",
+            "m": True,
+        },
     ]
     lines = [
         f"{t * 1_000_000} " + json.dumps({"result": None, "id": 1}),
@@ -185,13 +282,17 @@ def test_it_loads_a_binance_capture_with_quotes_trades_and_a_joined_book(raw_dir
     assert [r.recv_ns for r in raw] == [int(line.split(" ", 1)[0]) for line in lines]
     stored_quotes = list(Quote.objects.filter(raw_stream=stream).order_by("raw_seq"))
     assert [(q.bid, q.bid_size, q.ask, q.ask_size) for q in stored_quotes] == [
-        (Decimal(q["b"]), Decimal(q["B"]), Decimal(q["a"]), Decimal(q["A"])) for q in parts["quotes"]]
+        (Decimal(q["b"]), Decimal(q["B"]), Decimal(q["a"]), Decimal(q["A"])) for q in parts["quotes"]
+    ]
     assert [int(q.source_ts.timestamp() * 1000) for q in stored_quotes] == [q["T"] for q in parts["quotes"]]
     assert [int(round(q.recv_ts.timestamp() * 1_000_000)) for q in stored_quotes] == [
-        (q["T"] * 1_000_000 + parts["lag"] + 1000) // 1000 for q in parts["quotes"]]
+        (q["T"] * 1_000_000 + parts["lag"] + 1000) // 1000 for q in parts["quotes"]
+    ]
     stored_trades = list(Trade.objects.filter(raw_stream=stream).order_by("raw_seq"))
     assert [(t.trade_id, t.price, t.size, t.aggressor) for t in stored_trades] == [
-        ("5001", Decimal("96000.20"), Decimal("0.010"), "buy"), ("5002", Decimal("96000.10"), Decimal("0.250"), "sell")]
+        ("5001", Decimal("96000.20"), Decimal("0.010"), "buy"),
+        ("5002", Decimal("96000.10"), Decimal("0.250"), "sell"),
+    ]
     # The book by Binance's rules, rebuilt by hand: the snapshot (id 108),
     # the first event spanning it (106..110), then the rest; the event
     # ending at 105 predates the snapshot and is dropped.

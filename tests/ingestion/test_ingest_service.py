@@ -17,8 +17,9 @@ T0 = 1_700_000_000_000_000_000
 
 
 def sim_quote(i: int, bid: str = "100.0", ask: str = "100.5", symbol: str = "SIM-A") -> bytes:
-    return json.dumps({"type": "quote", "symbol": symbol, "ts_ns": T0 + i * 1_000_000, "bid": bid,
-                       "bid_size": "2", "ask": ask, "ask_size": "3"}).encode()
+    return json.dumps(
+        {"type": "quote", "symbol": symbol, "ts_ns": T0 + i * 1_000_000, "bid": bid, "bid_size": "2", "ask": ask, "ask_size": "3"}
+    ).encode()
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_it_ingests_every_tardis_quote_row_and_estimates_the_clock(redis_clean):
     records = [(i + 1, recv or 0, payload) for i, (payload, recv) in enumerate(iter_file_records("tardis-quotes", path))]
     pipeline = IngestPipeline()
     for start in range(0, len(records), 2000):
-        pipeline.ingest(stream="file-tardis-quotes", fmt="tardis-quotes", records=records[start:start + 2000], detect=False)
+        pipeline.ingest(stream="file-tardis-quotes", fmt="tardis-quotes", records=records[start : start + 2000], detect=False)
     lines = path.read_text().splitlines()[1:]
     assert Quote.objects.filter(symbol="BTCUSDT").count() == len(lines) == 9999
     first, last = lines[0].split(","), lines[-1].split(",")
@@ -95,8 +96,14 @@ def test_it_ingests_every_tardis_quote_row_and_estimates_the_clock(redis_clean):
     # so the drift alert stands.
     assert clock.baseline_ms >= lags_ms[0]
     assert clock.drift_alert is True
-    print(json.dumps({"tardis_lag_ms": {"min": lags_ms[0], "median": lags_ms[len(lags_ms) // 2], "max": lags_ms[-1]},
-                      "estimate": {"baseline_ms": clock.baseline_ms, "offset_ms": clock.offset_ms}}))
+    print(
+        json.dumps(
+            {
+                "tardis_lag_ms": {"min": lags_ms[0], "median": lags_ms[len(lags_ms) // 2], "max": lags_ms[-1]},
+                "estimate": {"baseline_ms": clock.baseline_ms, "offset_ms": clock.offset_ms},
+            }
+        )
+    )
 
 
 @pytest.mark.django_db
@@ -104,8 +111,10 @@ def test_it_keeps_the_l2_book_from_bybit_and_publishes_its_top(redis_clean):
     Instrument.objects.create(symbol="XRPUSDT", tick_size=Decimal("0.0001"), lot_size=Decimal("1"))
     path = DATA / "bybit_XRPUSDT_ob500_2024-12-01.data"
     # The file keeps no receive time: take the venue's plus 50 ms.
-    records = [(i + 1, json.loads(payload)["ts"] * 1_000_000 + 50_000_000, payload)
-               for i, (payload, _) in enumerate(iter_file_records("bybit-ob", path))]
+    records = [
+        (i + 1, json.loads(payload)["ts"] * 1_000_000 + 50_000_000, payload)
+        for i, (payload, _) in enumerate(iter_file_records("bybit-ob", path))
+    ]
     result = IngestPipeline().ingest(stream="file-bybit", fmt="bybit-ob", records=records, detect=False)
     assert result.book_updates == 50
     # Rebuild the book independently from the file with plain dicts.

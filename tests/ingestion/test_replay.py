@@ -92,9 +92,26 @@ def write_big_quotes(path: Path, rows: int) -> None:
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "celery"), "-A", "trading", "worker", "-Q", "ingest", "--pool", "solo",
-         "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(ROOT / ".venv" / "bin" / "celery"),
+            "-A",
+            "trading",
+            "worker",
+            "-Q",
+            "ingest",
+            "--pool",
+            "solo",
+            "-l",
+            "warning",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -121,9 +138,15 @@ def test_killing_the_ingest_worker_mid_file_then_replay_leaves_every_raw_record_
     path = tmp_path / "big_quotes.csv"
     write_big_quotes(path, rows)
     db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-           "REDIS_URL": os.environ["REDIS_URL"], "CELERY_VISIBILITY_TIMEOUT": "5", "RAW_STORE_DIR": str(raw_dir),
-           "DJANGO_SETTINGS_MODULE": "trading.settings", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "CELERY_VISIBILITY_TIMEOUT": "5",
+        "RAW_STORE_DIR": str(raw_dir),
+        "DJANGO_SETTINGS_MODULE": "trading.settings",
+        "PYTHONPATH": str(ROOT),
+    }
     log = tmp_path / "worker.log"
     worker = start_worker(env, log)
     try:
@@ -142,6 +165,7 @@ def test_killing_the_ingest_worker_mid_file_then_replay_leaves_every_raw_record_
             before = quote_count(stream)
             time.sleep(0.5)
             return redis.llen("ingest") == 0 and quote_count(stream) == before
+
         assert wait_for(drained, 40), log.read_text()[-2000:]
     finally:
         if worker.poll() is None:
@@ -150,9 +174,16 @@ def test_killing_the_ingest_worker_mid_file_then_replay_leaves_every_raw_record_
     report = run("replay_raw", "--stream", stream)
     raw_seqs = [r.seq for r in RawStore(raw_dir).read(stream)]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*), count(DISTINCT raw_seq), min(raw_seq), max(raw_seq) FROM ingestion_quote WHERE raw_stream = %s", [stream])
+        cursor.execute(
+            "SELECT count(*), count(DISTINCT raw_seq), min(raw_seq), max(raw_seq) FROM ingestion_quote WHERE raw_stream = %s",
+            [stream],
+        )
         count, distinct, lo, hi = cursor.fetchone()
         cursor.execute("DELETE FROM ingestion_quote WHERE raw_stream = %s", [stream])
-    print(json.dumps({"stored_when_killed": killed_at, "added_by_replay": report["streams"][stream]["quotes"], "raw": len(raw_seqs)}))
+    print(
+        json.dumps(
+            {"stored_when_killed": killed_at, "added_by_replay": report["streams"][stream]["quotes"], "raw": len(raw_seqs)}
+        )
+    )
     assert raw_seqs == list(range(1, rows + 1))
     assert (count, distinct, lo, hi) == (rows, rows, 1, rows)

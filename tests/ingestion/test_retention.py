@@ -18,8 +18,9 @@ TODAY = date(2026, 6, 30)
 
 
 def quote(ts_ns: int, i: int) -> bytes:
-    return json.dumps({"type": "quote", "symbol": "SIM-R", "ts_ns": ts_ns, "bid": f"100.{i}", "bid_size": "1",
-                       "ask": "101", "ask_size": "2"}).encode()
+    return json.dumps(
+        {"type": "quote", "symbol": "SIM-R", "ts_ns": ts_ns, "bid": f"100.{i}", "bid_size": "1", "ask": "101", "ask_size": "2"}
+    ).encode()
 
 
 def load(store: RawStore, stream: str, day: date, n: int = 5) -> None:

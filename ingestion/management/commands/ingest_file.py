@@ -39,9 +39,16 @@ class Command(BaseCommand):
         if not path.is_file():
             raise CommandError(f"no such file: {path}")
         try:
-            out = file_ingest(path=path, fmt=options["fmt"], store=RawStore(settings.RAW_STORE_DIR), stream=options["stream"],
-                              symbol=options["symbol"], queue=options["queue"], batch=options["batch"],
-                              publish=not options["no_publish"])
+            out = file_ingest(
+                path=path,
+                fmt=options["fmt"],
+                store=RawStore(settings.RAW_STORE_DIR),
+                stream=options["stream"],
+                symbol=options["symbol"],
+                queue=options["queue"],
+                batch=options["batch"],
+                publish=not options["no_publish"],
+            )
         except FileAlreadyIngestedError as exc:
             raise CommandError(str(exc)) from None
         except (ParseError, ValueError) as exc:

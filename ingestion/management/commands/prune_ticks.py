@@ -27,6 +27,10 @@ class Command(BaseCommand):
         parser.add_argument("--verify-raw", action="store_true", help="also re-verify the sealed raw days involved")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        decisions = ticks_prune(store=RawStore(settings.RAW_STORE_DIR), retention_days=options["days"],
-                                dry_run=options["dry_run"], verify=options["verify_raw"])
+        decisions = ticks_prune(
+            store=RawStore(settings.RAW_STORE_DIR),
+            retention_days=options["days"],
+            dry_run=options["dry_run"],
+            verify=options["verify_raw"],
+        )
         self.stdout.write(json.dumps({"retention_days": options["days"], "partitions": decisions_as_dicts(decisions)}))

@@ -30,6 +30,11 @@ class Command(BaseCommand):
         parser.add_argument("--publish", action="store_true", help="also publish quotes, books and liquidity to Redis")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        report = raw_replay(store=RawStore(settings.RAW_STORE_DIR), day=options["date"], streams=options["stream"],
-                            batch=options["batch"], publish=options["publish"])
+        report = raw_replay(
+            store=RawStore(settings.RAW_STORE_DIR),
+            day=options["date"],
+            streams=options["stream"],
+            batch=options["batch"],
+            publish=options["publish"],
+        )
         self.stdout.write(json.dumps(report))

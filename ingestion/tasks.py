@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import psycopg
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
 from ingestion.services import decode_records, worker_pipeline
 
 
-@shared_task(name="ingestion.tasks.ingest_batch_task", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+# A database that is briefly unreachable must not cost the batch: with late
+# acknowledgement a task that raises is still acknowledged, so it is retried
+# (a new message) with backoff instead. The raw store keeps the records either
+# way, so even an exhausted retry is recovered by ``replay_raw``.
+_TRANSIENT = (OperationalError, InterfaceError, psycopg.OperationalError)
+
+
+@shared_task(
+    name="ingestion.tasks.ingest_batch_task",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=_TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=30,
+)
 def ingest_batch_task(stream: str, fmt: str, records: list[list[object]], symbol: str | None = None) -> dict[str, object]:
     """Store one batch of raw records. Idempotent: a redelivered batch adds nothing."""
     return worker_pipeline().ingest(stream=stream, fmt=fmt, records=decode_records(records), symbol=symbol).as_dict()

@@ -8,7 +8,6 @@ from django.db import InterfaceError, OperationalError
 
 from ingestion.services import decode_records, worker_pipeline
 
-
 # A database that is briefly unreachable must not cost the batch: with late
 # acknowledgement a task that raises is still acknowledged, so it is retried
 # (a new message) with backoff instead. The raw store keeps the records either

@@ -34,7 +34,7 @@ from django.utils.safestring import SafeString
 
 from audit.history import HISTORY_META_FIELDS, acting_as, canonical_value, diff_rows
 
-EXACT_COUNT_CAP = 10_000
+EXACT_COUNT_CAP = 1_000
 EXPORT_PERMISSION = "audit.export_records"
 
 
@@ -240,7 +240,7 @@ class ExportMixin:
 
     def get_urls(self) -> list[Any]:
         info = self.model._meta.app_label, self.model._meta.model_name  # type: ignore[attr-defined]
-        urls = [path("export/", self.admin_site.admin_view(self.export_view), name="%s_%s_export" % info)]  # type: ignore[attr-defined]
+        urls = [path("export/", self.admin_site.admin_view(self.export_view), name="{}_{}_export".format(*info))]  # type: ignore[attr-defined]
         return urls + super().get_urls()  # type: ignore[misc]
 
     def get_export_fields(self) -> list[str]:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -105,10 +105,8 @@ def acting_as(user: Any, reason: str, *, label: str = "") -> Iterator[Acting]:
     finally:
         if user is not None:
             if previous_request is missing:
-                try:
+                with suppress(AttributeError):
                     del context.request
-                except AttributeError:
-                    pass
             else:
                 context.request = previous_request
         _acting.reset(token)

@@ -41,8 +41,10 @@ def protect_history_model(model: type[models.Model], *, connection: Any = None) 
         short = table[:40]
         statements = [
             f"CREATE INDEX IF NOT EXISTS {quote(short + '_fp_user_date')} ON {quote(table)} (history_user_id, history_date DESC)",
-            f"CREATE INDEX IF NOT EXISTS {quote(short + '_fp_reason_trgm')} ON {quote(table)} "
-            "USING gin (history_change_reason gin_trgm_ops)",
+            # The admin's "contains" search is UPPER(col) LIKE '%...%': index that expression.
+            f"DROP INDEX IF EXISTS {quote(short + '_fp_reason_trgm')}",
+            f"CREATE INDEX IF NOT EXISTS {quote(short + '_fp_reason_utrgm')} ON {quote(table)} "
+            "USING gin ((UPPER(history_change_reason)) gin_trgm_ops)",
         ]
         if object_column:
             statements.append(f"CREATE INDEX IF NOT EXISTS {quote(short + '_fp_obj_hist')} ON {quote(table)} "

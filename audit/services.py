@@ -116,7 +116,7 @@ def audit_event_record_autonomous(**kwargs: Any) -> bool:
         with other.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '2s'")
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-            cursor.execute(f"SELECT hash FROM {AuditEvent._meta.db_table} ORDER BY id DESC LIMIT 1")
+            cursor.execute(f"SELECT hash FROM {AuditEvent._meta.db_table} ORDER BY id DESC LIMIT 1")  # noqa: S608 - model table name
             row = cursor.fetchone()
             prev_hash = row[0] if row else GENESIS_HASH
             at = timezone.now()
@@ -125,9 +125,10 @@ def audit_event_record_autonomous(**kwargs: Any) -> bool:
                 kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"],
                 data=f["data"],
             )
+            insert = (f"INSERT INTO {AuditEvent._meta.db_table} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608
+                      "subject_id, reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
             cursor.execute(
-                f"INSERT INTO {AuditEvent._meta.db_table} (at, actor_id, actor_label, kind, subject_type, subject_id,"
-                " reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)",
+                insert,
                 [at, user.pk if user else None, f["label"], f["kind"], f["subject_type"], f["subject_id"], f["reason"],
                  json.dumps(f["data"]), prev_hash, digest],
             )

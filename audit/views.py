@@ -14,7 +14,7 @@ def permission_denied_view(request: HttpRequest, exception: Exception | None = N
     """``handler403``: record the denial, then render Django's default 403 page."""
     try:
         permission_denied_record(request=request, reason=str(exception or ""))
-    except Exception:  # noqa: BLE001 - a failing audit write must not turn a 403 into a 500
+    except Exception:
         import logging
 
         logging.getLogger(__name__).exception("audit: could not record a permission denial")

@@ -249,7 +249,7 @@ def _count(table: str) -> int:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - a fixed table name
+        cursor.execute(f"SELECT count(*) FROM {table}")
         return cursor.fetchone()[0]
 
 

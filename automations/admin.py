@@ -141,7 +141,7 @@ def signal_story(signal: Signal) -> dict[str, Any]:
             from automations.snapshots import snapshot_load
 
             levels = snapshot_load(snapshot)
-        except Exception:  # noqa: BLE001 - the story page shows what it can (e.g. an unreachable archive)
+        except Exception:
             levels = None
     return {
         "signal": signal,

@@ -112,8 +112,8 @@ def test_a_trader_cannot_export(make_user):
 def test_the_signal_story_shows_context_transitions_and_audit_events(make_user, automation):
     from django.utils import timezone
 
-    from automations.models import Signal, SignalTransition
     from audit.services import audit_event_record
+    from automations.models import Signal, SignalTransition
 
     signal = Signal.objects.create(automation=automation, symbol="SIM-BTCUSD", side="buy", quantity=Decimal("1"),
                                    limit_price=Decimal("100"), reason="breakout", regime={"volatility": "low"},

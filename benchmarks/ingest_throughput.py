@@ -101,6 +101,13 @@ def cleanup(stream: str) -> None:
 
 def main() -> None:
     stream = f"bench-{os.getpid()}"
+    try:
+        run(stream)
+    finally:
+        cleanup(stream)
+
+
+def run(stream: str) -> None:
     out: dict[str, object] = {"batch": BATCH, "cpus": os.cpu_count()}
     for fmt, name in (
         ("tardis-quotes", "tardis_binance-futures_BTCUSDT_quotes_2020-02-22.csv"),

@@ -228,7 +228,8 @@ def _route(plan: _Plan, intent: Intent, batch: _Batch) -> str | None:
             signal_transition(signal=signal, to_status=Signal.Status.QUEUED, actor_label=ACTOR,
                               reason=f"automatic: {state['approved_trade_count']} trades approved "
                                      f"(threshold {state['approval_threshold']})")
-            Automation.objects.filter(pk=automation.pk).update(automatic_trade_count=F("automatic_trade_count") + 1)
+            # The counter is excluded from history, and F() keeps it atomic across detect workers.
+            Automation.objects.filter(pk=automation.pk).update(automatic_trade_count=F("automatic_trade_count") + 1)  # history-ok: counter
             signal_id = signal.pk
             transaction.on_commit(lambda: current_app.send_task(ORDER_EXECUTE_TASK, args=[signal_id]))
             return Signal.Status.QUEUED

@@ -135,7 +135,8 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
         raise DomainError("no limit to change", code="invalid", status_code=400)
     user, label = _actor_parts(actor)
     automation_id = automation.pk if automation is not None else None
-    RiskLimit.objects.bulk_create([RiskLimit(automation_id=automation_id)], ignore_conflicts=True)
+    # history-ok: creates the empty (all-unlimited) row at most once; every change to it is a save() with a reason.
+    RiskLimit.objects.bulk_create([RiskLimit(automation_id=automation_id)], ignore_conflicts=True)  # history-ok: see above
     row = RiskLimit.objects.select_for_update().get(
         Q(automation_id=automation_id) if automation_id else Q(automation__isnull=True)
     )
@@ -671,7 +672,8 @@ def breaker_reset(*, trip: BreakerTrip, user: Any, otp_token: str, reason: str) 
 
 
 def _kill_switch_lock() -> KillSwitch:
-    KillSwitch.objects.bulk_create([KillSwitch(pk=1, engaged=False)], ignore_conflicts=True)
+    # The disengaged singleton row is created at most once; engaging and releasing are save()s with a reason.
+    KillSwitch.objects.bulk_create([KillSwitch(pk=1, engaged=False)], ignore_conflicts=True)  # history-ok: see above
     return KillSwitch.objects.select_for_update().get(pk=1)
 
 

@@ -17,3 +17,6 @@ urlpatterns = [
     path("api/", include("execution.urls")),
     path("", include("automations.urls")),
 ]
+
+# Denials outside the admin and the API are audited too.
+handler403 = "audit.views.permission_denied_view"

@@ -15,11 +15,12 @@ Locking rules (every path follows them, so no two paths can deadlock each other)
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,7 +29,7 @@ import requests
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -40,7 +41,6 @@ from risk.models import Alert, BreakerTrip, KillSwitch, RiskLimit, RiskState
 from risk.selectors import (
     LIMIT_FIELDS,
     LIMIT_SETTING_FIELDS,
-    risk_limits_for,
     user_is_risk_officer,
     user_may_engage_kill_switch,
 )
@@ -174,23 +174,66 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
 # ---------------------------------------------------------------------------
 
 
-def _states_lock(automation_id: int | None, now: datetime) -> tuple[RiskState, RiskState | None]:
-    """Lock the global and the automation's risk-state rows in pk order, creating them if missing."""
-    wanted = 2 if automation_id else 1
+_STATE_COLUMNS = (
+    "id", "automation_id", "trading_day", "open_orders", "daily_realized_pnl", "daily_peak_pnl", "consecutive_losses",
+    "slippage_breaches_today", "signal_times", "order_times", "tripped",
+)
 
-    def load() -> list[RiskState]:
-        scope = Q(automation__isnull=True)
-        if automation_id:
-            scope |= Q(automation_id=automation_id)
-        # One round trip: the rows (locked), the automation's status and the
-        # kill switch, so the hot path does not pay three separate reads.
-        return list(
-            RiskState.objects.select_for_update(of=("self",))
-            .select_related("automation")
-            .annotate(kill_switch_on=Exists(KillSwitch.objects.filter(pk=1, engaged=True)))
-            .filter(scope)
-            .order_by("pk")
-        )
+
+@dataclass
+class _Locked:
+    """What one locked read of the risk state returns: the rows, their limits and the switches around them."""
+
+    global_row: RiskState
+    automation_row: RiskState | None
+    global_limits: rules.LimitSet
+    automation_limits: rules.LimitSet
+    automation_limit_row: dict[str, Any] | None
+    automation_status: str | None
+    kill_switch_on: bool
+
+
+def _lock_sql() -> str:
+    state = RiskState._meta.db_table
+    limit = RiskLimit._meta.db_table
+    automation = Automation._meta.db_table
+    switch = KillSwitch._meta.db_table
+    state_cols = ", ".join(f"s.{c}" for c in _STATE_COLUMNS)
+    limit_cols = ", ".join(f"l.{c}" for c in (*LIMIT_SETTING_FIELDS, "id"))
+    # The CTE is materialized and sorted before its FOR UPDATE, so the rows
+    # are locked in primary-key order (the global row first in practice):
+    # the same order every other path takes. The limits, the automation's
+    # status and the kill switch are plain reads joined in the same round trip.
+    return (
+        f"WITH s AS MATERIALIZED (SELECT * FROM {state} "  # noqa: S608 - model table names
+        f"WHERE automation_id IS NULL OR automation_id = %s ORDER BY id FOR UPDATE) "
+        f"SELECT {state_cols}, {limit_cols}, a.status, "
+        f"EXISTS (SELECT 1 FROM {switch} k WHERE k.id = 1 AND k.engaged) "
+        f"FROM s LEFT JOIN {limit} l ON l.automation_id IS NOT DISTINCT FROM s.automation_id "
+        f"LEFT JOIN {automation} a ON a.id = s.automation_id ORDER BY s.id"
+    )
+
+
+def _json_list(value: Any) -> list[float]:
+    # Django registers a text loader for jsonb on its connections: decode here as JSONField would.
+    return json.loads(value) if isinstance(value, str) else list(value or [])
+
+
+def _risk_lock(automation_id: int | None, now: datetime) -> _Locked:
+    """Lock the global and the automation's risk-state rows in pk order (creating them if missing), in one round trip.
+
+    Returns the rows with the limits of both scopes, the automation's status
+    and the kill switch, read in the same statement that takes the locks.
+    """
+    wanted = 2 if automation_id else 1
+    sql = _lock_sql()
+    n_state = len(_STATE_COLUMNS)
+    n_limit = len(LIMIT_SETTING_FIELDS) + 1
+
+    def load() -> list[tuple[Any, ...]]:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [automation_id or 0])
+            return cursor.fetchall()
 
     rows = load()
     if len(rows) < wanted:
@@ -201,9 +244,30 @@ def _states_lock(automation_id: int | None, now: datetime) -> tuple[RiskState, R
         if automation_id:
             RiskState.objects.bulk_create([RiskState(automation_id=automation_id, trading_day=today)], ignore_conflicts=True)
         rows = load()
-    global_row = next(r for r in rows if r.automation_id is None)
-    automation_row = next((r for r in rows if r.automation_id is not None), None)
-    return global_row, automation_row
+    result = _Locked(global_row=None, automation_row=None, global_limits=rules.LimitSet(),  # type: ignore[arg-type]
+                     automation_limits=rules.LimitSet(), automation_limit_row=None, automation_status=None,
+                     kill_switch_on=False)
+    for row in rows:
+        values = list(row[:n_state])
+        values[8], values[9] = _json_list(values[8]), _json_list(values[9])
+        state = RiskState.from_db("default", list(_STATE_COLUMNS), values)
+        limit_values = row[n_state:n_state + n_limit]
+        limit_row = None if limit_values[-1] is None else dict(zip(LIMIT_SETTING_FIELDS, limit_values, strict=False))
+        limits = rules.LimitSet(**{n: limit_row[n] for n in LIMIT_FIELDS}) if limit_row else rules.LimitSet()
+        result.kill_switch_on = bool(row[-1])
+        if state.automation_id is None:
+            result.global_row, result.global_limits = state, limits
+        else:
+            result.automation_row, result.automation_limits = state, limits
+            result.automation_limit_row = limit_row
+            result.automation_status = row[-2]
+    return result
+
+
+def _states_lock(automation_id: int | None, now: datetime) -> tuple[RiskState, RiskState | None]:
+    """Lock the global and the automation's risk-state rows in pk order, creating them if missing."""
+    locked = _risk_lock(automation_id, now)
+    return locked.global_row, locked.automation_row
 
 
 def _state_refresh(row: RiskState, now: datetime) -> None:
@@ -263,9 +327,25 @@ _STATE_FIELDS = [
 
 
 def _state_save(*rows: RiskState | None) -> None:
-    for row in rows:
-        if row is not None:
-            row.save(update_fields=_STATE_FIELDS)
+    """Write the counters of the given (locked) rows in one UPDATE statement."""
+    present = [r for r in rows if r is not None]
+    if not present:
+        return
+    table = RiskState._meta.db_table
+    values = ", ".join(["(%s::bigint, %s::date, %s::integer, %s::numeric, %s::numeric, %s::integer, %s::integer, "
+                        "%s::jsonb, %s::jsonb, %s::boolean)"] * len(present))
+    params: list[Any] = []
+    for r in present:
+        params += [r.pk, r.trading_day, r.open_orders, Decimal(r.daily_realized_pnl), Decimal(r.daily_peak_pnl),
+                   r.consecutive_losses, r.slippage_breaches_today, json.dumps(r.signal_times),
+                   json.dumps(r.order_times), r.tripped]
+    assignments = ", ".join(f"{name} = v.{name}" for name in _STATE_FIELDS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS s SET {assignments} FROM (VALUES {values}) AS v(id, {', '.join(_STATE_FIELDS)}) "  # noqa: S608
+            "WHERE s.id = v.id",
+            params,
+        )
 
 
 def _globalize(breaches: Iterable[rules.Breach]) -> list[rules.Breach]:
@@ -314,27 +394,28 @@ def pretrade_check(
     rollback of that transaction: see ``breaker_trip``.
     """
     now = timezone.now()
-    global_row, automation_row = _states_lock(automation_id, now)
+    locked = _risk_lock(automation_id, now)
+    global_row, automation_row = locked.global_row, locked.automation_row
     assert automation_row is not None
     _state_refresh(global_row, now)
     _state_refresh(automation_row, now)
 
     refusal: rules.Breach | None = None
-    if global_row.kill_switch_on:  # type: ignore[attr-defined]
+    if locked.kill_switch_on:
         refusal = rules.Breach(REFUSAL_KILL_SWITCH, 1, 0, "the kill switch is engaged: all trading is halted")
     elif global_row.tripped:
         refusal = _open_trip_refusal(None)
     elif automation_row.tripped:
         refusal = _open_trip_refusal(automation_id)
     else:
-        status = automation_row.automation.status
+        status = locked.automation_status
         if status != Automation.Status.ACTIVE:
             refusal = rules.Breach(REFUSAL_NOT_ACTIVE, 0, 0, f"the automation is {status or 'missing'}, not active")
     if refusal is not None:
         _state_save(global_row, automation_row)
         return [refusal]
 
-    global_limits, automation_limits, _ = risk_limits_for(automation_id)
+    global_limits, automation_limits = locked.global_limits, locked.automation_limits
     order = rules.OrderCheck(
         quantity=Decimal(quantity),
         limit_price=Decimal(limit_price) if limit_price is not None else None,
@@ -372,11 +453,12 @@ def signal_rate_check(*, automation: Automation | int, actor_label: str = "worke
     """
     automation_id = automation if isinstance(automation, int) else automation.pk
     now = timezone.now()
-    global_row, automation_row = _states_lock(automation_id, now)
+    locked = _risk_lock(automation_id, now)
+    global_row, automation_row = locked.global_row, locked.automation_row
     assert automation_row is not None
     _state_refresh(global_row, now)
     _state_refresh(automation_row, now)
-    global_limits, automation_limits, _ = risk_limits_for(automation_id)
+    global_limits, automation_limits = locked.global_limits, locked.automation_limits
     global_breaches = rules.check_signal(global_limits, _rules_state(global_row))
     automation_breaches = rules.check_signal(automation_limits, _rules_state(automation_row))
     if not global_breaches and not automation_breaches:
@@ -415,10 +497,11 @@ def order_closed(
     """
     pnl = Decimal(realized_pnl)
     now = timezone.now()
-    global_row, automation_row = _states_lock(automation_id, now)
+    locked = _risk_lock(automation_id, now)
+    global_row, automation_row = locked.global_row, locked.automation_row
     assert automation_row is not None
     tripped: list[rules.Breach] = []
-    global_limits, automation_limits, _ = risk_limits_for(automation_id)
+    global_limits, automation_limits = locked.global_limits, locked.automation_limits
     for row in (global_row, automation_row):
         _state_refresh(row, now)
         row.open_orders = max(0, row.open_orders - 1)

@@ -12,7 +12,9 @@ Per call:
    evaluated venue timestamp per automation is kept in Redis; a unique
    constraint on (automation, market_ts_ns, side) is the backstop).
 3. Load the window ONCE: the last ``max(min_history, regime history)``
-   quotes, trades when any strategy reads trade flow, and the book.
+   quotes, trades when any strategy reads trade flow, and the book. Quotes
+   and trades come from the process's incremental window cache
+   (``ingestion.selectors.quotes_window``), the Redis keys in one pipeline.
 4. Compute features ONCE and tag the regime ONCE, shared by every automation.
 5. Evaluate each automation's strategy. Per intent, in one transaction:
    create the Signal with its context (bid/ask/mid/spread, features, regime,
@@ -57,6 +59,7 @@ from automations.services import signal_create, signal_transition
 from automations.snapshots import snapshot_create
 from automations.strategies import Intent, MarketWindow, Strategy, get_strategy
 from ingestion import selectors as market
+from trading import redis_keys
 from trading.queues import ORDER_EXECUTE_TASK
 from trading.redis_client import redis_client
 
@@ -272,23 +275,34 @@ def _detect(symbol: str, client: Any) -> DetectResult:
     plans = [p for p in (_plan(a) for a in automations) if p is not None]
     need_quotes = max([REGIME_QUOTES, *(p.strategy.min_history(p.params) + 1 for p in plans)])
     need_trades = any(p.strategy.trade_lookback_ns(p.params) > 0 for p in plans)
-    quotes = market.quotes_frame(symbol, need_quotes)
+    # The window cache moves only the rows ingested since this worker's last
+    # pass on the symbol, and checks in the same statement that nothing
+    # landed behind its tail (see ingestion.selectors).
+    quotes = market.quotes_window(symbol, need_quotes)
     result.timings_ms["load_quotes"] = (time.perf_counter() - started) * 1e3
     if quotes.empty:
         return result
     market_ts_ns = int(quotes["ts_ns"].iloc[-1])
     result.market_ts_ns = market_ts_ns
-    last_seen = {k.decode(): int(v) for k, v in client.hgetall(last_evaluated_key(symbol)).items()}
+    # One round trip for what Redis holds: the last evaluated quote per
+    # automation, the book and the latest quote. The book is parsed only when
+    # some automation is due.
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(last_evaluated_key(symbol))
+    pipe.get(redis_keys.book(symbol))
+    pipe.get(redis_keys.quote(symbol))
+    seen_raw, book_raw, quote_raw = pipe.execute()
+    last_seen = {k.decode(): int(v) for k, v in seen_raw.items()}
     due = [p for p in plans if last_seen.get(str(p.automation.pk), -1) < market_ts_ns]
     result.skipped_same_data = len(plans) - len(due)
     if not due:
         return result
 
     t0 = time.perf_counter()
-    trades = market.trades_frame(symbol, TRADE_ROWS) if need_trades else _empty_trades()
+    trades = market.trades_window(symbol, TRADE_ROWS) if need_trades else _empty_trades()
     levels = max(p.automation.snapshot_levels for p in due)
-    book = market.book_snapshot(symbol, n=levels)
-    quote = market.latest_quote(symbol)
+    book = market.book_from_json(book_raw, n=levels)
+    quote = market.quote_from_json(quote_raw)
     now_ns = max(market_ts_ns, int(trades["ts_ns"].iloc[-1]) if len(trades) else 0)
     window = MarketWindow(symbol=symbol, quotes=quotes, trades=trades, book=book, now_ns=now_ns)
     features = compute_features(window)

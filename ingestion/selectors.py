@@ -1,10 +1,33 @@
-"""Reads of market data for the detect workers and the UI."""
+"""Reads of market data for the detect workers and the UI.
+
+Window cache
+------------
+``quotes_window`` and ``trades_window`` return exactly the frames that
+``quotes_frame`` and ``trades_frame`` return, but keep the last window per
+symbol in the process and, on the next call, fetch only the rows newer than
+the cached tail by ``(source_ts, raw_seq)``. The detect worker calls them once
+per symbol per ingested batch, so a call moves a dozen rows instead of
+hundreds, and no frame is rebuilt from Python rows.
+
+Rows can still land *behind* the tail: two ingest transactions commit out of
+order, or retention deletes old rows. The same statement that fetches the new
+rows therefore counts the rows from the cached head onwards; when that count
+is not the cached rows plus the new ones, or when the new rows fill a whole
+window, or when the entry is older than ``WINDOW_CACHE_MAX_AGE_S``, the window
+is loaded in full again. The count and the new rows come from one statement,
+so they see one snapshot of the table.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from django.db import connection
 
@@ -14,57 +37,215 @@ from trading.redis_client import redis_client
 
 _QUOTE_COLUMNS = ["ts_ns", "bid", "ask", "bid_size", "ask_size"]
 _TRADE_COLUMNS = ["ts_ns", "price", "size", "side"]
+# A cached window is reloaded in full at least this often, whatever the checks say.
+WINDOW_CACHE_MAX_AGE_S = 30.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Lower bound of every key when the cache holds a symbol's whole history.
+_MIN_TS = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_SEQ = -(2**63)
 
 
-def latest_quote(symbol: str) -> QuoteTick | None:
-    raw = redis_client().get(redis_keys.quote(symbol))
+def quote_from_json(raw: bytes | str | None) -> QuoteTick | None:
+    """Parse the latest-quote JSON the ingest worker publishes (``fp:quote:<symbol>``)."""
     if raw is None:
         return None
     data = json.loads(raw)
     return QuoteTick(
-        symbol=data["symbol"], source_ts_ns=int(data["source_ts_ns"]), recv_ts_ns=int(data["recv_ts_ns"]),
-        bid=Decimal(data["bid"]), bid_size=Decimal(data["bid_size"]), ask=Decimal(data["ask"]), ask_size=Decimal(data["ask_size"]),
+        symbol=data["symbol"],
+        source_ts_ns=int(data["source_ts_ns"]),
+        recv_ts_ns=int(data["recv_ts_ns"]),
+        bid=Decimal(data["bid"]),
+        bid_size=Decimal(data["bid_size"]),
+        ask=Decimal(data["ask"]),
+        ask_size=Decimal(data["ask_size"]),
     )
 
 
-def book_snapshot(symbol: str, n: int = 20) -> BookSnapshot | None:
-    raw = redis_client().get(redis_keys.book(symbol))
+def book_from_json(raw: bytes | str | None, n: int = 20) -> BookSnapshot | None:
+    """Parse the top ``n`` levels of the book JSON the ingest worker publishes (``fp:book:<symbol>``)."""
     if raw is None:
         return None
     data = json.loads(raw)
     return BookSnapshot(
-        symbol=data["symbol"], ts_ns=int(data["ts_ns"]),
+        symbol=data["symbol"],
+        ts_ns=int(data["ts_ns"]),
         bids=tuple((Decimal(p), Decimal(s)) for p, s in data["bids"][:n]),
         asks=tuple((Decimal(p), Decimal(s)) for p, s in data["asks"][:n]),
     )
 
 
-def quotes_frame(symbol: str, n: int) -> pd.DataFrame:
-    """The last ``n`` quotes of a symbol, oldest first, as floats for the features."""
+def latest_quote(symbol: str) -> QuoteTick | None:
+    return quote_from_json(redis_client().get(redis_keys.quote(symbol)))
+
+
+def book_snapshot(symbol: str, n: int = 20) -> BookSnapshot | None:
+    return book_from_json(redis_client().get(redis_keys.book(symbol)), n)
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    columns: list[str]
+    # SQL of the value columns after ts_ns and raw_seq, and their dtypes.
+    select: str
+    dtypes: tuple[Any, ...]
+
+
+_QUOTES = _Table(
+    "ingestion_quote",
+    _QUOTE_COLUMNS,
+    "bid::float8 AS bid, ask::float8 AS ask, bid_size::float8 AS bid_size, ask_size::float8 AS ask_size",
+    (np.float64, np.float64, np.float64, np.float64),
+)
+_TRADES = _Table(
+    "ingestion_trade",
+    _TRADE_COLUMNS,
+    "price::float8 AS price, size::float8 AS size, aggressor AS side",
+    (np.float64, np.float64, object),
+)
+_TS_NS = "(extract(epoch FROM source_ts) * 1e9)::bigint AS ts_ns"
+
+
+def _columns(rows: list[tuple[Any, ...]], table: _Table) -> list[np.ndarray]:
+    """Rows (ts_ns, raw_seq, values...) as one numpy array per column, without a pandas round trip."""
+    if not rows:
+        return [np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)] + [np.empty(0, dtype=d) for d in table.dtypes]
+    cols = list(zip(*rows, strict=True))
+    out = [np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=np.int64)]
+    for values, dtype in zip(cols[2:], table.dtypes, strict=True):
+        if dtype is object:
+            array = np.empty(len(values), dtype=object)
+            array[:] = values
+            out.append(array)
+        else:
+            out.append(np.array(values, dtype=dtype))
+    return out
+
+
+def _frame(arrays: list[np.ndarray], table: _Table) -> pd.DataFrame:
+    # arrays[1] is raw_seq: an ordering key, not part of the frame's contract.
+    return pd.DataFrame(dict(zip(table.columns, [arrays[0], *arrays[2:]], strict=True)), copy=False)
+
+
+def _load_last(table: _Table, symbol: str, n: int) -> list[np.ndarray]:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT ts_ns, bid, ask, bid_size, ask_size FROM ("
-            " SELECT (extract(epoch FROM source_ts) * 1e9)::bigint AS ts_ns, bid::float8 AS bid, ask::float8 AS ask,"
-            " bid_size::float8 AS bid_size, ask_size::float8 AS ask_size, source_ts, raw_seq"
-            " FROM ingestion_quote WHERE symbol = %s ORDER BY source_ts DESC, raw_seq DESC LIMIT %s"
-            ") recent ORDER BY source_ts, raw_seq",
+            f"SELECT {_TS_NS}, raw_seq, {table.select} FROM {table.name}"  # noqa: S608 - fixed table and columns.
+            " WHERE symbol = %s ORDER BY source_ts DESC, raw_seq DESC LIMIT %s",
             [symbol, n],
         )
         rows = cursor.fetchall()
-    frame = pd.DataFrame(rows, columns=_QUOTE_COLUMNS)
-    return frame.astype({"ts_ns": "int64", "bid": "float64", "ask": "float64", "bid_size": "float64", "ask_size": "float64"})
+    rows.reverse()
+    return _columns(rows, table)
+
+
+def quotes_frame(symbol: str, n: int) -> pd.DataFrame:
+    """The last ``n`` quotes of a symbol, oldest first, as floats for the features."""
+    return _frame(_load_last(_QUOTES, symbol, n), _QUOTES)
 
 
 def trades_frame(symbol: str, n: int) -> pd.DataFrame:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT ts_ns, price, size, side FROM ("
-            " SELECT (extract(epoch FROM source_ts) * 1e9)::bigint AS ts_ns, price::float8 AS price, size::float8 AS size,"
-            " aggressor AS side, source_ts, raw_seq"
-            " FROM ingestion_trade WHERE symbol = %s ORDER BY source_ts DESC, raw_seq DESC LIMIT %s"
-            ") recent ORDER BY source_ts, raw_seq",
-            [symbol, n],
-        )
-        rows = cursor.fetchall()
-    frame = pd.DataFrame(rows, columns=_TRADE_COLUMNS)
-    return frame.astype({"ts_ns": "int64", "price": "float64", "size": "float64", "side": "object"})
+    """The last ``n`` trades of a symbol, oldest first (ts_ns, price, size, side)."""
+    return _frame(_load_last(_TRADES, symbol, n), _TRADES)
+
+
+def _ns_to_datetime(ts_ns: int) -> datetime:
+    # ts_ns is a whole number of microseconds (PostgreSQL's precision), so this is exact.
+    return _EPOCH + timedelta(microseconds=int(ts_ns) // 1000)
+
+
+@dataclass
+class _Window:
+    capacity: int
+    arrays: list[np.ndarray]
+    loaded_at: float
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+
+class WindowCache:
+    """The last ``n`` rows per symbol of one tick table, refreshed incrementally (see the module docstring)."""
+
+    def __init__(self, table: _Table, max_age_s: float = WINDOW_CACHE_MAX_AGE_S) -> None:
+        self.table = table
+        self.max_age_s = max_age_s
+        self.windows: dict[str, _Window] = {}
+        self.full_loads = 0
+        self.incremental_loads = 0
+
+    def clear(self) -> None:
+        self.windows.clear()
+        self.full_loads = 0
+        self.incremental_loads = 0
+
+    def frame(self, symbol: str, n: int) -> pd.DataFrame:
+        window = self.windows.get(symbol)
+        now = time.monotonic()
+        arrays = None
+        if window is not None and window.capacity >= n and now - window.loaded_at < self.max_age_s:
+            arrays = self._extend(symbol, window)
+        if arrays is None:
+            capacity = max(n, window.capacity if window is not None else 0)
+            arrays = _load_last(self.table, symbol, capacity)
+            self.full_loads += 1
+            if len(self.windows) > 10_000:
+                self.windows.clear()
+            self.windows[symbol] = _Window(capacity=capacity, arrays=arrays, loaded_at=now)
+        if len(arrays[0]) > n:
+            arrays = [a[-n:] for a in arrays]
+        return _frame(arrays, self.table)
+
+    def _extend(self, symbol: str, window: _Window) -> list[np.ndarray] | None:
+        """Append the rows newer than the cached tail; None when a full load is needed."""
+        cached = len(window)
+        if cached:
+            tail_ts, tail_seq = _ns_to_datetime(window.arrays[0][-1]), int(window.arrays[1][-1])
+        else:
+            tail_ts, tail_seq = _MIN_TS, _MIN_SEQ
+        # A window not yet full holds the symbol's whole history: count from the beginning.
+        if cached and cached >= window.capacity:
+            head_ts, head_seq = _ns_to_datetime(window.arrays[0][0]), int(window.arrays[1][0])
+        else:
+            head_ts, head_seq = _MIN_TS, _MIN_SEQ
+        name = self.table.name
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT c.n, r.* FROM (SELECT count(*) AS n FROM {name}"  # noqa: S608 - fixed table and columns.
+                " WHERE symbol = %s AND source_ts >= %s AND (source_ts, raw_seq) >= (%s, %s)) c"
+                f" LEFT JOIN LATERAL (SELECT {_TS_NS}, raw_seq, {self.table.select} FROM {name}"
+                " WHERE symbol = %s AND source_ts >= %s AND (source_ts, raw_seq) > (%s, %s)"
+                " ORDER BY source_ts, raw_seq LIMIT %s) r ON true",
+                [symbol, head_ts, head_ts, head_seq, symbol, tail_ts, tail_ts, tail_seq, window.capacity],
+            )
+            rows = cursor.fetchall()
+        counted = rows[0][0]
+        fresh = [row[1:] for row in rows if row[1] is not None]
+        # Rows landed behind the tail or were deleted, or the gap is wider than a window.
+        if counted != cached + len(fresh) or len(fresh) >= window.capacity:
+            return None
+        self.incremental_loads += 1
+        if fresh:
+            new = _columns(fresh, self.table)
+            window.arrays = [np.concatenate((old, add))[-window.capacity :] for old, add in zip(window.arrays, new, strict=True)]
+        return window.arrays
+
+
+QUOTE_WINDOWS = WindowCache(_QUOTES)
+TRADE_WINDOWS = WindowCache(_TRADES)
+
+
+def quotes_window(symbol: str, n: int) -> pd.DataFrame:
+    """Same frame as ``quotes_frame(symbol, n)``, served from this process's incremental window cache."""
+    return QUOTE_WINDOWS.frame(symbol, n)
+
+
+def trades_window(symbol: str, n: int) -> pd.DataFrame:
+    """Same frame as ``trades_frame(symbol, n)``, served from this process's incremental window cache."""
+    return TRADE_WINDOWS.frame(symbol, n)
+
+
+def window_cache_clear() -> None:
+    """Forget every cached window (tests; a worker never needs to)."""
+    QUOTE_WINDOWS.clear()
+    TRADE_WINDOWS.clear()

@@ -8,11 +8,20 @@ from automations.detection import detect_symbol
 from automations.models import Automation, Signal
 from automations.services import signal_transition
 from automations.snapshots import snapshot_load
+from ingestion.selectors import window_cache_clear
 from risk.models import RiskLimit
 from tests.automations.conftest import insert_quotes, make_automation, make_book, publish_market
 from trading.queues import ORDER_EXECUTE_TASK
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def cold_windows():
+    # Every test rebuilds the tick table with the same keys; start each from a cold window cache.
+    window_cache_clear()
+    yield
+    window_cache_clear()
 
 
 def new_quote(market, step: int) -> int:

@@ -18,9 +18,9 @@ from decimal import Decimal
 from celery import current_app
 from django.conf import settings
 
-from ingestion.rawstore import CorruptTailError, RawStore, RawWriter
+from ingestion.rawstore import RawStore
 from ingestion.selectors import latest_quote
-from ingestion.services import encode_records
+from ingestion.services import encode_records, open_raw_writer, raw_stream_register
 from ingestion.simulator import DEFAULT_SYMBOLS, FaultConfig, MarketSimulator, SymbolSpec
 from trading import redis_keys
 from trading.queues import INGEST_BATCH_TASK
@@ -30,16 +30,6 @@ logger = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_BATCH = 5000
 RESEND_CHUNK = 2000
-
-
-def open_writer(store: RawStore, stream: str) -> RawWriter:
-    """Open the stream's writer, cutting off a frame half-written by a crash."""
-    try:
-        return store.writer(stream)
-    except CorruptTailError:
-        removed = store.repair_tail(stream)
-        logger.warning("raw stream %s: removed an incomplete final frame (%s bytes) left by a crash", stream, removed)
-        return store.writer(stream)
 
 
 def simulator_from_settings() -> MarketSimulator:
@@ -62,7 +52,8 @@ class Feed:
         self.stream = stream
         self.fmt = fmt
         self.store = store
-        self.writer = open_writer(store, stream)
+        raw_stream_register(name=stream, fmt=fmt)
+        self.writer = open_raw_writer(store, stream)
         self.send = send or current_app.send_task
         self.redis = redis_client()
 

@@ -13,13 +13,14 @@ import dataclasses
 import json
 
 from ingestion.liquidity import LiquidityState
+from trading import redis_keys
 from trading.redis_client import redis_client
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(LiquidityState))
 
 
 def key(symbol: str) -> str:
-    return f"fp:liquidity:{symbol}"
+    return redis_keys.liquidity(symbol)
 
 
 def dumps(state: LiquidityState) -> str:

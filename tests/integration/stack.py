@@ -114,6 +114,13 @@ class Stack:
         )
         return result.stdout.strip()
 
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a management command against this stack's database and Redis."""
+        return subprocess.run(  # noqa: S603
+            [PYTHON, str(BASE_DIR / "manage.py"), *args], cwd=BASE_DIR, env=self.env, capture_output=True, text=True,
+            check=check, timeout=120,
+        )
+
     def pid(self, name: str) -> int:
         return int(self.supervisorctl("pid", name))
 

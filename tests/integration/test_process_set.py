@@ -7,9 +7,9 @@ the tests run in file order and leave it running for the next.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
-import os
 
 import pytest
 
@@ -128,3 +128,42 @@ def test_health_answers_503_within_30s_of_a_process_dying_and_200_after_restart(
     assert body["processes"]["worker-detect"]["ok"] is True
     stack.supervisorctl("start", "worker-ingest")
     wait_for(lambda: stack.health()[0] == 200, timeout=60, interval=1, what="/health to answer 200 again")
+
+
+UNGATE = """
+from django.contrib.auth import get_user_model
+from automations.models import Automation
+from automations.services import automation_update
+admin = get_user_model().objects.get(username="admin")
+for automation in Automation.objects.all():
+    automation_update(automation=automation, actor=admin, reason="integration test: trade without approval",
+                      changes={"approval_threshold": 0})
+"""
+
+
+def open_orders(stack: Stack) -> int:
+    return stack.scalar("SELECT count(*) FROM execution_order WHERE status IN ('pending','submitting','submitted','partially_filled')")
+
+
+def test_the_kill_switch_stops_a_running_pipeline_and_leaves_no_open_order(stack: Stack) -> None:
+    stack.manage("shell", "-c", UNGATE)
+    wait_for(lambda: stack.scalar("SELECT count(*) FROM execution_order") > 0, timeout=120,
+             what="the pipeline to place orders automatically")
+
+    result = stack.manage("killswitch", "on", "--reason", "integration drill", "--user", "risk")
+    assert result.returncode == 0, result.stderr
+    engaged_at = time.time()
+
+    wait_for(lambda: open_orders(stack) == 0, timeout=30, what="every open order to be cancelled or settled")
+    assert stack.scalar("SELECT count(*) FROM automations_automation WHERE status <> 'halted'") == 0
+    orders_after_kill = stack.scalar("SELECT count(*) FROM execution_order")
+    quotes_after_kill = quote_count(stack)
+    time.sleep(10)
+    # Market data keeps flowing, but nothing trades while the switch is on.
+    assert quote_count(stack) > quotes_after_kill
+    assert stack.scalar("SELECT count(*) FROM execution_order") == orders_after_kill
+    assert open_orders(stack) == 0
+    assert stack.scalar("SELECT count(*) FROM automations_signal WHERE status IN ('pending_approval','queued','approved')") == 0
+    assert stack.scalar("SELECT engaged FROM risk_killswitch WHERE id = 1") is True
+    assert stack.scalar("SELECT count(*) FROM risk_alert WHERE kind = 'kill_switch_on' AND created_at >= to_timestamp(%s)",
+                        (engaged_at - 5,)) == 1

@@ -52,7 +52,9 @@ def _event_fields(*, kind: str, actor: Any, actor_label: str, subject: models.Mo
             "subject_id": str(subject_id)[:64], "reason": reason or "", "data": payload}
 
 
-@transaction.atomic
+# No savepoint: the event is part of the caller's transaction and fails with it
+# (a SAVEPOINT and its RELEASE were two of every event's round trips).
+@transaction.atomic(savepoint=False)
 def audit_event_record(
     *,
     kind: str,
@@ -71,22 +73,76 @@ def audit_event_record(
     """
     f = _event_fields(kind=kind, actor=actor, actor_label=actor_label, subject=subject, subject_type=subject_type,
                       subject_id=subject_id, reason=reason, data=data)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-    last = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
-    prev_hash = last or GENESIS_HASH
-    at = timezone.now()
     user = f["user"]
+    with connection.cursor() as cursor:
+        prev_hash = _chain_head_cached()
+        if prev_hash is None:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+            # A statement of its own after the lock: its snapshot then sees the event the previous holder committed.
+            cursor.execute(_HEAD_SQL)
+            row = cursor.fetchone()
+            prev_hash = row[0] if row else GENESIS_HASH
+        at = timezone.now()
+        digest = audit_event_hash(
+            prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
+            kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"],
+            data=f["data"],
+        )
+        cursor.execute(_INSERT_SQL + " RETURNING id", [at, user.pk if user else None, f["label"], f["kind"],
+                                                       f["subject_type"], f["subject_id"], f["reason"],
+                                                       json.dumps(f["data"]), prev_hash, digest])
+        event_id = cursor.fetchone()[0]
+    _chain_head_remember(digest)
     event = AuditEvent(
-        at=at, actor=user, actor_label=f["label"], kind=f["kind"], subject_type=f["subject_type"],
-        subject_id=f["subject_id"], reason=f["reason"], data=f["data"], prev_hash=prev_hash,
+        id=event_id, at=at, actor=user, actor_label=f["label"], kind=f["kind"], subject_type=f["subject_type"],
+        subject_id=f["subject_id"], reason=f["reason"], data=f["data"], prev_hash=prev_hash, hash=digest,
     )
-    event.hash = audit_event_hash(
-        prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
-        kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"], data=f["data"],
-    )
-    event.save(force_insert=True)
+    event._state.adding = False
     return event
+
+
+_TABLE = AuditEvent._meta.db_table
+_HEAD_SQL = f"SELECT hash FROM {_TABLE} ORDER BY id DESC LIMIT 1"  # noqa: S608 - model table name
+_INSERT_SQL = (f"INSERT INTO {_TABLE} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608 - model table name
+               "subject_id, reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
+
+
+class _ChainHead:
+    """The hash of the last event this connection appended, valid while its insert is part of the open transaction.
+
+    It is registered as a (no-op) on-commit callback of the transaction that
+    inserted the event. Django drops a transaction's callbacks when it commits
+    or rolls back, and a savepoint's callbacks when that savepoint is rolled
+    back: so the marker is still in ``connection.run_on_commit`` exactly as
+    long as the event is. While it is, this transaction still holds the chain
+    lock (a transaction-level advisory lock), so nobody else has appended
+    since and the event is the chain's head: the next event of the same
+    transaction needs neither the lock nor the read of the head again.
+    """
+
+    __slots__ = ("hash",)
+
+    def __init__(self, digest: str) -> None:
+        self.hash = digest
+
+    def __call__(self) -> None:
+        """Nothing to do on commit: the marker only lives as long as the transaction."""
+
+
+def _chain_head_cached() -> str | None:
+    marker = getattr(connection, "_fp_audit_head", None)
+    if marker is None or not connection.in_atomic_block or connection.needs_rollback:
+        return None
+    for _sids, func, _robust in reversed(connection.run_on_commit):
+        if func is marker:
+            return marker.hash
+    return None
+
+
+def _chain_head_remember(digest: str) -> None:
+    marker = _ChainHead(digest)
+    connection._fp_audit_head = marker  # type: ignore[attr-defined]
+    transaction.on_commit(marker)
 
 
 def audit_event_record_autonomous(**kwargs: Any) -> bool:
@@ -116,7 +172,7 @@ def audit_event_record_autonomous(**kwargs: Any) -> bool:
         with other.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '2s'")
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-            cursor.execute(f"SELECT hash FROM {AuditEvent._meta.db_table} ORDER BY id DESC LIMIT 1")  # noqa: S608 - model table name
+            cursor.execute(_HEAD_SQL)
             row = cursor.fetchone()
             prev_hash = row[0] if row else GENESIS_HASH
             at = timezone.now()
@@ -125,10 +181,8 @@ def audit_event_record_autonomous(**kwargs: Any) -> bool:
                 kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"],
                 data=f["data"],
             )
-            insert = (f"INSERT INTO {AuditEvent._meta.db_table} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608
-                      "subject_id, reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
             cursor.execute(
-                insert,
+                _INSERT_SQL,
                 [at, user.pk if user else None, f["label"], f["kind"], f["subject_type"], f["subject_id"], f["reason"],
                  json.dumps(f["data"]), prev_hash, digest],
             )

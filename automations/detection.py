@@ -49,7 +49,7 @@ from typing import Any
 
 import pandas as pd
 from celery import current_app
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
 from automations.features import TRADE_COLUMNS, compute_features
@@ -113,12 +113,19 @@ _params_cache: dict[tuple[int, datetime | None], dict[str, Any]] = {}
 _automations_cache: dict[str, tuple[tuple[Any, ...], list[Automation]]] = {}
 
 
-def _active_automations(symbol: str) -> list[Automation]:
-    from django.db.models import Count, Max
+_FINGERPRINT_SQL = (
+    f"SELECT count(*), max(updated_at), max(id) FROM {Automation._meta.db_table}"  # noqa: S608 - the model's own table.
+    " WHERE symbol = %s AND status = %s"
+)
 
+
+def _active_automations(symbol: str) -> list[Automation]:
+    # Plain SQL for the fingerprint: it runs on every pass, and the ORM's
+    # aggregate compilation cost as much as the query itself.
+    with connection.cursor() as cursor:
+        cursor.execute(_FINGERPRINT_SQL, [symbol, Automation.Status.ACTIVE.value])
+        fingerprint = tuple(cursor.fetchone())
     active = Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE)
-    agg = active.aggregate(n=Count("id"), changed=Max("updated_at"), top=Max("id"))
-    fingerprint = (agg["n"], agg["changed"], agg["top"])
     hit = _automations_cache.get(symbol)
     if hit is not None and hit[0] == fingerprint:
         return hit[1]
@@ -347,7 +354,8 @@ def _detect(symbol: str, client: Any) -> DetectResult:
     result.timings_ms["signals"] = (time.perf_counter() - t0) * 1e3
 
     key = last_evaluated_key(symbol)
-    pipe = client.pipeline()
+    # Two independent writes: no MULTI/EXEC needed, one round trip.
+    pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping={str(p.automation.pk): market_ts_ns for p in due})
     pipe.expire(key, LAST_EVALUATED_TTL_S)
     pipe.execute()

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 from django.db import connection
 
 from ingestion.types import BookSnapshot, QuoteTick
@@ -127,14 +128,26 @@ def _frame(arrays: list[np.ndarray], table: _Table) -> pd.DataFrame:
     return pd.DataFrame(dict(zip(table.columns, [arrays[0], *arrays[2:]], strict=True)), copy=False)
 
 
+def _prepared(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """Run a read with server-side binding and a prepared plan.
+
+    Django's psycopg cursors bind on the client, so PostgreSQL plans the
+    statement on every call; on these per-pass reads the planning cost as
+    much as the execution. A plain psycopg cursor on the same connection
+    (same transaction) prepares the statement once per connection.
+    """
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall()
+
+
 def _load_last(table: _Table, symbol: str, n: int) -> list[np.ndarray]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {_TS_NS}, raw_seq, {table.select} FROM {table.name}"  # noqa: S608 - fixed table and columns.
-            " WHERE symbol = %s ORDER BY source_ts DESC, raw_seq DESC LIMIT %s",
-            [symbol, n],
-        )
-        rows = cursor.fetchall()
+    rows = _prepared(
+        f"SELECT {_TS_NS}, raw_seq, {table.select} FROM {table.name}"  # noqa: S608 - fixed table and columns.
+        " WHERE symbol = %s ORDER BY source_ts DESC, raw_seq DESC LIMIT %s",
+        [symbol, n],
+    )
     rows.reverse()
     return _columns(rows, table)
 
@@ -209,16 +222,14 @@ class WindowCache:
         else:
             head_ts, head_seq = _MIN_TS, _MIN_SEQ
         name = self.table.name
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT c.n, r.* FROM (SELECT count(*) AS n FROM {name}"  # noqa: S608 - fixed table and columns.
-                " WHERE symbol = %s AND source_ts >= %s AND (source_ts, raw_seq) >= (%s, %s)) c"
-                f" LEFT JOIN LATERAL (SELECT {_TS_NS}, raw_seq, {self.table.select} FROM {name}"
-                " WHERE symbol = %s AND source_ts >= %s AND (source_ts, raw_seq) > (%s, %s)"
-                " ORDER BY source_ts, raw_seq LIMIT %s) r ON true",
-                [symbol, head_ts, head_ts, head_seq, symbol, tail_ts, tail_ts, tail_seq, window.capacity],
-            )
-            rows = cursor.fetchall()
+        rows = _prepared(
+            f"SELECT c.n, r.* FROM (SELECT count(*) AS n FROM {name}"  # noqa: S608 - fixed table and columns.
+            " WHERE symbol = %s AND source_ts >= %s AND (source_ts, raw_seq) >= (%s, %s)) c"
+            f" LEFT JOIN LATERAL (SELECT {_TS_NS}, raw_seq, {self.table.select} FROM {name}"
+            " WHERE symbol = %s AND source_ts >= %s AND (source_ts, raw_seq) > (%s, %s)"
+            " ORDER BY source_ts, raw_seq LIMIT %s) r ON true",
+            [symbol, head_ts, head_ts, head_seq, symbol, tail_ts, tail_ts, tail_seq, window.capacity],
+        )
         counted = rows[0][0]
         fresh = [row[1:] for row in rows if row[1] is not None]
         # Rows landed behind the tail or were deleted, or the gap is wider than a window.

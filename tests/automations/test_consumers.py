@@ -6,11 +6,11 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync
-from asgiref.testing import ApplicationCommunicator
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
@@ -27,38 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 application = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 
 
-class WebsocketCommunicator(ApplicationCommunicator):
-    """Channels' WebsocketCommunicator, re-stated on asgiref's ApplicationCommunicator.
-
-    ``channels.testing`` imports daphne (for its live-server test case) at
-    package import, and daphne is not a dependency here; the websocket
-    communicator itself is this thin layer over asgiref.
-    """
-
-    def __init__(self, application, path, headers):
-        super().__init__(application, {"type": "websocket", "path": path, "headers": headers, "subprotocols": [],
-                                       "query_string": b""})
-
-    async def connect(self, timeout=5):
-        await self.send_input({"type": "websocket.connect"})
-        response = await self.receive_output(timeout)
-        if response["type"] == "websocket.close":
-            return False, response.get("code", 1000)
-        return True, response.get("subprotocol")
-
-    async def send_json_to(self, data):
-        await self.send_input({"type": "websocket.receive", "text": json.dumps(data)})
-
-    async def receive_json_from(self, timeout=5):
-        response = await self.receive_output(timeout)
-        assert response["type"] == "websocket.send", response
-        return json.loads(response["text"])
-
-    async def disconnect(self, code=1000, timeout=2):
-        await self.send_input({"type": "websocket.disconnect", "code": code})
-        await self.wait(timeout)
-
-
 def run_async(fn):
     """Run an async test body from a plain pytest test (no asyncio plugin is installed)."""
 
@@ -70,8 +38,9 @@ def run_async(fn):
 
 
 @pytest.fixture(autouse=True)
-def in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+def fresh_layer():
+    # The real Redis channel layer from settings; a fresh instance per test so
+    # no connection outlives the event loop that opened it.
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()

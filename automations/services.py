@@ -109,15 +109,29 @@ def _apply_transition(signal: Signal, to_status: str, *, actor_label: str, reaso
     return signal
 
 
-@transaction.atomic
 def signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str = "", actor: Any = None) -> Signal:
     """Move ``signal`` to ``to_status`` if the state machine allows it; raise DomainError otherwise.
 
     The row is locked first and the legality judged on the locked state, so
     two workers racing (the expiry sweep and an approval) cannot both win.
     The passed instance is updated in place and returned.
+
+    Inside a caller's transaction no savepoint is taken (two round trips
+    saved): an illegal transition is refused before anything is written, so
+    the caller's transaction stays usable, and a failing write fails it.
     """
+    if not connection.in_atomic_block:
+        with transaction.atomic():
+            return _signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason,
+                                      actor=actor)
+    return _signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor)
+
+
+def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str, actor: Any) -> Signal:
     locked = Signal.objects.select_for_update().get(pk=signal.pk)
+    if Signal.automation.is_cached(signal) and signal.automation_id == locked.automation_id:
+        # The caller already holds the automation: the push payload reuses it.
+        locked.automation = signal.automation
     now = timezone.now()
     allowed = ALLOWED_TRANSITIONS.get(locked.status, frozenset())
     if to_status not in allowed:
@@ -127,7 +141,8 @@ def signal_transition(*, signal: Signal, to_status: str, actor_label: str, reaso
     if to_status == S.APPROVED and locked.expires_at is not None and locked.expires_at <= now:
         raise DomainError(f"signal {locked.pk} expired at {locked.expires_at.isoformat()}; it cannot be approved",
                           code="expired")
-    _apply_transition(locked, to_status, actor_label=actor_label, reason=reason, actor=actor, now=now)
+    with transaction.atomic(savepoint=False):
+        _apply_transition(locked, to_status, actor_label=actor_label, reason=reason, actor=actor, now=now)
     for name in ("status", "status_reason", "sequence", "decided_at"):
         setattr(signal, name, getattr(locked, name))
     return signal

@@ -37,7 +37,7 @@ from typing import Any
 
 from celery import current_app
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import Exists, F
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -53,6 +53,7 @@ from execution.simulation import OrderSpec, expected_slippage_bps, slippage_bps
 from ingestion import selectors as market
 from ingestion.types import Side
 from risk import rules
+from risk.models import KillSwitch
 from risk.selectors import RISK_OFFICER_GROUP, TRADER_GROUP, kill_switch_engaged, risk_limits_for, user_in_group
 from trading.api import DomainError
 from trading.queues import ORDER_EXECUTE_TASK
@@ -223,11 +224,16 @@ def _approval_record(*, signal: Signal, automation: Automation, user: Any, devic
     except IntegrityError as exc:
         raise _refusal(f"signal {signal.pk} already has a decision or this order was already approved",
                        code="duplicate") from exc
+    # The execute task goes first among the on-commit callbacks: the live pushes
+    # (several milliseconds each over the channel layer) follow it instead of delaying the order.
+    signal_id = signal.pk
+    transaction.on_commit(lambda: _send_execute(signal_id))
     # A counter, not configuration: saved alone so no history row and no reason are needed.
     automation.approved_trade_count = F("approved_trade_count") + 1
     automation.save(update_fields=["approved_trade_count"])
     automation.refresh_from_db(fields=["approved_trade_count"])
     username = user.get_username()
+    signal.automation = automation  # The push payload names the automation: no second read of its row.
     signal_transition(signal=signal, to_status=S.APPROVED, actor_label=username, actor=user,
                       reason=f"approved by {username} with OTP (order {order_hash[:12]})")
     audit_event_record(
@@ -235,8 +241,6 @@ def _approval_record(*, signal: Signal, automation: Automation, user: Any, devic
         data={"action": "approve", "outcome": "approved", "order_hash": order_hash, "device": device.persistent_id,
               "automation_id": automation.pk, "approved_trade_count": automation.approved_trade_count},
     )
-    signal_id = signal.pk
-    transaction.on_commit(lambda: _send_execute(signal_id))
 
 
 def signal_reject(*, signal_id: int, user: Any, reason: str) -> Signal:
@@ -339,8 +343,12 @@ def _fault_hook(point: str) -> None:
 
 
 def _execution_refusal(signal: Signal, automation: Automation, now: datetime) -> tuple[str, str] | None:
-    """Why this signal must not become an order, as (signal status to move to, reason); None to go ahead."""
-    if kill_switch_engaged():
+    """Why this signal must not become an order, as (signal status to move to, reason); None to go ahead.
+
+    ``automation.kill_switch_on`` is read with the automation (one round trip) when the caller annotated it.
+    """
+    engaged = getattr(automation, "kill_switch_on", None)
+    if engaged if engaged is not None else kill_switch_engaged():
         return S.FAILED, "the kill switch is engaged"
     if automation.status != Automation.Status.ACTIVE:
         return S.FAILED, f"automation {automation.name} is {automation.status}"
@@ -372,7 +380,9 @@ def _order_decide(signal_id: int) -> Order | None:
         if signal.status not in (S.QUEUED, S.APPROVED):
             logger.info("execute: signal %s is %s; nothing to do", signal_id, signal.status)
             return None
-        automation = Automation.objects.get(pk=signal.automation_id)
+        automation = (Automation.objects.annotate(kill_switch_on=Exists(KillSwitch.objects.filter(pk=1, engaged=True)))
+                      .get(pk=signal.automation_id))
+        signal.automation = automation  # The push payload names the automation: no second read of its row.
         now = timezone.now()
         refusal = _execution_refusal(signal, automation, now)
         if refusal is not None:
@@ -459,7 +469,11 @@ def order_submit(order: Order) -> Order:
         if not held:
             return order
         claimed = Order.objects.filter(pk=order.pk, status=OS.PENDING).update(status=OS.SUBMITTING)
-        order.refresh_from_db()
+        if claimed:
+            # Ours by the conditional update: nothing else changed the row, no need to read it back.
+            order.status = OS.SUBMITTING
+        else:
+            order.refresh_from_db()
         if order.status != OS.SUBMITTING:
             return order
         broker = broker_for_mode(order.broker)

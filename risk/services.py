@@ -368,7 +368,8 @@ def _open_trip_refusal(automation_id: int | None) -> rules.Breach:
 # ---------------------------------------------------------------------------
 
 
-@transaction.atomic
+# No savepoint: the check runs inside the order's transaction and fails with it.
+@transaction.atomic(savepoint=False)
 def pretrade_check(
     *,
     automation_id: int,
@@ -483,7 +484,8 @@ def _open_trip_exists(automation_id: int | None, limit: str) -> bool:
     return BreakerTrip.objects.filter(scope, limit=limit, reset_at__isnull=True).exists()
 
 
-@transaction.atomic
+# No savepoint: the release runs inside the order's closing transaction and fails with it.
+@transaction.atomic(savepoint=False)
 def order_closed(
     *, automation_id: int, realized_pnl: Decimal, slippage_breach: bool = False, actor_label: str = "worker-execute"
 ) -> list[rules.Breach]:

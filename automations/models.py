@@ -167,3 +167,6 @@ class SignalTransition(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"signal {self.signal_id}: {self.from_status or '-'} -> {self.to_status}"

@@ -115,21 +115,20 @@ def load(rows: int) -> dict[str, float]:
     start = timezone.now() - dt.timedelta(days=365)
     prev = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS_HASH
     columns = "at, actor_id, actor_label, kind, subject_type, subject_id, reason, data, prev_hash, hash"
-    with transaction.atomic(), connection.cursor() as cursor:
-        with cursor.cursor.copy(f"COPY audit_auditevent ({columns}) FROM STDIN") as copy:
-            for i in range(rows):
-                at = start + dt.timedelta(seconds=31 * i)
-                user_id = user_ids[i % len(user_ids)]
-                label = "root" if user_id == root.pk else f"officer{user_ids.index(user_id) - 1}"
-                kind = KINDS[i % len(KINDS)]
-                subject_type, subject_id = "automations.signal", str(i)
-                reason = f"{REASONS[i % len(REASONS)]} #{i}"
-                data = {"i": i, "automation": i % 1000}
-                digest = audit_event_hash(prev_hash=prev, at_iso=at.isoformat(), actor_id=user_id, actor_label=label,
-                                          kind=kind, subject_type=subject_type, subject_id=subject_id, reason=reason,
-                                          data=data)
-                copy.write_row((at, user_id, label, kind, subject_type, subject_id, reason, json.dumps(data), prev, digest))
-                prev = digest
+    with transaction.atomic(), connection.cursor() as cursor, cursor.cursor.copy(f"COPY audit_auditevent ({columns}) FROM STDIN") as copy:
+        for i in range(rows):
+            at = start + dt.timedelta(seconds=31 * i)
+            user_id = user_ids[i % len(user_ids)]
+            label = "root" if user_id == root.pk else f"officer{user_ids.index(user_id) - 1}"
+            kind = KINDS[i % len(KINDS)]
+            subject_type, subject_id = "automations.signal", str(i)
+            reason = f"{REASONS[i % len(REASONS)]} #{i}"
+            data = {"i": i, "automation": i % 1000}
+            digest = audit_event_hash(prev_hash=prev, at_iso=at.isoformat(), actor_id=user_id, actor_label=label,
+                                      kind=kind, subject_type=subject_type, subject_id=subject_id, reason=reason,
+                                      data=data)
+            copy.write_row((at, user_id, label, kind, subject_type, subject_id, reason, json.dumps(data), prev, digest))
+            prev = digest
     timings["audit_copy_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with connection.cursor() as cursor:
@@ -196,7 +195,7 @@ def measure(loads: int) -> dict[str, dict[str, float]]:
             assert response.status_code == 200
         samples.sort()
         results[name] = {"median_ms": round(statistics.median(samples), 1),
-                         "p99_ms": round(samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))], 1),
+                         "p99_ms": round(samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))], 1),
                          "min_ms": round(samples[0], 1), "loads": loads}
     return results
 

@@ -22,7 +22,9 @@ without the signal writes.
 Needs ``DATABASE_URL`` (a migrated database) and ``REDIS_URL``. Automations
 are created as ``bench-<pid>-...`` and paused afterwards; quotes and trades
 are written under stream ``bench-<pid>`` and deleted afterwards.
-Run: ``.venv/bin/python benchmarks/detection_path.py``.
+Run: ``.venv/bin/python benchmarks/detection_path.py`` (cost per cycle), or with
+``--lag`` for the detection lag with a live ingest side (``BENCH_LAG_S`` seconds,
+default 20; see ``lag_scenario``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -44,7 +47,7 @@ import django
 django.setup()
 
 from celery import current_app  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 
 from automations import detection  # noqa: E402
 from automations.models import Automation  # noqa: E402
@@ -57,6 +60,7 @@ TICKS_PER_CYCLE = 1000  # 5,000 ticks/s in 200 ms batches
 CYCLE_S = 0.2
 WORKERS = 2
 PID = os.getpid()
+PID_PARENT = PID  # The ingest child writes under its parent's names.
 STREAM = f"bench-{PID}"
 sent: list[str] = []
 current_app.send_task = lambda name, args=None, kwargs=None, **kw: sent.append(name)  # No broker in a benchmark.
@@ -93,6 +97,10 @@ class Market:
         return quotes, trades
 
     def publish(self, client) -> None:
+        self.publish_to(client)
+
+    def publish_to(self, client) -> None:
+        """Write the book and the latest quote (to a client or a pipeline: two SETs)."""
         bid, ask = self.last
         book = {"symbol": self.symbol, "ts_ns": self.ts_ns,
                 "bids": [[f"{(bid - i) / 100:.2f}", f"{1 + i * 0.5:.3f}"] for i in range(50)],
@@ -203,11 +211,161 @@ def cleanup() -> None:
         client.delete(key)
 
 
+def ingest_child(stream: str, label: str, n_symbols: int, seconds: float) -> None:
+    """The ingest side of the lag scenario, in its own process: 5,000 quotes/s in 200 ms batches.
+
+    Each quote gets a receive time spread evenly over the 200 ms before its
+    batch is written (the feed batches what arrived meanwhile), so the lag
+    measured includes the batching delay. Per batch: one COPY transaction,
+    the book and quote published to Redis, then per symbol the oldest
+    unseen receive time (SET NX) and one coalesced detection request, like
+    ``ingestion.services.request_detection`` (pending flag SET NX, then the
+    symbol pushed on a list standing in for the detect queue).
+    """
+    symbols = [f"B{PID_PARENT}-{label}-{i}" for i in range(n_symbols)]
+    markets = [Market(s, seed=i) for i, s in enumerate(symbols)]
+    for market in markets:
+        market.ts_ns += 3600 * 10**9  # After the history the parent wrote.
+    Market.seq = 10**9
+    client = redis_client()
+    per_symbol = TICKS_PER_CYCLE // n_symbols
+    # The market is generated before the clock starts: generating it costs
+    # more CPU than writing it, and the ingest worker's parsing is not what
+    # is measured here.
+    planned = []
+    for _ in range(int(seconds / CYCLE_S) + 1):
+        quotes, trades = [], []
+        for market in markets:
+            q, t = market.step(per_symbol)
+            quotes += q
+            trades += t
+        planned.append((quotes, [(stream, *row[1:]) for row in trades], [m.last for m in markets], [m.ts_ns for m in markets]))
+    deadline = time.monotonic() + seconds
+    next_batch = time.monotonic() + CYCLE_S
+    batches = late = 0
+    for quotes, trade_rows, lasts, tss in planned:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(max(0.0, next_batch - time.monotonic()))
+        batch_end_ns = time.time_ns()
+        spread = int(CYCLE_S * 1e9)
+        # Receive times: the i-th of the batch's quotes arrived i/n of the way through the 200 ms.
+        recv_by_key = {}
+        rows = []
+        for i, row in enumerate(quotes):
+            recv = batch_end_ns - spread + spread * i // len(quotes)
+            rows.append((stream, row[1], row[2], row[3], datetime.fromtimestamp(recv / 1e9, tz=UTC), *row[5:]))
+            recv_by_key.setdefault(row[2], recv)
+        for market, last, ts_ns in zip(markets, lasts, tss, strict=True):
+            market.last, market.ts_ns = last, ts_ns
+        with transaction.atomic():
+            copy_rows(rows, trade_rows)
+        pipe = client.pipeline(transaction=False)
+        for market in markets:
+            market.publish_to(pipe)
+        for sym, first_recv in recv_by_key.items():
+            pipe.set(f"fp:bench-oldest:{sym}", first_recv, nx=True)
+            pipe.set(redis_keys.detect_pending(sym), "1", nx=True, ex=30)
+        replies = pipe.execute()
+        flags = replies[len(markets) * 2 :][1::2]
+        pipe = client.pipeline(transaction=False)
+        for sym, flag in zip(recv_by_key, flags, strict=True):
+            if flag:
+                pipe.rpush(f"fp:bench-queue:{PID_PARENT}", sym)
+        pipe.execute()
+        batches += 1
+        next_batch += CYCLE_S
+        if time.monotonic() > next_batch:
+            late += 1
+            next_batch = time.monotonic() + CYCLE_S
+    client.rpush(f"fp:bench-queue:{PID_PARENT}", "__done__")
+    print(json.dumps({"batches": batches, "late_batches": late}))
+
+
+def lag_scenario(seconds: float) -> dict:
+    """Detection lag with the ingest side running: time from a quote's receive time to its detection pass ending.
+
+    1,000 automations over 100 symbols; a child process writes 5,000
+    quotes/s (1,000 per 200 ms batch, 10 per symbol) and asks for one
+    detection per symbol per batch (coalesced); this process is the detect
+    worker (one process, one core) and runs ``detect_symbol`` per request.
+    """
+    label, n_automations, n_symbols = "lag", 1000, 100
+    rng = random.Random(7)
+    symbols = [f"B{PID}-{label}-{i}" for i in range(n_symbols)]
+    client = redis_client()
+    Automation.objects.bulk_create(automation_rows(f"bench-{PID}-{label}", symbols, n_automations, rng), batch_size=500)
+    for i, sym in enumerate(symbols):
+        market = Market(sym, seed=i)
+        copy_rows(*market.step(400))
+        market.publish(client)
+    queue = f"fp:bench-queue:{PID}"
+    client.delete(queue)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--ingest-child", STREAM, label, str(n_symbols), str(seconds), str(PID)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    lags, passes, signals, signal_ms, busy_s = [], 0, 0, 0.0, 0.0
+    backlog_max = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    try:
+        while True:
+            # The client's socket timeout is 5 s: wait in short polls, while the child lives.
+            popped = client.blpop([queue], timeout=2)
+            if popped is None:
+                if child.poll() is None:
+                    continue
+                break
+            if passes == 0:  # The clock starts with the first request (the child generates its market first).
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+            sym = popped[1].decode()
+            if sym == "__done__":
+                break
+            backlog_max = max(backlog_max, client.llen(queue) + 1)
+            started = time.perf_counter()
+            # As detect_symbol_task does: clear the coalescing flag first.
+            client.delete(redis_keys.detect_pending(sym))
+            oldest = client.getdel(f"fp:bench-oldest:{sym}")
+            result = detection.detect_symbol(symbol=sym)
+            passes += 1
+            signals += sum(result.signals.values())
+            signal_ms += result.timings_ms.get("signals", 0.0)
+            busy_s += time.perf_counter() - started
+            if oldest is not None:
+                lags.append((time.time_ns() - int(oldest)) / 1e6)
+    finally:
+        child.wait(timeout=60)
+        Automation.objects.filter(name__startswith=f"bench-{PID}-{label}").update(status=Automation.Status.PAUSED)
+        client.delete(queue)
+    wall = time.perf_counter() - wall0
+    child_out = json.loads(child.stdout.read().strip().splitlines()[-1]) if child.stdout else {}
+    lags.sort()
+
+    def pct(p: float) -> float | None:
+        return round(lags[min(len(lags) - 1, int(p * len(lags)))], 1) if lags else None
+
+    # Warm-up: the first passes load every window in full.
+    return {
+        "automations": n_automations, "symbols": n_symbols, "ticks_per_s": int(TICKS_PER_CYCLE / CYCLE_S),
+        "seconds": seconds, "ingest": child_out, "passes": passes, "passes_per_s": round(passes / wall, 1),
+        "detect_busy_fraction": round(busy_s / wall, 3), "detect_cpu_fraction": round((time.process_time() - cpu0) / wall, 3),
+        "ms_per_pass_mean": round(busy_s * 1e3 / passes, 2) if passes else None,
+        "signals": signals, "signal_ms_total": round(signal_ms, 1),
+        "ms_per_pass_without_signals": round((busy_s * 1e3 - signal_ms) / passes, 2) if passes else None,
+        "lag_ms_p50": pct(0.5), "lag_ms_p95": pct(0.95), "lag_ms_p99": pct(0.99), "lag_ms_max": round(lags[-1], 1) if lags else None,
+        "lag_under_1s_fraction": round(sum(1 for x in lags if x < 1000) / len(lags), 3) if lags else None,
+        "queue_backlog_max": backlog_max,
+    }
+
+
 def main() -> None:
     results = {}
     try:
-        for label, n, symbols in (("a1", 1, 1), ("a10", 10, 1), ("a100", 100, 1), ("a1000", 1000, 1), ("a1000s100", 1000, 100)):
-            results[f"{n}_automations_{symbols}_symbols"] = scenario(label, n, symbols)
+        if "--lag" in sys.argv:
+            results["lag_1000_automations_100_symbols"] = lag_scenario(float(os.environ.get("BENCH_LAG_S", "20")))
+        else:
+            for label, n, symbols in (("a1", 1, 1), ("a10", 10, 1), ("a100", 100, 1), ("a1000", 1000, 1), ("a1000s100", 1000, 100)):
+                results[f"{n}_automations_{symbols}_symbols"] = scenario(label, n, symbols)
     finally:
         cleanup()
     print(json.dumps({"benchmark": "detection_path", "cycles": CYCLES, "cycle_s": CYCLE_S, "workers": WORKERS,
@@ -215,4 +373,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--ingest-child":
+        _, _, stream_arg, label_arg, n_arg, seconds_arg, pid_arg = sys.argv
+        PID_PARENT = int(pid_arg)
+        ingest_child(stream_arg, label_arg, int(n_arg), float(seconds_arg))
+    else:
+        main()

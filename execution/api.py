@@ -17,40 +17,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from automations.api import SignalOutputSerializer
 from automations.models import Automation, Signal
 from automations.selectors import signal_payload
 from execution import selectors, services
 from execution.models import Fill, Order
 
 _ERROR = inline_serializer("ErrorOut", {"detail": serializers.CharField(), "code": serializers.CharField()})
-
-
-class SignalOutputSerializer(serializers.Serializer):
-    """The signal as the trader page and the websocket push see it (``signal_payload``)."""
-
-    id = serializers.IntegerField()
-    automation_id = serializers.IntegerField()
-    automation_name = serializers.CharField()
-    symbol = serializers.CharField()
-    side = serializers.CharField()
-    quantity = serializers.CharField()
-    limit_price = serializers.CharField()
-    reason = serializers.CharField()
-    status = serializers.CharField()
-    status_reason = serializers.CharField()
-    needs_approval = serializers.BooleanField()
-    bid = serializers.CharField(allow_null=True)
-    ask = serializers.CharField(allow_null=True)
-    mid = serializers.CharField(allow_null=True)
-    spread_bps = serializers.FloatField(allow_null=True)
-    regime = serializers.DictField()
-    features = serializers.DictField()
-    market_ts = serializers.CharField(allow_null=True)
-    created_at = serializers.CharField()
-    expires_at = serializers.CharField(allow_null=True)
-    decided_at = serializers.CharField(allow_null=True)
-    snapshot_id = serializers.IntegerField(allow_null=True)
-    sequence = serializers.IntegerField()
 
 
 def _signal_response(signal_id: int) -> Response:

@@ -201,6 +201,9 @@ AXES_COOLOFF_TIME = _int("AXES_COOLOFF_MINUTES", 15) / 60
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 
+# A change's reason is the compliance record's "why": never cut it to 100 characters.
+SIMPLE_HISTORY_HISTORY_CHANGE_REASON_USE_TEXT_FIELD = True
+
 OTP_TOTP_ISSUER = "First Principle"
 # A TOTP code is accepted once: django-otp remembers the last used time step.
 OTP_TOTP_THROTTLE_FACTOR = 1

@@ -39,8 +39,10 @@ have gone automatic, never the other way round.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,8 +51,9 @@ from typing import Any
 
 import pandas as pd
 from celery import current_app
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
+from redis.exceptions import NoScriptError
 
 from automations.features import TRADE_COLUMNS, compute_features
 from automations.models import Automation, L2Snapshot, Signal
@@ -73,6 +76,15 @@ REGIME_QUOTES = 300
 # the default lookbacks on liquid symbols without loading a day of trades.
 TRADE_ROWS = 2000
 LAST_EVALUATED_TTL_S = 86_400
+# The per-symbol lock: held at most this long (a crashed worker's lock
+# expires), waited for at most LOCK_WAIT_S, polled every LOCK_POLL_S.
+LOCK_TIMEOUT_MS = 60_000
+LOCK_WAIT_S = 15.0
+LOCK_POLL_S = 0.1
+# Compare-and-delete: a worker releases the lock only while it still holds
+# it (its token), never a lock another worker took after this one expired.
+_RELEASE_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_RELEASE_SHA = hashlib.sha1(_RELEASE_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1.
 
 
 def last_evaluated_key(symbol: str) -> str:
@@ -113,23 +125,26 @@ _params_cache: dict[tuple[int, datetime | None], dict[str, Any]] = {}
 _automations_cache: dict[str, tuple[tuple[Any, ...], list[Automation]]] = {}
 
 
+# Per symbol: the quote window and whether trades were needed on the last
+# pass. The window reads are sent with the fingerprint before the
+# automations are known, so they are sized from the last pass; a change in
+# the automations costs one more read on the pass that sees it.
+_window_needs: dict[str, tuple[int, bool]] = {}
+
+# Plain SQL (it runs on every pass, and the ORM's aggregate compilation cost
+# as much as the query), sent in the same round trip as the window reads.
 _FINGERPRINT_SQL = (
     f"SELECT count(*), max(updated_at), max(id) FROM {Automation._meta.db_table}"  # noqa: S608 - the model's own table.
     " WHERE symbol = %s AND status = %s"
 )
 
 
-def _active_automations(symbol: str) -> list[Automation]:
-    # Plain SQL for the fingerprint: it runs on every pass, and the ORM's
-    # aggregate compilation cost as much as the query itself.
-    with connection.cursor() as cursor:
-        cursor.execute(_FINGERPRINT_SQL, [symbol, Automation.Status.ACTIVE.value])
-        fingerprint = tuple(cursor.fetchone())
-    active = Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE)
+def _active_automations(symbol: str, fingerprint: tuple[Any, ...]) -> list[Automation]:
+    """The symbol's active automations, loaded again only when their fingerprint moved."""
     hit = _automations_cache.get(symbol)
     if hit is not None and hit[0] == fingerprint:
         return hit[1]
-    rows = list(active.only(
+    rows = list(Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE).only(
         "id", "symbol", "strategy", "parameters", "status", "allowed_regimes", "snapshot_levels",
         "signal_expiry_seconds", "updated_at", "name",
     ).order_by("id"))
@@ -254,62 +269,162 @@ def _empty_trades() -> pd.DataFrame:
                          for c in TRADE_COLUMNS})
 
 
-def detect_symbol(*, symbol: str) -> DetectResult:
-    """Evaluate every active automation on ``symbol`` against its latest data (see the module docstring)."""
+@dataclass
+class _Reads:
+    """What the first Redis round trip brings back with the lock."""
+
+    last_seen: dict[str, int]
+    book_raw: bytes | None
+    quote_raw: bytes | None
+
+
+class _SymbolLock:
+    """One detection per symbol at a time, its commands riding in the pass's own pipelines.
+
+    ``SET NX PX`` with a random token goes in the first read pipeline; the
+    release (compare-and-delete by token, a Lua script called by its SHA) in
+    the last write pipeline. The script is loaded into Redis only when Redis
+    does not know it yet (first use after a restart).
+    """
+
+    def __init__(self, client: Any, symbol: str) -> None:
+        self.client = client
+        self.symbol = symbol
+        self.key = lock_key(symbol)
+        self.token = secrets.token_hex(16)
+        self.held = False
+
+    def acquire_in(self, pipe: Any) -> None:
+        pipe.set(self.key, self.token, nx=True, px=LOCK_TIMEOUT_MS)
+
+    def release_in(self, pipe: Any) -> None:
+        pipe.evalsha(_RELEASE_SHA, 1, self.key, self.token)
+
+    def released(self, reply: Any) -> None:
+        """Handle the reply of ``release_in``'s command."""
+        if isinstance(reply, NoScriptError):
+            # Redis lost its script cache (a restart): load the script once, release again.
+            self.release()
+            return
+        self.held = False
+        if isinstance(reply, Exception):
+            raise reply
+        if not reply:
+            # The lock expired under a very slow run; nothing to release.
+            logger.warning("detection lock on %s had expired", self.symbol)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        try:
+            reply = self.client.evalsha(_RELEASE_SHA, 1, self.key, self.token)
+        except NoScriptError:
+            self.client.script_load(_RELEASE_LUA)
+            reply = self.client.evalsha(_RELEASE_SHA, 1, self.key, self.token)
+        self.released(reply)
+
+
+def _lock_and_read(client: Any, lock: _SymbolLock, symbol: str, *, clear_pending: bool) -> _Reads | None:
+    """Clear the pending flag, take the lock and read the Redis keys in one round trip; None when busy too long.
+
+    The reads after ``SET NX`` see every write of the previous holder, which
+    wrote them before its release. When another worker holds the lock, the
+    reads are dropped and the whole pipeline (without the flag) is sent again
+    every ``LOCK_POLL_S`` until the lock is free or ``LOCK_WAIT_S`` has passed.
+    """
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        pipe = client.pipeline(transaction=False)
+        if clear_pending:
+            # First: data ingested from now on asks for a new detection, so
+            # nothing that arrives during this run is missed.
+            pipe.delete(redis_keys.detect_pending(symbol))
+        lock.acquire_in(pipe)
+        pipe.hgetall(last_evaluated_key(symbol))
+        pipe.get(redis_keys.book(symbol))
+        pipe.get(redis_keys.quote(symbol))
+        replies = pipe.execute()
+        acquired, seen_raw, book_raw, quote_raw = replies[-4:]
+        if acquired:
+            lock.held = True
+            return _Reads(last_seen={k.decode(): int(v) for k, v in seen_raw.items()}, book_raw=book_raw, quote_raw=quote_raw)
+        clear_pending = False
+        if time.monotonic() + LOCK_POLL_S > deadline:
+            return None
+        time.sleep(LOCK_POLL_S)
+
+
+def detect_symbol(*, symbol: str, clear_pending: bool = False) -> DetectResult:
+    """Evaluate every active automation on ``symbol`` against its latest data (see the module docstring).
+
+    ``clear_pending``: the detect task passes True, so the ingest side's
+    coalescing flag is cleared in the same round trip that takes the lock.
+    """
     client = redis_client()
-    lock = client.lock(lock_key(symbol), timeout=60, blocking_timeout=15)
+    lock = _SymbolLock(client, symbol)
     # One detection per symbol at a time: two workers on the same data would
     # race on the same quote; the second waits and then sees nothing new.
-    if not lock.acquire():
-        logger.warning("detection on %s still busy after 15 s; this request is dropped", symbol)
+    reads = _lock_and_read(client, lock, symbol, clear_pending=clear_pending)
+    if reads is None:
+        logger.warning("detection on %s still busy after %s s; this request is dropped", symbol, LOCK_WAIT_S)
         return DetectResult(symbol=symbol)
     try:
-        return _detect(symbol, client)
+        return _detect(symbol, client, lock, reads)
     finally:
+        # Normally released in the last write pipeline; this covers the early returns and errors.
         try:
             lock.release()
-        except Exception:  # The lock expired under a very slow run; nothing to release.
-            logger.warning("detection lock on %s had expired", symbol)
+        except Exception:
+            # Redis is unreachable: the lock expires on its own after LOCK_TIMEOUT_MS.
+            logger.warning("detection lock on %s could not be released", symbol, exc_info=True)
 
 
-def _detect(symbol: str, client: Any) -> DetectResult:
+def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> DetectResult:
     started = time.perf_counter()
     result = DetectResult(symbol=symbol)
-    automations = _active_automations(symbol)
+    # One PostgreSQL round trip: the automations fingerprint and the quote
+    # and trade windows, sized from the last pass. The window cache moves
+    # only the rows ingested since this worker's last pass on the symbol,
+    # and checks in the same statement that nothing landed behind its tail
+    # (see ingestion.selectors).
+    sized_quotes, sized_trades = _window_needs.get(symbol, (REGIME_QUOTES, False))
+    windows = market.windows_read(
+        symbol, quotes=sized_quotes, trades=TRADE_ROWS if sized_trades else 0,
+        extra=[(_FINGERPRINT_SQL, [symbol, Automation.Status.ACTIVE.value])],
+    )
+    automations = _active_automations(symbol, tuple(windows.extra[0][0]))
     result.automations = len(automations)
     if not automations:
+        # No window reads for this symbol until an automation appears.
+        _window_needs[symbol] = (0, False)
         return result
     plans = [p for p in (_plan(a) for a in automations) if p is not None]
     need_quotes = max([REGIME_QUOTES, *(p.strategy.min_history(p.params) + 1 for p in plans)])
     need_trades = any(p.strategy.trade_lookback_ns(p.params) > 0 for p in plans)
-    # The window cache moves only the rows ingested since this worker's last
-    # pass on the symbol, and checks in the same statement that nothing
-    # landed behind its tail (see ingestion.selectors).
-    quotes = market.quotes_window(symbol, need_quotes)
+    _window_needs[symbol] = (need_quotes, need_trades)
+    quotes = windows.quotes if need_quotes == sized_quotes else market.quotes_window(symbol, need_quotes)
     result.timings_ms["load_quotes"] = (time.perf_counter() - started) * 1e3
-    if quotes.empty:
+    if quotes is None or quotes.empty:
         return result
     market_ts_ns = int(quotes["ts_ns"].iloc[-1])
     result.market_ts_ns = market_ts_ns
-    # One round trip for what Redis holds: the last evaluated quote per
-    # automation, the book and the latest quote. The book is parsed only when
-    # some automation is due.
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(last_evaluated_key(symbol))
-    pipe.get(redis_keys.book(symbol))
-    pipe.get(redis_keys.quote(symbol))
-    seen_raw, book_raw, quote_raw = pipe.execute()
-    last_seen = {k.decode(): int(v) for k, v in seen_raw.items()}
-    due = [p for p in plans if last_seen.get(str(p.automation.pk), -1) < market_ts_ns]
+    # The last evaluated quote per automation came with the lock; the book
+    # is parsed only when some automation is due.
+    due = [p for p in plans if reads.last_seen.get(str(p.automation.pk), -1) < market_ts_ns]
     result.skipped_same_data = len(plans) - len(due)
     if not due:
         return result
 
     t0 = time.perf_counter()
-    trades = market.trades_window(symbol, TRADE_ROWS) if need_trades else _empty_trades()
+    if not need_trades:
+        trades = _empty_trades()
+    elif windows.trades is not None:
+        trades = windows.trades
+    else:
+        trades = market.trades_window(symbol, TRADE_ROWS)
     levels = max(p.automation.snapshot_levels for p in due)
-    book = market.book_from_json(book_raw, n=levels)
-    quote = market.quote_from_json(quote_raw)
+    book = market.book_from_json(reads.book_raw, n=levels)
+    quote = market.quote_from_json(reads.quote_raw)
     now_ns = max(market_ts_ns, int(trades["ts_ns"].iloc[-1]) if len(trades) else 0)
     window = MarketWindow(symbol=symbol, quotes=quotes, trades=trades, book=book, now_ns=now_ns)
     features = compute_features(window)
@@ -354,10 +469,16 @@ def _detect(symbol: str, client: Any) -> DetectResult:
     result.timings_ms["signals"] = (time.perf_counter() - t0) * 1e3
 
     key = last_evaluated_key(symbol)
-    # Two independent writes: no MULTI/EXEC needed, one round trip.
+    # Independent writes and the lock's release: no MULTI/EXEC needed, one
+    # round trip. The release comes last, so the next holder reads these writes.
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping={str(p.automation.pk): market_ts_ns for p in due})
     pipe.expire(key, LAST_EVALUATED_TTL_S)
-    pipe.execute()
+    lock.release_in(pipe)
+    replies = pipe.execute(raise_on_error=False)
+    for reply in replies[:2]:
+        if isinstance(reply, Exception):
+            raise reply
+    lock.released(replies[2])
     result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
     return result

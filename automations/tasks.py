@@ -16,16 +16,14 @@ from celery import shared_task
 from automations.detection import detect_symbol
 from automations.services import signals_expire, snapshot_coverage_check
 from automations.snapshots import snapshots_archive
-from trading import redis_keys
-from trading.redis_client import redis_client
 
 
 @shared_task(name="automations.tasks.detect_symbol_task", acks_late=True, time_limit=60, soft_time_limit=50)
 def detect_symbol_task(symbol: str) -> dict[str, Any]:
-    # Clear the coalescing flag first: data ingested from now on asks for a
-    # new detection, so nothing that arrives during this run is missed.
-    redis_client().delete(redis_keys.detect_pending(symbol))
-    return dataclasses.asdict(detect_symbol(symbol=symbol))
+    # The coalescing flag is cleared first, in the round trip that takes the
+    # symbol's lock: data ingested from then on asks for a new detection, so
+    # nothing that arrives during this run is missed.
+    return dataclasses.asdict(detect_symbol(symbol=symbol, clear_pending=True))
 
 
 @shared_task(name="automations.tasks.detect_expire_signals_task", time_limit=60)

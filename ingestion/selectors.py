@@ -16,12 +16,20 @@ is not the cached rows plus the new ones, or when the new rows fill a whole
 window, or when the entry is older than ``WINDOW_CACHE_MAX_AGE_S``, the window
 is loaded in full again. The count and the new rows come from one statement,
 so they see one snapshot of the table.
+
+One round trip
+--------------
+``windows_read`` plans the quote and the trade window reads, adds the
+caller's own reads (the detect worker's automations fingerprint), and sends
+them all at once in psycopg's pipeline mode: one network wait for the three,
+each statement still prepared server-side.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -136,20 +144,48 @@ def _prepared(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     much as the execution. A plain psycopg cursor on the same connection
     (same transaction) prepares the statement once per connection.
     """
+    return _prepared_many([(sql, params)])[0]
+
+
+def _prepared_many(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+    """Run several prepared reads in ONE round trip (psycopg pipeline mode); their rows in order.
+
+    Each statement still runs on its own (its own snapshot under autocommit,
+    in the caller's transaction otherwise); only the network waits are shared.
+    """
     connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall()
+    conn = connection.connection
+    if len(statements) == 1:
+        with psycopg.Cursor(conn) as cursor:
+            cursor.execute(statements[0][0], statements[0][1], prepare=True)
+            return [cursor.fetchall()]
+    cursors = [psycopg.Cursor(conn) for _ in statements]
+    try:
+        # Leaving the pipeline block sends one Sync and reads every result.
+        with conn.pipeline():
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                cursor.execute(sql, params, prepare=True)
+        return [cursor.fetchall() for cursor in cursors]
+    finally:
+        for cursor in cursors:
+            cursor.close()
 
 
-def _load_last(table: _Table, symbol: str, n: int) -> list[np.ndarray]:
-    rows = _prepared(
+def _load_last_sql(table: _Table, symbol: str, n: int) -> tuple[str, list[Any]]:
+    return (
         f"SELECT {_TS_NS}, raw_seq, {table.select} FROM {table.name}"  # noqa: S608 - fixed table and columns.
         " WHERE symbol = %s ORDER BY source_ts DESC, raw_seq DESC LIMIT %s",
         [symbol, n],
     )
+
+
+def _last_rows_columns(rows: list[tuple[Any, ...]], table: _Table) -> list[np.ndarray]:
     rows.reverse()
     return _columns(rows, table)
+
+
+def _load_last(table: _Table, symbol: str, n: int) -> list[np.ndarray]:
+    return _last_rows_columns(_prepared(*_load_last_sql(table, symbol, n)), table)
 
 
 def quotes_frame(symbol: str, n: int) -> pd.DataFrame:
@@ -177,8 +213,27 @@ class _Window:
         return len(self.arrays[0])
 
 
+@dataclass
+class _Read:
+    """One planned window read: the statement to run and what its rows mean."""
+
+    symbol: str
+    n: int
+    capacity: int
+    # The cached window being extended, or None for a full load.
+    window: _Window | None
+    sql: str
+    params: list[Any]
+
+
 class WindowCache:
-    """The last ``n`` rows per symbol of one tick table, refreshed incrementally (see the module docstring)."""
+    """The last ``n`` rows per symbol of one tick table, refreshed incrementally (see the module docstring).
+
+    A read is split in two so that several reads (and the caller's own) can
+    share one round trip: ``plan`` says which statement to run, ``apply``
+    turns its rows into the frame, or returns None when the window must be
+    loaded in full again (``plan_full``).
+    """
 
     def __init__(self, table: _Table, max_age_s: float = WINDOW_CACHE_MAX_AGE_S) -> None:
         self.table = table
@@ -193,24 +248,44 @@ class WindowCache:
         self.incremental_loads = 0
 
     def frame(self, symbol: str, n: int) -> pd.DataFrame:
+        read = self.plan(symbol, n)
+        frame = self.apply(read, _prepared(read.sql, read.params))
+        if frame is None:
+            read = self.plan_full(symbol, n)
+            frame = self.apply(read, _prepared(read.sql, read.params))
+        assert frame is not None  # A full load always yields a frame.
+        return frame
+
+    def plan(self, symbol: str, n: int) -> _Read:
         window = self.windows.get(symbol)
-        now = time.monotonic()
-        arrays = None
-        if window is not None and window.capacity >= n and now - window.loaded_at < self.max_age_s:
-            arrays = self._extend(symbol, window)
-        if arrays is None:
-            capacity = max(n, window.capacity if window is not None else 0)
-            arrays = _load_last(self.table, symbol, capacity)
+        if window is not None and window.capacity >= n and time.monotonic() - window.loaded_at < self.max_age_s:
+            sql, params = self._extend_sql(symbol, window)
+            return _Read(symbol=symbol, n=n, capacity=window.capacity, window=window, sql=sql, params=params)
+        return self.plan_full(symbol, n)
+
+    def plan_full(self, symbol: str, n: int) -> _Read:
+        window = self.windows.get(symbol)
+        capacity = max(n, window.capacity if window is not None else 0)
+        sql, params = _load_last_sql(self.table, symbol, capacity)
+        return _Read(symbol=symbol, n=n, capacity=capacity, window=None, sql=sql, params=params)
+
+    def apply(self, read: _Read, rows: list[tuple[Any, ...]]) -> pd.DataFrame | None:
+        if read.window is not None:
+            arrays = self._extend(read.window, rows)
+            if arrays is None:
+                return None
+        else:
+            arrays = _last_rows_columns(rows, self.table)
             self.full_loads += 1
             if len(self.windows) > 10_000:
                 self.windows.clear()
-            self.windows[symbol] = _Window(capacity=capacity, arrays=arrays, loaded_at=now)
-        if len(arrays[0]) > n:
-            arrays = [a[-n:] for a in arrays]
+            self.windows[read.symbol] = _Window(capacity=read.capacity, arrays=arrays, loaded_at=time.monotonic())
+        if len(arrays[0]) > read.n:
+            arrays = [a[-read.n :] for a in arrays]
         return _frame(arrays, self.table)
 
-    def _extend(self, symbol: str, window: _Window) -> list[np.ndarray] | None:
-        """Append the rows newer than the cached tail; None when a full load is needed."""
+    def _extend_sql(self, symbol: str, window: _Window) -> tuple[str, list[Any]]:
+        """The statement that counts the cached rows again and fetches the rows newer than the tail."""
         cached = len(window)
         if cached:
             tail_ts, tail_seq = _ns_to_datetime(window.arrays[0][-1]), int(window.arrays[1][-1])
@@ -222,7 +297,7 @@ class WindowCache:
         else:
             head_ts, head_seq = _MIN_TS, _MIN_SEQ
         name = self.table.name
-        rows = _prepared(
+        return (
             f"SELECT c.n, r.* FROM (SELECT count(*) AS n FROM {name}"  # noqa: S608 - fixed table and columns.
             " WHERE symbol = %s AND source_ts >= %s AND (source_ts, raw_seq) >= (%s, %s)) c"
             f" LEFT JOIN LATERAL (SELECT {_TS_NS}, raw_seq, {self.table.select} FROM {name}"
@@ -230,10 +305,13 @@ class WindowCache:
             " ORDER BY source_ts, raw_seq LIMIT %s) r ON true",
             [symbol, head_ts, head_ts, head_seq, symbol, tail_ts, tail_ts, tail_seq, window.capacity],
         )
+
+    def _extend(self, window: _Window, rows: list[tuple[Any, ...]]) -> list[np.ndarray] | None:
+        """Append the rows newer than the cached tail; None when a full load is needed."""
         counted = rows[0][0]
         fresh = [row[1:] for row in rows if row[1] is not None]
         # Rows landed behind the tail or were deleted, or the gap is wider than a window.
-        if counted != cached + len(fresh) or len(fresh) >= window.capacity:
+        if counted != len(window) + len(fresh) or len(fresh) >= window.capacity:
             return None
         self.incremental_loads += 1
         if fresh:
@@ -260,3 +338,43 @@ def window_cache_clear() -> None:
     """Forget every cached window (tests; a worker never needs to)."""
     QUOTE_WINDOWS.clear()
     TRADE_WINDOWS.clear()
+
+
+@dataclass
+class Windows:
+    """What ``windows_read`` returns: the frames asked for (None when not asked) and the extra reads' rows."""
+
+    quotes: pd.DataFrame | None
+    trades: pd.DataFrame | None
+    extra: list[list[tuple[Any, ...]]]
+
+
+def windows_read(
+    symbol: str, *, quotes: int = 0, trades: int = 0, extra: Sequence[tuple[str, Sequence[Any]]] = ()
+) -> Windows:
+    """``quotes_window(symbol, quotes)`` and ``trades_window(symbol, trades)`` (each skipped when 0), in one round trip.
+
+    ``extra`` statements (SQL with ``%s`` placeholders, and parameters) are the
+    caller's own reads; they ride in the same round trip, prepared like the
+    window reads, and come back as lists of rows in order. A window that has
+    to be loaded in full again (see the module docstring) costs a second
+    round trip, shared by both tables.
+    """
+    reads: list[tuple[WindowCache, _Read]] = []
+    if quotes > 0:
+        reads.append((QUOTE_WINDOWS, QUOTE_WINDOWS.plan(symbol, quotes)))
+    if trades > 0:
+        reads.append((TRADE_WINDOWS, TRADE_WINDOWS.plan(symbol, trades)))
+    results = _prepared_many([*((r.sql, r.params) for _, r in reads), *extra])
+    frames: dict[str, pd.DataFrame | None] = {}
+    again: list[tuple[WindowCache, _Read]] = []
+    for (cache, read), rows in zip(reads, results, strict=False):
+        frames[cache.table.name] = cache.apply(read, rows)
+        if frames[cache.table.name] is None:
+            again.append((cache, cache.plan_full(symbol, read.n)))
+    if again:
+        for (cache, read), rows in zip(again, _prepared_many([(r.sql, r.params) for _, r in again]), strict=True):
+            frames[cache.table.name] = cache.apply(read, rows)
+    return Windows(
+        quotes=frames.get(_QUOTES.name), trades=frames.get(_TRADES.name), extra=results[len(reads) :]
+    )

@@ -133,9 +133,12 @@ _window_needs: dict[str, tuple[int, bool]] = {}
 
 # Plain SQL (it runs on every pass, and the ORM's aggregate compilation cost
 # as much as the query), sent in the same round trip as the window reads.
+# The status test is a FILTER, not a WHERE: the planner then reads only the
+# symbol's few rows from the symbol index, instead of AND-ing it with the
+# status index, which holds every active automation of every symbol.
 _FINGERPRINT_SQL = (
-    f"SELECT count(*), max(updated_at), max(id) FROM {Automation._meta.db_table}"  # noqa: S608 - the model's own table.
-    " WHERE symbol = %s AND status = %s"
+    "SELECT count(*) FILTER (WHERE status = %s), max(updated_at) FILTER (WHERE status = %s),"  # noqa: S608 - the model's own table.
+    f" max(id) FILTER (WHERE status = %s) FROM {Automation._meta.db_table} WHERE symbol = %s"
 )
 
 
@@ -364,12 +367,16 @@ def detect_symbol(*, symbol: str, clear_pending: bool = False) -> DetectResult:
     lock = _SymbolLock(client, symbol)
     # One detection per symbol at a time: two workers on the same data would
     # race on the same quote; the second waits and then sees nothing new.
+    t0 = time.perf_counter()
     reads = _lock_and_read(client, lock, symbol, clear_pending=clear_pending)
+    lock_ms = (time.perf_counter() - t0) * 1e3
     if reads is None:
         logger.warning("detection on %s still busy after %s s; this request is dropped", symbol, LOCK_WAIT_S)
         return DetectResult(symbol=symbol)
     try:
-        return _detect(symbol, client, lock, reads)
+        result = _detect(symbol, client, lock, reads)
+        result.timings_ms["lock_and_read"] = lock_ms
+        return result
     finally:
         # Normally released in the last write pipeline; this covers the early returns and errors.
         try:
@@ -390,7 +397,7 @@ def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> Detec
     sized_quotes, sized_trades = _window_needs.get(symbol, (REGIME_QUOTES, False))
     windows = market.windows_read(
         symbol, quotes=sized_quotes, trades=TRADE_ROWS if sized_trades else 0,
-        extra=[(_FINGERPRINT_SQL, [symbol, Automation.Status.ACTIVE.value])],
+        extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, symbol])],
     )
     automations = _active_automations(symbol, tuple(windows.extra[0][0]))
     result.automations = len(automations)
@@ -468,6 +475,7 @@ def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> Detec
             result.signals[status] = result.signals.get(status, 0) + 1
     result.timings_ms["signals"] = (time.perf_counter() - t0) * 1e3
 
+    t0 = time.perf_counter()
     key = last_evaluated_key(symbol)
     # Independent writes and the lock's release: no MULTI/EXEC needed, one
     # round trip. The release comes last, so the next holder reads these writes.
@@ -480,5 +488,6 @@ def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> Detec
         if isinstance(reply, Exception):
             raise reply
     lock.released(replies[2])
+    result.timings_ms["write_and_release"] = (time.perf_counter() - t0) * 1e3
     result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
     return result

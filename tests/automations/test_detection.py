@@ -3,6 +3,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 
 from automations.detection import detect_symbol
 from automations.models import Automation, Signal
@@ -10,7 +11,7 @@ from automations.services import signal_transition
 from automations.snapshots import snapshot_load
 from ingestion.selectors import window_cache_clear
 from risk.models import RiskLimit
-from tests.automations.conftest import insert_quotes, make_automation, make_book, publish_market
+from tests.automations.conftest import AlwaysBuy, insert_quotes, make_automation, make_book, publish_market
 from trading.queues import ORDER_EXECUTE_TASK
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -165,3 +166,129 @@ def test_it_evaluates_every_active_automation_on_one_window_and_skips_paused_one
     assert Signal.objects.filter(symbol=market["symbol"]).count() == 5
     # Every signal of the batch shares the one stored snapshot of the book.
     assert Signal.objects.values("snapshot").distinct().count() == 1
+
+
+# The pass's Redis commands: pending flag, lock and release ride in its own pipelines.
+
+LOCK_KEY = "fp:detect-lock:TEST-BTC"
+PENDING_KEY = "fp:detect-pending:TEST-BTC"
+
+
+def test_the_task_clears_the_pending_flag_and_the_pass_releases_its_lock(market, always_buy, sent_tasks):
+    from automations.tasks import detect_symbol_task
+
+    make_automation()
+    market["redis"].set(PENDING_KEY, "1")
+
+    result = detect_symbol_task(market["symbol"])
+
+    assert result["signals"] == {"queued": 1}
+    assert market["redis"].exists(PENDING_KEY) == 0
+    assert market["redis"].exists(LOCK_KEY) == 0
+
+
+def test_it_waits_for_a_busy_symbol_and_runs_once_the_lock_is_free(market, always_buy, sent_tasks, monkeypatch):
+    monkeypatch.setattr("automations.detection.LOCK_POLL_S", 0.02)
+    make_automation()
+    # Another worker holds the symbol for 200 ms more.
+    market["redis"].set(LOCK_KEY, "other-worker", px=200)
+    market["redis"].set(PENDING_KEY, "1")
+
+    result = detect_symbol(symbol=market["symbol"], clear_pending=True)
+
+    assert result.signals == {"queued": 1}
+    assert market["redis"].exists(PENDING_KEY) == 0
+    assert market["redis"].exists(LOCK_KEY) == 0
+
+
+def test_it_drops_the_request_when_the_symbol_stays_busy_and_leaves_the_other_lock_alone(
+    market, always_buy, sent_tasks, monkeypatch
+):
+    monkeypatch.setattr("automations.detection.LOCK_WAIT_S", 0.1)
+    monkeypatch.setattr("automations.detection.LOCK_POLL_S", 0.02)
+    make_automation()
+    market["redis"].set(LOCK_KEY, "other-worker", px=60_000)
+    market["redis"].set(PENDING_KEY, "1")
+
+    result = detect_symbol(symbol=market["symbol"], clear_pending=True)
+
+    assert result.automations == 0 and result.signals == {}
+    assert Signal.objects.count() == 0
+    # The flag was cleared before waiting: the data that arrives meanwhile asks again.
+    assert market["redis"].exists(PENDING_KEY) == 0
+    assert market["redis"].get(LOCK_KEY) == b"other-worker"
+
+
+def test_it_never_releases_a_lock_another_worker_took_after_its_own_expired(market, sent_tasks, monkeypatch):
+    client = market["redis"]
+
+    class TakeOver(AlwaysBuy):
+        def evaluate(self, window, params, features=None):
+            # This worker's lock expires mid-pass and another worker takes the symbol.
+            client.set(LOCK_KEY, "other-worker", px=60_000)
+            return super().evaluate(window, params, features)
+
+    monkeypatch.setattr("automations.detection.get_strategy", lambda name: TakeOver())
+    make_automation()
+
+    result = detect_symbol(symbol=market["symbol"])
+
+    assert result.signals == {"queued": 1}
+    assert client.get(LOCK_KEY) == b"other-worker"
+
+
+def test_it_releases_its_lock_when_redis_no_longer_knows_the_release_script(market, always_buy, sent_tasks, monkeypatch):
+    import hashlib
+    import uuid
+
+    from automations import detection
+
+    # A script text Redis has never seen stands for a script cache emptied by a restart.
+    lua = detection._RELEASE_LUA + f" -- {uuid.uuid4().hex}"
+    sha = hashlib.sha1(lua.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1.
+    monkeypatch.setattr(detection, "_RELEASE_LUA", lua)
+    monkeypatch.setattr(detection, "_RELEASE_SHA", sha)
+    make_automation()
+    assert market["redis"].script_exists(sha) == [False]
+
+    result = detect_symbol(symbol=market["symbol"])
+
+    assert result.signals == {"queued": 1}
+    assert market["redis"].exists(LOCK_KEY) == 0
+    assert market["redis"].script_exists(sha) == [True]
+
+
+def test_an_automation_added_later_that_reads_trade_flow_sees_the_trades_on_its_first_pass(market, sent_tasks, monkeypatch):
+    # The window reads are sized from the symbol's last pass, which needed no trades.
+    seen_trades: dict[str, int] = {}
+
+    class Flow(AlwaysBuy):
+        def trade_lookback_ns(self, params):
+            return 10**9 if "window_ms" in params else 0
+
+        def evaluate(self, window, params, features=None):
+            seen_trades["flow" if "window_ms" in params else "quotes-only"] = len(window.trades)
+            return []
+
+    monkeypatch.setattr("automations.detection.get_strategy", lambda name: Flow())
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ingestion_trade WHERE raw_stream = 'test'")
+        cursor.executemany(
+            "INSERT INTO ingestion_trade (raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id)"
+            " VALUES ('test', %s, %s, to_timestamp(%s), to_timestamp(%s), '100.05', '0.5', 'buy', %s)",
+            [(i, market["symbol"], (market["last_ns"] - i * 10**6) / 1e9, (market["last_ns"] - i * 10**6) / 1e9, f"t{i}")
+             for i in range(1, 4)],
+        )
+    try:
+        make_automation(name="quotes-only")
+        detect_symbol(symbol=market["symbol"])
+        assert seen_trades == {"quotes-only": 0}
+
+        make_automation(name="flow", strategy="trade_flow_momentum")
+        new_quote(market, 1)
+        detect_symbol(symbol=market["symbol"])
+
+        assert seen_trades == {"quotes-only": 3, "flow": 3}
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM ingestion_trade WHERE raw_stream = 'test'")

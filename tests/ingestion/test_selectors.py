@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from ingestion.selectors import QUOTE_WINDOWS, TRADE_WINDOWS, quotes_frame, quotes_window, trades_frame, trades_window
+from ingestion.selectors import (
+    QUOTE_WINDOWS,
+    TRADE_WINDOWS,
+    quotes_frame,
+    quotes_window,
+    trades_frame,
+    trades_window,
+    windows_read,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -167,3 +175,48 @@ def test_it_keeps_symbols_apart_and_extends_trades_incrementally():
     assert trades.equals(trades_frame(SYMBOL, 3))
     assert TRADE_WINDOWS.incremental_loads == 1
     assert quotes_window(SYMBOL, 3).empty
+
+
+def test_it_reads_both_windows_and_the_callers_rows_in_one_batch_equal_to_full_loads(monkeypatch):
+    from ingestion import selectors
+
+    batches: list[int] = []
+    real = selectors._prepared_many
+    monkeypatch.setattr(selectors, "_prepared_many", lambda statements: batches.append(len(statements)) or real(statements))
+    add_quotes(list(range(1, 11)))
+    add_trades([1, 2, 3, 4])
+    windows_read(SYMBOL, quotes=5, trades=3)
+    add_quotes([11, 12])
+    add_trades([5])
+
+    windows = windows_read(SYMBOL, quotes=5, trades=3, extra=[("SELECT %s::int + 1", [41])])
+
+    assert batches == [2, 3]
+    assert list(windows.quotes["bid"]) == expected_bids(range(8, 13))
+    assert windows.quotes.equals(quotes_frame(SYMBOL, 5))
+    assert list(windows.trades["price"]) == [203.5, 204.5, 205.5]
+    assert windows.trades.equals(trades_frame(SYMBOL, 3))
+    assert windows.extra == [[(42,)]]
+    assert (QUOTE_WINDOWS.incremental_loads, TRADE_WINDOWS.incremental_loads) == (1, 1)
+
+
+def test_it_reloads_a_window_in_full_within_the_same_read_when_a_row_landed_behind_the_tail():
+    add_quotes([*range(1, 8), *range(9, 13)])
+    add_trades([1, 2])
+    windows_read(SYMBOL, quotes=6, trades=2)
+    add_quotes([8, 13])
+
+    windows = windows_read(SYMBOL, quotes=6, trades=2)
+
+    assert list(windows.quotes["bid"]) == expected_bids(range(8, 14))
+    assert list(windows.trades["price"]) == [201.5, 202.5]
+    assert (QUOTE_WINDOWS.full_loads, TRADE_WINDOWS.full_loads) == (2, 1)
+
+
+def test_it_skips_a_window_that_is_not_asked_for():
+    add_quotes([1, 2])
+
+    windows = windows_read(SYMBOL, quotes=2)
+
+    assert windows.trades is None and len(windows.quotes) == 2
+    assert TRADE_WINDOWS.full_loads == 0 and TRADE_WINDOWS.incremental_loads == 0

@@ -129,3 +129,11 @@ class RoleAssignmentAdmin(FastChangelistMixin, admin.ModelAdmin):
 
 
 register_history(admin.site, RoleAssignment)
+
+
+# django-axes 8.3.1's "clean up expired attempts" action fails on a plain admin
+# request (it expects the attempt time axes sets during login); expiry is
+# handled by AXES_COOLOFF_TIME, so the action is withdrawn.
+from axes.admin import AccessAttemptAdmin  # noqa: E402
+
+AccessAttemptAdmin.actions = []

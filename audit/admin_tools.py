@@ -167,7 +167,15 @@ def call_service(modeladmin: admin.ModelAdmin, request: HttpRequest, dotted: str
     except (ImportError, AttributeError):
         modeladmin.message_user(request, f"{dotted} is not available in this build; nothing was changed.", messages.ERROR)
         return None
-    return func(**kwargs)
+    from audit.history import MissingReason, UnauthorizedChange
+    from trading.api import DomainError
+
+    try:
+        return func(**kwargs)
+    except (DomainError, UnauthorizedChange, MissingReason) as exc:
+        # A refusal by the service is shown, not raised as a server error.
+        modeladmin.message_user(request, f"Refused: {exc}", messages.ERROR)
+        return None
 
 
 # Filters with free input (object id, date range): the admin's choice filters

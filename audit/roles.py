@@ -13,9 +13,10 @@ VIEWER = [
     "automations.view_l2snapshot", "risk.view_risklimit", "risk.view_killswitch", "risk.view_breakertrip",
     "risk.view_alert", "execution.view_order", "execution.view_fill", "ingestion.view_instrument",
 ]
-TRADER = [*VIEWER, "automations.change_automation", "execution.add_approval", "execution.view_approval"]
+# A trader may stop trading (engage the kill switch); releasing it is the risk officer's.
+TRADER = [*VIEWER, "automations.change_automation", "execution.add_approval", "execution.view_approval", "risk.change_killswitch"]
 RISK_OFFICER = [
-    *VIEWER, "automations.change_automation", "risk.add_risklimit", "risk.change_risklimit", "risk.change_killswitch",
+    *VIEWER, "automations.add_automation", "automations.change_automation", "risk.add_risklimit", "risk.change_risklimit", "risk.change_killswitch",
     "risk.change_breakertrip", "risk.view_riskstate", "risk.view_historicalrisklimit", "risk.view_historicalkillswitch",
     "execution.view_approval",
 ]

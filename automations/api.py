@@ -25,7 +25,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,57 +32,24 @@ from rest_framework.views import APIView
 from automations import selectors, services
 from automations.models import Automation, Signal
 from automations.snapshots import SnapshotIntegrityError, snapshot_load
+from trading.permissions import ALL_ROLES, VerifiedRole
 
-READ_ROLES = frozenset({"viewer", "compliance", "trader", "risk_officer", "admin"})
+READ_ROLES = ALL_ROLES
 OPERATE_ROLES = frozenset({"trader", "risk_officer", "admin"})
 CONFIGURE_ROLES = frozenset({"risk_officer", "admin"})
 
 _ERROR = inline_serializer("AutomationsErrorOut", {"detail": serializers.CharField(), "code": serializers.CharField()})
 
 
-def user_roles(user: Any) -> set[str]:
-    if not getattr(user, "is_authenticated", False) or not user.is_active:
-        return set()
-    roles = set(user.groups.values_list("name", flat=True))
-    if user.is_superuser:
-        roles.add("admin")
-    return roles
-
-
-class _RolePermission(BasePermission):
-    roles: frozenset[str] = READ_ROLES
-    message = "permission denied"
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        user = request.user
-        if not getattr(user, "is_authenticated", False):
-            return False
-        verified = getattr(user, "is_verified", None)
-        if not (callable(verified) and verified()):
-            self.message = "this session has not passed OTP verification"
-            self._record(request)
-            return False
-        if not user_roles(user) & self.roles:
-            self.message = f"this needs one of the roles: {', '.join(sorted(self.roles))}"
-            self._record(request)
-            return False
-        return True
-
-    def _record(self, request: Request) -> None:
-        from audit.security import permission_denied_record
-
-        permission_denied_record(request=request._request, reason=f"{request.path}: {self.message}")
-
-
-class CanRead(_RolePermission):
+class CanRead(VerifiedRole):
     roles = READ_ROLES
 
 
-class CanOperate(_RolePermission):
+class CanOperate(VerifiedRole):
     roles = OPERATE_ROLES
 
 
-class CanConfigure(_RolePermission):
+class CanConfigure(VerifiedRole):
     roles = CONFIGURE_ROLES
 
 

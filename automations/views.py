@@ -15,7 +15,8 @@ from django_otp.forms import OTPAuthenticationForm
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from automations import selectors
-from automations.api import CONFIGURE_ROLES, OPERATE_ROLES, user_roles
+from automations.api import CONFIGURE_ROLES, OPERATE_ROLES
+from trading.permissions import user_roles
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 

@@ -12,7 +12,6 @@ from typing import Any
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +21,11 @@ from automations.models import Automation, Signal
 from automations.selectors import signal_payload
 from execution import selectors, services
 from execution.models import Fill, Order
+from trading.permissions import RISK_OFFICER, TRADER, VerifiedRole, roles_required
+
+TraderOnly = roles_required(TRADER)
+RiskOfficerOnly = roles_required(RISK_OFFICER)
+AnyRole = VerifiedRole
 
 _ERROR = inline_serializer("ErrorOut", {"detail": serializers.CharField(), "code": serializers.CharField()})
 
@@ -32,7 +36,7 @@ def _signal_response(signal_id: int) -> Response:
 
 
 class SignalApproveView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [TraderOnly]
 
     class InputSerializer(serializers.Serializer):
         otp = serializers.RegexField(r"^\s*\d{6,8}\s*$", max_length=16,
@@ -48,7 +52,7 @@ class SignalApproveView(APIView):
 
 
 class SignalRejectView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [TraderOnly]
 
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=2000, trim_whitespace=True)
@@ -63,7 +67,7 @@ class SignalRejectView(APIView):
 
 
 class AutomationModeView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [RiskOfficerOnly]
 
     class InputSerializer(serializers.Serializer):
         mode = serializers.ChoiceField(choices=Automation.Mode.choices)
@@ -115,7 +119,7 @@ class OrderDetailOutputSerializer(OrderOutputSerializer):
 
 
 class OrderListView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [AnyRole]
 
     class FilterSerializer(serializers.Serializer):
         status = serializers.CharField(required=False)
@@ -144,7 +148,7 @@ class OrderListView(APIView):
 
 
 class OrderDetailView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [AnyRole]
 
     @extend_schema(operation_id="order_detail", responses={200: OrderDetailOutputSerializer, 404: _ERROR})
     def get(self, request: Request, order_id: int) -> Response:

@@ -20,6 +20,7 @@ from audit.admin_tools import (
     register_history,
 )
 from risk.models import Alert, BreakerTrip, KillSwitch, RiskLimit, RiskState
+from risk.selectors import user_is_risk_officer
 
 _LIMIT_FIELDS = ("max_signals_per_hour", "max_daily_loss", "max_drawdown", "max_open_orders", "max_order_qty",
                  "max_order_notional", "price_collar_bps", "max_orders_per_minute", "max_consecutive_losses",
@@ -43,7 +44,8 @@ class RiskLimitAdmin(ReasonRequiredAdminMixin, FastChangelistMixin, admin.ModelA
 
 
 class KillSwitchActionForm(ReasonActionForm):
-    pass
+    # Releasing needs a fresh OTP from a risk officer, as in the API.
+    otp_token = forms.CharField(required=False, label="OTP (to release)", widget=forms.TextInput(attrs={"size": 8}))
 
 
 @admin.register(KillSwitch)
@@ -68,18 +70,19 @@ class KillSwitchAdmin(FastChangelistMixin, admin.ModelAdmin):
     @admin.action(description="ENGAGE the kill switch (reason required)", permissions=["change"])
     def engage(self, request: HttpRequest, queryset: Any) -> None:
         reason = action_reason(self, request)
-        if reason is not None and call_service(self, request, "risk.services.kill_switch_engage",
-                                               actor=request.user, reason=reason) is not None:
+        if reason is not None and call_service(self, request, "risk.services.kill_switch_engage_by_user",
+                                               user=request.user, reason=reason) is not None:
             self.message_user(request, "Kill switch ENGAGED: all automations halted, open orders being cancelled.",
                               messages.WARNING)
 
     @admin.action(description="Release the kill switch (reason required)", permissions=["change"])
     def release(self, request: HttpRequest, queryset: Any) -> None:
-        # The admin session is already OTP-verified (OTPAdminSite), which is
-        # the second factor the release needs.
+        # The same rule as the API: a risk officer with a fresh OTP, whatever
+        # the admin session already proved.
         reason = action_reason(self, request)
-        if reason is not None and call_service(self, request, "risk.services.kill_switch_release",
-                                               actor=request.user, reason=reason) is not None:
+        if reason is not None and call_service(self, request, "risk.services.kill_switch_release_by_user",
+                                               user=request.user, reason=reason,
+                                               otp_token=request.POST.get("otp_token", "")) is not None:
             self.message_user(request, "Kill switch released. Automations stay halted until resumed one by one.",
                               messages.SUCCESS)
 
@@ -102,7 +105,7 @@ class BreakerTripAdmin(FastChangelistMixin, ExportMixin, ReadOnlyAdminMixin, adm
     action_form = BreakerResetForm
 
     def has_reset_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("risk.change_breakertrip")
+        return request.user.has_perm("risk.change_breakertrip") and user_is_risk_officer(request.user)
 
     @admin.action(description="Reset the selected breakers (reason and OTP required)", permissions=["reset"])
     def reset_selected(self, request: HttpRequest, queryset: Any) -> None:

@@ -22,6 +22,12 @@ from risk import services
 from risk.models import Alert, BreakerTrip, KillSwitch
 from risk.selectors import LIMIT_SETTING_FIELDS, alerts_recent, breaker_trips_open, kill_switch_state, user_is_risk_officer
 from trading.api import DomainError
+from trading.permissions import ADMIN, RISK_OFFICER, TRADER, VerifiedRole, roles_required
+
+AnyRole = VerifiedRole
+RiskOfficerOnly = roles_required(RISK_OFFICER)
+# Any trader, risk officer or admin may stop trading; only a risk officer may restart it.
+CanEngage = roles_required(TRADER, RISK_OFFICER, ADMIN)
 
 
 class KillSwitchOutput(serializers.ModelSerializer):
@@ -31,11 +37,15 @@ class KillSwitchOutput(serializers.ModelSerializer):
 
 
 class KillSwitchView(APIView):
+    permission_classes = [AnyRole]
+
     def get(self, request: Request) -> Response:
         return Response(KillSwitchOutput(kill_switch_state()).data)
 
 
 class KillSwitchEngageView(APIView):
+    permission_classes = [CanEngage]
+
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
 
@@ -47,6 +57,8 @@ class KillSwitchEngageView(APIView):
 
 
 class KillSwitchReleaseView(APIView):
+    permission_classes = [RiskOfficerOnly]
+
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
         otp_token = serializers.CharField(max_length=16)
@@ -70,11 +82,15 @@ class BreakerTripOutput(serializers.ModelSerializer):
 
 
 class BreakerTripListView(APIView):
+    permission_classes = [AnyRole]
+
     def get(self, request: Request) -> Response:
         return Response(BreakerTripOutput(breaker_trips_open(), many=True).data)
 
 
 class BreakerResetView(APIView):
+    permission_classes = [RiskOfficerOnly]
+
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=2000)
         otp_token = serializers.CharField(max_length=16)
@@ -97,12 +113,16 @@ class AlertOutput(serializers.ModelSerializer):
 
 
 class AlertListView(APIView):
+    permission_classes = [AnyRole]
+
     def get(self, request: Request) -> Response:
         return Response(AlertOutput(alerts_recent(limit=100), many=True).data)
 
 
 class RiskLimitSetView(APIView):
     """POST ``{"automation": id|null, "reason": "...", "otp_token": "...", "limits": {"max_open_orders": 5, ...}}``."""
+
+    permission_classes = [RiskOfficerOnly]
 
     class InputSerializer(serializers.Serializer):
         automation = serializers.IntegerField(allow_null=True, required=False)

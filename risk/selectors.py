@@ -88,5 +88,6 @@ def user_is_risk_officer(user: Any) -> bool:
 
 
 def user_may_engage_kill_switch(user: Any) -> bool:
-    """Anyone who trades or oversees trading may stop it; releasing needs more (see services)."""
-    return user_in_group(user, RISK_OFFICER_GROUP) or user_in_group(user, TRADER_GROUP)
+    """Anyone who trades, oversees trading or runs the platform may stop it; releasing needs more (see services)."""
+    return (user_in_group(user, RISK_OFFICER_GROUP) or user_in_group(user, TRADER_GROUP)
+            or user_in_group(user, "admin") or bool(getattr(user, "is_superuser", False)))

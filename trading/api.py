@@ -36,6 +36,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         drf_permission_denied(exc, context)
     if isinstance(exc, DomainError):
         return Response({"detail": exc.message, "code": exc.code}, status=exc.status_code)
+    from audit.history import MissingReason, UnauthorizedChange
+
+    if isinstance(exc, UnauthorizedChange):
+        # Already refused, audited and alerted by the history guard.
+        return Response({"detail": str(exc), "code": "forbidden"}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, MissingReason):
+        return Response({"detail": str(exc), "code": "reason_required"}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DjangoValidationError):
         return Response({"detail": exc.messages, "code": "invalid"}, status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)

@@ -14,8 +14,14 @@ pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.execution.urls")]
 
 
 def _client(user) -> APIClient:
+    """A session signed in and past OTP, as after the trader login page."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+
     client = APIClient()
     client.force_login(user)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = user.totpdevice_set.filter(confirmed=True).first().persistent_id
+    session.save()
     return client
 
 

@@ -5,7 +5,7 @@ followed), so a new endpoint fails ``test_it_has_an_expected_permission_row_for_
 until someone writes down who may use it. The admin is covered as a group:
 the site pages, and for every registered model its changelist, add, change,
 history, delete and export pages, plus the custom admin actions (kill switch,
-pause/resume, breaker reset, role revoke, axes cleanup).
+pause/resume, breaker reset, role revoke).
 
 For each principal the matrix makes every request twice: from a session that
 passed OTP at sign-in, and from a password-only session. Writes carry a
@@ -90,7 +90,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "execution:order-list"): SIGNED_IN,
     ("GET", "execution:order-detail"): SIGNED_IN,
     ("GET", "risk:kill-switch"): SIGNED_IN,
-    ("POST", "risk:kill-switch-engage"): frozenset({"trader", "risk_officer"}),
+    ("POST", "risk:kill-switch-engage"): frozenset({"trader", "risk_officer", "admin"}),
     ("POST", "risk:kill-switch-release"): RISK_OFFICER,
     ("GET", "risk:breakers"): SIGNED_IN,
     ("POST", "risk:breaker-reset"): RISK_OFFICER,
@@ -153,7 +153,7 @@ ADMIN_MODELS: dict[str, ModelRow] = {
     "ingestion.instrument": ModelRow(VIEW3, ADMIN, ADMIN, ADMIN),
     "ingestion.quarantinedmessage": _ro(VIEW_C),
     "ingestion.clocksource": _ro(VIEW_C, export=NOBODY),
-    "automations.automation": ModelRow(VIEW3, ADMIN, RISK_ADMIN, NOBODY),
+    "automations.automation": ModelRow(VIEW3, RISK_ADMIN, RISK_ADMIN, NOBODY),
     "automations.signal": _ro(VIEW3),
     "automations.signaltransition": _ro(VIEW3),
     "automations.l2snapshot": _ro(VIEW3, export=NOBODY),
@@ -183,7 +183,6 @@ ADMIN_EXTRA: dict[str, frozenset[str]] = {
 # risk officer's decision (risk.services.kill_switch_release_by_user: "The
 # UI/API/admin path: only a risk officer ..."); the breaker reset likewise.
 ADMIN_ACTIONS: dict[tuple[str, str], frozenset[str]] = {
-    ("axes.accessattempt", "cleanup_expired_attempts"): ADMIN,
     ("audit.roleassignment", "revoke_selected"): ADMIN,
     ("automations.automation", "pause_selected"): RISK_ADMIN,
     ("automations.automation", "resume_selected"): RISK_ADMIN,
@@ -604,6 +603,8 @@ def admin_action_call(world: World, label: str, action: str, role: str | None) -
     elif label == "risk.killswitch":
         kill_switch_set(world, action == "release")
         data["_selected_action"] = [1]
+        if action == "release":
+            data["otp_token"] = fresh_otp(world, role) if role else "123456"
         want_engaged = action == "engage"
         effect = lambda: kill_switch_state().engaged == want_engaged  # noqa: E731
     elif label == "risk.breakertrip":

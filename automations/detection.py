@@ -5,16 +5,20 @@ batch (the ingest worker coalesces requests). It imports no broker code and
 holds no credentials: a signal reaches execution only as an id, by Celery
 task name, after the signal's transaction commits.
 
-Per call:
+Per call, in three round trips when nothing signals (Redis, PostgreSQL, Redis):
 
-1. Load every ACTIVE automation on the symbol and its validated parameters.
-2. Skip automations that already evaluated the latest quote (the last
-   evaluated venue timestamp per automation is kept in Redis; a unique
+1. One Redis pipeline: clear the task's pending flag (``clear_pending``),
+   take the symbol's lock (``SET NX PX`` with a token), read the last
+   evaluated venue timestamp per automation, the book and the latest quote.
+2. One PostgreSQL round trip (``ingestion.selectors.windows_read``): the
+   fingerprint of the symbol's ACTIVE automations and the quote and trade
+   windows from the process's incremental window cache, sized as the last
+   pass needed (the last ``max(min_history, regime history)`` quotes, trades
+   when any strategy reads trade flow). The automations are loaded again
+   only when the fingerprint moved; a window they need that was not read
+   costs one more read on that pass only.
+3. Skip automations that already evaluated the latest quote (a unique
    constraint on (automation, market_ts_ns, side) is the backstop).
-3. Load the window ONCE: the last ``max(min_history, regime history)``
-   quotes, trades when any strategy reads trade flow, and the book. Quotes
-   and trades come from the process's incremental window cache
-   (``ingestion.selectors.quotes_window``), the Redis keys in one pipeline.
 4. Compute features ONCE and tag the regime ONCE, shared by every automation.
 5. Evaluate each automation's strategy. Per intent, in one transaction:
    create the Signal with its context (bid/ask/mid/spread, features, regime,
@@ -26,6 +30,14 @@ Per call:
      ``approval_threshold`` of its trades have been approved;
    - else ``queued``, counted as automatic, and the execute task is sent by
      name on commit.
+6. One Redis pipeline: record the evaluated timestamps, then release the
+   lock (compare-and-delete on the token), so the next holder sees them.
+
+The book and quote are read before the windows (the flag must be cleared
+before the data is read, and the lock taken before the last evaluated
+timestamps are). A batch committed between the two reads can give a window
+one batch newer than the book; that batch asked for its own pass, which
+reads the matching book. The stored snapshot keeps the book's own time.
 
 Gating rule, precisely: a signal needs approval while
 ``approved_trade_count < approval_threshold`` (or ``require_approval``).
@@ -400,6 +412,8 @@ def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> Detec
         extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, symbol])],
     )
     automations = _active_automations(symbol, tuple(windows.extra[0][0]))
+    if len(_window_needs) > 10_000:
+        _window_needs.clear()
     result.automations = len(automations)
     if not automations:
         # No window reads for this symbol until an automation appears.

@@ -23,6 +23,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from automations.models import Signal
 from execution.models import Order
+from risk.selectors import kill_switch_engaged
 from tests.execution.conftest import PASSWORD, make_automation, make_book, make_signal, make_user, publish_market, totp, totp_next
 from trading.celery import app as celery_app
 
@@ -58,7 +59,7 @@ def _wait_port(port: int, timeout: float = 60) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
-def test_a_trader_signs_in_with_otp_sees_a_live_signal_approves_it_and_sees_it_filled(redis_clean, tmp_path,
+def test_a_trader_signs_in_with_otp_approves_a_live_signal_sees_it_filled_and_pulls_the_kill_switch(redis_clean, tmp_path,
                                                                                       monkeypatch):
     monkeypatch.setattr(celery_app, "send_task", lambda *a, **k: None)  # This process publishes no task.
     publish_market(redis_clean, make_book())
@@ -101,6 +102,12 @@ def test_a_trader_signs_in_with_otp_sees_a_live_signal_approves_it_and_sees_it_f
             page.get_by_test_id(f"approve-otp-{signal.pk}").fill(totp_next(device))
             page.get_by_test_id(f"approve-{signal.pk}").click()
             expect(page.get_by_test_id(f"signal-status-{signal.pk}")).to_have_text("filled", timeout=30_000)
+
+            # The kill switch button: a reason, a confirmation, and everything halts.
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.get_by_test_id("killswitch-reason").fill("e2e drill: venue unstable")
+            page.get_by_test_id("killswitch-engage").click()
+            expect(page.get_by_test_id("killswitch-result")).to_have_text("kill switch ENGAGED", timeout=15_000)
             browser.close()
     finally:
         for proc in (web, worker):
@@ -114,3 +121,6 @@ def test_a_trader_signs_in_with_otp_sees_a_live_signal_approves_it_and_sees_it_f
     order = Order.objects.get(signal=signal)
     assert order.gated and order.status == Order.Status.FILLED
     assert order.fills.count() == 1
+    assert kill_switch_engaged()
+    automation.refresh_from_db()
+    assert automation.status == automation.Status.HALTED

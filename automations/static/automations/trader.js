@@ -233,7 +233,7 @@
     if (!reason) { result.className = "result-error"; result.textContent = "a reason is required"; return; }
     if (!window.confirm("Engage the kill switch? Every automation halts and open orders are cancelled.")) return;
     try {
-      const data = await api("POST", "/api/risk/killswitch", { engaged: true, reason });
+      const data = await api("POST", "/api/risk/kill-switch/engage/", { reason });
       result.className = "result-ok";
       result.textContent = "kill switch " + (data.engaged === false ? "released" : "ENGAGED");
       refreshAutomations();

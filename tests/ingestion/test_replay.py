@@ -153,7 +153,7 @@ def test_killing_the_ingest_worker_mid_file_then_replay_leaves_every_raw_record_
         out = run("ingest_file", "--format", "tardis-quotes", str(path), "--stream", stream, "--queue", "--batch", "4000")
         assert out["batches_queued"] == 30 and out["records"] == rows
         # Kill the worker while it is part-way through the file.
-        assert wait_for(lambda: quote_count(stream) >= 8000, 40), log.read_text()[-2000:]
+        assert wait_for(lambda: quote_count(stream) >= 8000, 150), log.read_text()[-2000:]
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         killed_at = quote_count(stream)
@@ -166,7 +166,7 @@ def test_killing_the_ingest_worker_mid_file_then_replay_leaves_every_raw_record_
             time.sleep(0.5)
             return redis.llen("ingest") == 0 and quote_count(stream) == before
 
-        assert wait_for(drained, 40), log.read_text()[-2000:]
+        assert wait_for(drained, 150), log.read_text()[-2000:]
     finally:
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGTERM)

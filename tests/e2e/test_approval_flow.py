@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.db import connection
 from playwright.sync_api import expect, sync_playwright
 
+from audit.roles import roles_setup
 from automations.models import Signal
 from execution.models import Order
 from risk.selectors import kill_switch_engaged
@@ -57,12 +59,21 @@ def _wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
+def _make_signal_and_close(automation):
+    try:
+        return make_signal(automation)
+    finally:
+        connection.close()
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_trader_signs_in_with_otp_approves_a_live_signal_sees_it_filled_and_pulls_the_kill_switch(redis_clean, tmp_path,
                                                                                       monkeypatch):
     monkeypatch.setattr(celery_app, "send_task", lambda *a, **k: None)  # This process publishes no task.
     publish_market(redis_clean, make_book())
+    # Earlier transactional tests flush the role grants; put them back as setup_roles does.
+    roles_setup()
     trader, device = make_user("tina", "trader")
     automation = make_automation(approval_threshold=5)
     prefix = f"e2e-{uuid.uuid4().hex[:8]}:"
@@ -94,7 +105,9 @@ def test_a_trader_signs_in_with_otp_approves_a_live_signal_sees_it_filled_and_pu
             expect(page.get_by_test_id("ws-status")).to_have_class("status-on", timeout=15_000)
 
             # The signal is born after the page loaded: it can only arrive over the websocket.
-            signal = make_signal(automation)
+            # From another thread, as a detect worker would: Playwright's event loop runs in this one.
+            with ThreadPoolExecutor(1) as pool:
+                signal = pool.submit(_make_signal_and_close, automation).result()
             expect(page.get_by_test_id(f"signal-row-{signal.pk}")).to_be_visible(timeout=10_000)
             expect(page.get_by_test_id(f"signal-status-{signal.pk}")).to_have_text("pending_approval")
 

@@ -72,7 +72,8 @@ def test_a_worker_killed_mid_submission_leaves_exactly_one_order_at_the_broker(
     automation = make_automation()
     signal = make_signal(automation, status=S.QUEUED)
     prefix = f"crash-{uuid.uuid4().hex[:8]}:"
-    sender = Celery("sender", broker=settings.CELERY_BROKER_URL)
+    # Not the current app: the rest of the session must keep sending through trading's app and routes.
+    sender = Celery("sender", broker=settings.CELERY_BROKER_URL, set_as_current=False)
     sender.conf.broker_transport_options = {"global_keyprefix": prefix, "visibility_timeout": 2}
     sender.send_task("execution.tasks.order_execute_task", args=[signal.pk], queue="execute")
 

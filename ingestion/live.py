@@ -26,83 +26,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ingestion.binance_live import DEFAULT_REST_URL, DEFAULT_WS_URL, BinanceUsdmConnector
+from ingestion.handover import RawHandOver
 from ingestion.rawstore import RawStore
-from ingestion.services import Record, encode_records, open_raw_writer
-from trading import redis_keys
-from trading.queues import INGEST_BATCH_TASK
-from trading.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
 LIVE_FORMAT = "binance-ws"
-RESEND_CHUNK = 2000
 
 
 def live_stream_name(symbol: str) -> str:
     return f"binance-{symbol.upper()}"
-
-
-class RawHandOver:
-    """One raw stream: append each payload at once, hand the new records to ingest in batches."""
-
-    def __init__(self, *, stream: str, fmt: str, store: RawStore, send: Callable[..., Any], symbol: str | None = None) -> None:
-        self.stream = stream
-        self.fmt = fmt
-        self.symbol = symbol
-        self.store = store
-        self.send = send
-        self.writer = open_raw_writer(store, stream)
-        self.pending: list[Record] = []
-        self.redis = redis_client()
-        self.appended = 0
-        self.batches_sent = 0
-
-    def on_raw(self, payload: bytes, recv_ns: int, kind: str = "") -> None:
-        ref = self.writer.append(payload, recv_ns=recv_ns)
-        self.pending.append((ref.seq, recv_ns, payload))
-        self.appended += 1
-
-    @property
-    def sent_seq(self) -> int:
-        raw = self.redis.get(redis_keys.feed_sent_seq(self.stream))
-        return int(raw) if raw is not None else 0
-
-    def _send(self, records: list[Record]) -> None:
-        self.send(INGEST_BATCH_TASK, args=[self.stream, self.fmt, encode_records(records), self.symbol])
-        self.redis.set(redis_keys.feed_sent_seq(self.stream), records[-1][0])
-        self.batches_sent += 1
-
-    def catch_up(self) -> int:
-        """Re-send everything in the raw store after the last mark. Returns how many records."""
-        self.pending.clear()
-        sent = self.sent_seq
-        if self.writer.last_seq <= sent:
-            return 0
-        chunk: list[Record] = []
-        total = 0
-        for record in self.store.read(self.stream, from_seq=sent + 1):
-            chunk.append((record.seq, record.recv_ns, record.payload))
-            if len(chunk) >= RESEND_CHUNK:
-                self._send(chunk)
-                total += len(chunk)
-                chunk = []
-        if chunk:
-            self._send(chunk)
-            total += len(chunk)
-        return total
-
-    def hand_over(self) -> int:
-        """Send what arrived since the last call (or catch up after a failed hand-over)."""
-        if not self.pending:
-            return 0
-        records, self.pending = self.pending, []
-        if self.sent_seq < records[0][0] - 1:
-            return self.catch_up()
-        self._send(records)
-        return len(records)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 async def run_live_feed(

@@ -88,7 +88,7 @@ def test_the_live_feed_stores_every_frame_first_and_its_batches_rebuild_the_venu
 
 
 def test_a_failed_hand_over_is_resent_from_the_raw_store(tmp_path, redis_clean):
-    from ingestion.live import RawHandOver
+    from ingestion.handover import RawHandOver
 
     calls: list[list] = []
     broken = {"now": False}

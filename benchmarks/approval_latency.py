@@ -45,6 +45,7 @@ from django.db import connection  # noqa: E402
 from automations.models import Automation, Signal  # noqa: E402
 from execution.models import Order  # noqa: E402
 from tests.execution.conftest import PASSWORD, make_book, make_signal, make_user, publish_market, totp, totp_next  # noqa: E402
+from trading.embedded import database_url  # noqa: E402
 from trading.redis_client import redis_client  # noqa: E402
 
 SAMPLES = int(os.environ.get("BENCH_SAMPLES", "30"))
@@ -97,7 +98,7 @@ def main() -> None:
     traders = [make_user(f"bench-appr-{run}-{i}", "trader") for i in range(SAMPLES)]
 
     db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    env = {**os.environ, "DATABASE_URL": database_url(db),
            "REDIS_URL": settings.REDIS_URL, "CELERY_KEY_PREFIX": f"bench-appr-{run}:", "LOG_LEVEL": "WARNING"}
     port = _free_port()
     web = subprocess.Popen([sys.executable, "-m", "uvicorn", "trading.asgi:application", "--port", str(port),

@@ -48,6 +48,7 @@ from automations.models import Automation  # noqa: E402
 from execution.models import Order  # noqa: E402
 from ingestion.services import encode_records  # noqa: E402
 from tests.execution.conftest import make_book, publish_market  # noqa: E402
+from trading.embedded import database_url  # noqa: E402
 from trading.queues import INGEST_BATCH_TASK  # noqa: E402
 from trading.redis_client import redis_client  # noqa: E402
 
@@ -80,7 +81,7 @@ def main() -> None:
 
     db = connection.settings_dict
     prefix = f"bench-t2o-{run}:"
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    env = {**os.environ, "DATABASE_URL": database_url(db),
            "REDIS_URL": settings.REDIS_URL, "CELERY_KEY_PREFIX": prefix, "LOG_LEVEL": "WARNING"}
     workers = [_worker(q, env, run) for q in ("ingest", "detect", "execute")]
     sender = Celery("bench", broker=settings.CELERY_BROKER_URL)

@@ -149,3 +149,18 @@ def stop_services(var_dir: Path = VAR_DIR) -> list[str]:
         except subprocess.CalledProcessError:
             pass
     return stopped
+
+
+def database_url(db: dict) -> str:
+    """A ``DATABASE_URL`` for a Django database settings dict (e.g. the test database).
+
+    A unix-socket directory goes percent-encoded in the host part, the form
+    ``trading.settings`` reads back.
+    """
+    host = str(db.get("HOST") or "")
+    if host.startswith("/"):
+        host = quote(host, safe="")
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    user = quote(str(db.get("USER") or "postgres"), safe="")
+    password = f":{quote(str(db['PASSWORD']), safe='')}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{host}{port}/{db['NAME']}"

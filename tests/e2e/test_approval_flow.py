@@ -28,6 +28,7 @@ from execution.models import Order
 from risk.selectors import kill_switch_engaged
 from tests.execution.conftest import PASSWORD, make_automation, make_book, make_signal, make_user, publish_market, totp, totp_next
 from trading.celery import app as celery_app
+from trading.embedded import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -43,7 +44,7 @@ def _free_port() -> int:
 def _env(prefix: str) -> dict[str, str]:
     db = connection.settings_dict
     env = {k: v for k, v in os.environ.items() if not k.startswith("FP_TEST_")}
-    env.update({"DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+    env.update({"DATABASE_URL": database_url(db),
                 "REDIS_URL": settings.REDIS_URL, "CELERY_KEY_PREFIX": prefix,
                 "CHANNELS_PREFIX": settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]})
     return env

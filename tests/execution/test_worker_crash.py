@@ -25,6 +25,7 @@ from automations.models import Signal
 from execution.brokers.paper import PaperBroker
 from execution.models import Fill, Order
 from tests.execution.conftest import make_automation, make_signal
+from trading.embedded import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 S = Signal.Status
@@ -35,7 +36,7 @@ def _worker_env(prefix: str, crash_at: str | None) -> dict[str, str]:
     db = connection.settings_dict
     env = {k: v for k, v in os.environ.items() if not k.startswith("FP_TEST_")}
     env.update({
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(db),
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_KEY_PREFIX": prefix,
         "CELERY_VISIBILITY_TIMEOUT": "2",

@@ -15,6 +15,7 @@ from django.db import connection
 
 from ingestion.models import Quote, Trade
 from ingestion.rawstore import RawStore
+from trading.embedded import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -140,7 +141,7 @@ def test_killing_the_ingest_worker_mid_file_then_replay_leaves_every_raw_record_
     db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(db),
         "REDIS_URL": os.environ["REDIS_URL"],
         "CELERY_VISIBILITY_TIMEOUT": "5",
         "RAW_STORE_DIR": str(raw_dir),

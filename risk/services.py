@@ -28,7 +28,7 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -793,6 +793,15 @@ def _cancel_all_send(reason: str) -> None:
     app.send_task(ORDERS_CANCEL_ALL_TASK, args=[reason])
 
 
+KILL_SWITCH_SWEEP_ATTEMPTS = 5
+# deadlock_detected, serialization_failure, lock_not_available
+_LOCK_CONFLICT_STATES = {"40P01", "40001", "55P03"}
+
+
+def _is_lock_conflict(exc: OperationalError) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) in _LOCK_CONFLICT_STATES
+
+
 def kill_switch_engage(*, actor: Any, reason: str) -> KillSwitch:
     """Stop everything: cancel every open order, halt every automation, stop waiting signals.
 
@@ -831,15 +840,26 @@ def kill_switch_engage(*, actor: Any, reason: str) -> KillSwitch:
             data={"engaged": True, "was_engaged": was_engaged},
         )
         transaction.on_commit(lambda: _cancel_all_send(halt_reason))
-    with transaction.atomic():
-        halted = automations_halt_all(reason=halt_reason, actor_label=label, actor=user)
-        stopped = _signals_stop(reason=halt_reason, actor_label=label, actor=user)
-        alert_raise(
-            kind=AlertKind.KILL_SWITCH_ON, severity=Alert.Severity.CRITICAL,
-            subject=f"KILL SWITCH ENGAGED by {label}",
-            message=f"{reason}\nAutomations halted: {len(halted)}. Signals stopped: {len(stopped)}. "
-                    f"Every open order is being cancelled.",
-        )
+    # The sweep runs while detect and execute workers hold row locks of their
+    # own; a deadlock or lock conflict aborts it, so it is retried: the kill
+    # switch must not fail because the pipeline was busy.
+    for attempt in range(1, KILL_SWITCH_SWEEP_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                halted = automations_halt_all(reason=halt_reason, actor_label=label, actor=user)
+                stopped = _signals_stop(reason=halt_reason, actor_label=label, actor=user)
+                alert_raise(
+                    kind=AlertKind.KILL_SWITCH_ON, severity=Alert.Severity.CRITICAL,
+                    subject=f"KILL SWITCH ENGAGED by {label}",
+                    message=f"{reason}\nAutomations halted: {len(halted)}. Signals stopped: {len(stopped)}. "
+                            f"Every open order is being cancelled.",
+                )
+            break
+        except OperationalError as exc:
+            if attempt == KILL_SWITCH_SWEEP_ATTEMPTS or not _is_lock_conflict(exc):
+                raise
+            logger.warning("kill switch sweep hit a lock conflict (attempt %d), retrying: %s", attempt, exc)
+            time.sleep(0.05 * attempt)
     logger.warning("kill switch engaged by %s in %.1f ms (%d automations halted, %d signals stopped): %s",
                    label, (time.monotonic() - started) * 1e3, len(halted), len(stopped), reason)
     return switch

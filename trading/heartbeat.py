@@ -17,27 +17,19 @@ import redis
 from celery.signals import beat_init, worker_ready, worker_shutdown
 from django.conf import settings
 
+from trading.redis_client import redis_client
+
 HEARTBEAT_KEY = "fp:heartbeat"
 # Every process the supervisor runs; /health expects a beat from each.
 EXPECTED_PROCESSES = ("web", "feed", "worker-ingest", "worker-detect", "worker-execute", "beat")
 
-_client: redis.Redis | None = None
-
-
-def client() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _client
-
-
 def beat(name: str, **info: object) -> None:
     payload = {"ts": time.time(), "pid": os.getpid(), "host": socket.gethostname(), **info}
-    client().hset(HEARTBEAT_KEY, name, json.dumps(payload))
+    redis_client().hset(HEARTBEAT_KEY, name, json.dumps(payload))
 
 
 def read_all() -> dict[str, dict]:
-    raw = client().hgetall(HEARTBEAT_KEY)
+    raw = redis_client().hgetall(HEARTBEAT_KEY)
     return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 

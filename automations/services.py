@@ -30,7 +30,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from celery import current_app
 from django.db import connection, transaction
 from django.db.models import Q
@@ -44,6 +43,7 @@ from automations.regime import validate_allowed_regimes
 from automations.selectors import signal_payload
 from automations.strategies import InvalidParameters, UnknownStrategy, get_strategy
 from trading.api import DomainError
+from trading.push import push
 from trading.queues import ALERT_RAISE_TASK
 
 logger = logging.getLogger(__name__)
@@ -72,14 +72,8 @@ def push_sequence_next() -> int:
 
 def signal_push(message: dict[str, Any]) -> None:
     """Send one message to every connected trader. Never raises: clients re-sync on a gap."""
-    from channels.layers import get_channel_layer
-
-    try:
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(SIGNALS_GROUP, message)
-    except Exception:  # A dead channel layer must not undo or block a committed decision.
-        logger.exception("signal push failed (seq %s)", message.get("seq"))
+    # Queued, not awaited (trading.push): a push must not delay the order that follows a commit.
+    push(SIGNALS_GROUP, message)
 
 
 def _apply_transition(signal: Signal, to_status: str, *, actor_label: str, reason: str, actor: Any, now: datetime,

@@ -617,14 +617,12 @@ class RawWriter:
         ts = time.time_ns() if recv_ns is None else recv_ns
         if ts >= self._day_end or self._fd is None:
             self._roll(ts)
-        seq = self._seq + 1
-        digest = (_sha256 if len(payload) < _LONG_PAYLOAD else _sha256_long)(payload).digest()
         try:
-            chain = _sha256(_LINK.pack(self._chain, seq, ts, digest)).digest()
-            head = _FRAME.pack(FRAME_MAGIC, len(payload), seq, ts, digest, chain)
+            # A batch of one through the same framer as append_many.
+            buf, seq, chain = _frame_const((payload,), ts, self._seq, self._chain)
         except struct.error as exc:
             raise ValueError(f"recv_ns must be a non-negative 64-bit int, got {ts!r}") from exc
-        self._write(b"".join((head, payload)))
+        self._write(buf)
         self._seq = seq
         self._chain = chain
         return RawRef(self.stream, seq)
@@ -700,8 +698,8 @@ class RawWriter:
             self.close()
 
 
-def _frame_const(payloads: Sequence[bytes], ts: int, seq: int, chain: bytes) -> tuple[bytearray, int, bytes]:
-    """Frame a batch sharing one receive time: the hot path.
+def _py_frame_const(payloads: Sequence[bytes], ts: int, seq: int, chain: bytes) -> tuple[bytearray, int, bytes]:
+    """Frame a batch sharing one receive time: the hot path (pure-Python reference and fallback).
 
     Per record: two hashes, two packs and two in-place extends of one
     bytearray (measured a few per cent cheaper in CPU time than collecting
@@ -723,7 +721,7 @@ def _frame_const(payloads: Sequence[bytes], ts: int, seq: int, chain: bytes) -> 
     return buf, seq, chain
 
 
-def _frame_var(
+def _py_frame_var(
     payloads: Sequence[bytes], stamps: Sequence[int], start: int, day_end: int, seq: int, chain: bytes
 ) -> tuple[bytearray, int, int, bytes]:
     """Frame from ``start`` until the first record that belongs to a later day; return where it stopped."""
@@ -748,6 +746,51 @@ def _frame_var(
         buf += p
         i += 1
     return buf, i, seq, chain
+
+
+# The C framer (ingestion/_rawframe.c, built by scripts/build_ext.py) does the
+# same as the two functions above in one loop: same bytes, same exception types
+# (tests/ingestion/test_rawframe.py checks both). It roughly doubles the append
+# rate, because the Python loop is bound by per-call overhead, not by SHA-256.
+# FP_RAWSTORE_FRAMER=python forces the fallback; =c refuses to start without C.
+_RAWFRAME_ABI = 1
+_frame_const = _py_frame_const
+_frame_var = _py_frame_var
+FRAMER = "python"
+
+
+def _select_framer(choice: str = "auto") -> str:
+    """Bind the framer ("auto", "c" or "python") used by ``append_many``; return the one chosen.
+
+    The benchmark and the tests call it to compare both; otherwise it runs
+    once at import from ``FP_RAWSTORE_FRAMER``.
+    """
+    global _frame_const, _frame_var, FRAMER
+    if choice not in ("auto", "c", "python"):
+        raise ValueError(f"FP_RAWSTORE_FRAMER must be auto, c or python, got {choice!r}")
+    if choice == "python":
+        _frame_const, _frame_var, FRAMER = _py_frame_const, _py_frame_var, "python"
+        return FRAMER
+    try:
+        from ingestion import _rawframe  # type: ignore[attr-defined]
+
+        if _rawframe.ABI_VERSION != _RAWFRAME_ABI:
+            raise ImportError(f"ingestion._rawframe is ABI {_rawframe.ABI_VERSION}, expected {_RAWFRAME_ABI}; rebuild it")
+    except ImportError as exc:
+        if choice == "c":
+            raise ImportError(f"FP_RAWSTORE_FRAMER=c but the C framer is unavailable: {exc}") from exc
+        log.warning(
+            "raw store: C framer unavailable (%s); using the pure-Python framer at about half the append rate. "
+            "Build it with scripts/build_ext.py (make venv does).",
+            exc,
+        )
+        _frame_const, _frame_var, FRAMER = _py_frame_const, _py_frame_var, "python"
+        return FRAMER
+    _frame_const, _frame_var, FRAMER = _rawframe.frame_const, _rawframe.frame_var, "c"
+    return FRAMER
+
+
+_select_framer(os.environ.get("FP_RAWSTORE_FRAMER", "auto"))
 
 
 def _write_all(fd: int, buf: bytes | bytearray) -> None:

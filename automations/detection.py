@@ -56,6 +56,7 @@ import logging
 import math
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -70,7 +71,7 @@ from redis.exceptions import NoScriptError
 from automations.features import TRADE_COLUMNS, compute_features
 from automations.models import Automation, L2Snapshot, Signal
 from automations.regime import regime_allowed, tag_regime
-from automations.services import signal_create, signal_transition
+from automations.services import RoutedSignal, signal_create, signal_transition, signals_create_routed
 from automations.snapshots import snapshot_create
 from automations.strategies import Intent, MarketWindow, Strategy, get_strategy
 from ingestion import selectors as market
@@ -118,6 +119,7 @@ class DetectResult:
     market_ts_ns: int | None = None
     lag_ms: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
 
 
 @dataclass
@@ -149,8 +151,8 @@ _window_needs: dict[str, tuple[int, bool]] = {}
 # symbol's few rows from the symbol index, instead of AND-ing it with the
 # status index, which holds every active automation of every symbol.
 _FINGERPRINT_SQL = (
-    "SELECT count(*) FILTER (WHERE status = %s), max(updated_at) FILTER (WHERE status = %s),"  # noqa: S608 - the model's own table.
-    f" max(id) FILTER (WHERE status = %s) FROM {Automation._meta.db_table} WHERE symbol = %s"
+    "SELECT symbol, count(*) FILTER (WHERE status = %s), max(updated_at) FILTER (WHERE status = %s),"  # noqa: S608 - the model's own table.
+    f" max(id) FILTER (WHERE status = %s) FROM {Automation._meta.db_table} WHERE symbol = ANY(%s) GROUP BY symbol"
 )
 
 
@@ -279,6 +281,93 @@ def _route(plan: _Plan, intent: Intent, batch: _Batch) -> str | None:
         return None
 
 
+def _route_many(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | None]:
+    """Create and route every signal of a pass in ONE transaction; their final statuses in order (None when skipped).
+
+    The same decisions as ``_route``, signal by signal and in order, with the
+    writes batched (``signals_create_routed``). When the batch fails on a
+    duplicate (a signal committed for the same quote since the check, e.g. by
+    a worker whose lock had expired), nothing of it is kept and every signal
+    goes through ``_route`` on its own transaction instead.
+    """
+    if not work:
+        return []
+    try:
+        with transaction.atomic():
+            return _route_many_atomic(work)
+    except IntegrityError:
+        logger.info("a signal of this pass already exists; routing its %s signals one by one", len(work))
+        # The rolled-back transaction took the batches' stored snapshots with it.
+        for item in work:
+            item[2].snapshots.clear()
+        return [_route(plan, intent, batch) for plan, intent, batch in work]
+
+
+_STATE_FIELDS = ("id", "status", "approved_trade_count", "approval_threshold", "require_approval")
+
+
+def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | None]:
+    ids = sorted({plan.automation.pk for plan, _intent, _batch in work})
+    # One read of the gating state of every automation of the pass, in the transaction (as ``_route`` reads it).
+    states = {row["id"]: row for row in Automation.objects.filter(pk__in=ids).values(*_STATE_FIELDS)}
+    # The same quote already produced these signals (a re-run after a crash): skipped, like ``_route``'s IntegrityError.
+    done = set(Signal.objects.filter(automation_id__in=ids, market_ts_ns__in={b.market_ts_ns for _p, _i, b in work})
+               .values_list("automation_id", "market_ts_ns", "side"))
+    statuses: list[str | None] = []
+    routed: list[RoutedSignal] = []
+    for plan, intent, batch in work:
+        automation = plan.automation
+        state = states.get(automation.pk)
+        key = (automation.pk, batch.market_ts_ns, str(intent.side))
+        # Paused since the batch started (by a person or a breaker): no signal.
+        if state is None or state["status"] != Automation.Status.ACTIVE or key in done:
+            if key in done:
+                logger.info("duplicate signal skipped: automation %s at %s", automation.pk, batch.market_ts_ns)
+            statuses.append(None)
+            continue
+        done.add(key)
+        needs_approval = state["require_approval"] or state["approved_trade_count"] < state["approval_threshold"]
+        allowed, why = regime_allowed(batch.regime, automation.allowed_regimes)
+        if not allowed:
+            to_status, status_reason = Signal.Status.FILTERED, f"regime not allowed: {why}"
+        elif (breach := _signal_rate_check(automation)) is not None:
+            to_status, status_reason = Signal.Status.FILTERED, f"signal-rate limit: {breach.message}"
+            # The breaker may have paused this automation (or all of them): later signals see it.
+            states.update({row["id"]: row for row in Automation.objects.filter(pk__in=ids).values(*_STATE_FIELDS)})
+        elif needs_approval:
+            to_status = Signal.Status.PENDING_APPROVAL
+            status_reason = ("the automation requires approval for every trade" if state["require_approval"] else
+                             f"approval needed: {state['approved_trade_count']} of the first "
+                             f"{state['approval_threshold']} trades approved")
+        else:
+            to_status = Signal.Status.QUEUED
+            status_reason = (f"automatic: {state['approved_trade_count']} trades approved "
+                             f"(threshold {state['approval_threshold']})")
+        routed.append(RoutedSignal(
+            automation=automation, side=str(intent.side), quantity=intent.quantity, limit_price=intent.limit_price,
+            reason=intent.reason, to_status=to_status, status_reason=status_reason,
+            context={
+                "features": _finite_dict({**batch.base_features, **intent.features}), "regime": batch.regime_dict,
+                "bid": batch.bid, "ask": batch.ask, "mid": batch.mid, "spread_bps": batch.spread_bps,
+                "market_ts": datetime.fromtimestamp(batch.market_ts_ns / 1e9, tz=UTC),
+                "market_ts_ns": batch.market_ts_ns, "snapshot": batch.snapshot(automation.snapshot_levels),
+                "needs_approval": needs_approval,
+            },
+        ))
+        statuses.append(to_status)
+    signals = signals_create_routed(signals=routed, actor_label=ACTOR)
+    queued = [signal for signal in signals if signal.status == Signal.Status.QUEUED]
+    # The counter is excluded from history, and F() keeps it atomic across detect workers.
+    per_automation = Counter(signal.automation_id for signal in queued)
+    for count in sorted(set(per_automation.values())):
+        ids_with_count = sorted(pk for pk, n in per_automation.items() if n == count)
+        Automation.objects.filter(pk__in=ids_with_count).update(automatic_trade_count=F("automatic_trade_count") + count)  # history-ok: counter
+    signal_ids = [signal.pk for signal in queued]
+    if signal_ids:
+        transaction.on_commit(lambda: [current_app.send_task(ORDER_EXECUTE_TASK, args=[pk]) for pk in signal_ids])
+    return statuses
+
+
 def _empty_trades() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object" if c == "side" else ("int64" if c == "ts_ns" else "float64"))
                          for c in TRADE_COLUMNS})
@@ -340,32 +429,51 @@ class _SymbolLock:
 
 
 def _lock_and_read(client: Any, lock: _SymbolLock, symbol: str, *, clear_pending: bool) -> _Reads | None:
-    """Clear the pending flag, take the lock and read the Redis keys in one round trip; None when busy too long.
+    """Clear the pending flag, take the lock and read the Redis keys in one round trip; None when busy too long."""
+    acquired, _busy = _lock_and_read_many(client, {symbol: lock}, [symbol], clear_pending=clear_pending,
+                                          deadline=time.monotonic() + LOCK_WAIT_S, wait_all=True)
+    return acquired.get(symbol)
 
-    The reads after ``SET NX`` see every write of the previous holder, which
-    wrote them before its release. When another worker holds the lock, the
-    reads are dropped and the whole pipeline (without the flag) is sent again
-    every ``LOCK_POLL_S`` until the lock is free or ``LOCK_WAIT_S`` has passed.
+
+def _lock_and_read_many(client: Any, locks: dict[str, _SymbolLock], symbols: list[str], *, clear_pending: bool,
+                        deadline: float, wait_all: bool) -> tuple[dict[str, _Reads], list[str]]:
+    """Clear the pending flags, take the locks and read the Redis keys of ``symbols`` in one round trip.
+
+    Returns the reads of the symbols whose lock was taken and the symbols
+    still busy. The reads after ``SET NX`` see every write of the previous
+    holder, which wrote them before its release. Busy symbols are tried
+    again (without their flags) every ``LOCK_POLL_S`` until ``deadline``:
+    at once when ``wait_all`` or when no lock at all was taken, otherwise
+    the caller runs the taken symbols first and asks again.
     """
-    deadline = time.monotonic() + LOCK_WAIT_S
+    acquired: dict[str, _Reads] = {}
+    todo = list(symbols)
     while True:
         pipe = client.pipeline(transaction=False)
-        if clear_pending:
-            # First: data ingested from now on asks for a new detection, so
-            # nothing that arrives during this run is missed.
-            pipe.delete(redis_keys.detect_pending(symbol))
-        lock.acquire_in(pipe)
-        pipe.hgetall(last_evaluated_key(symbol))
-        pipe.get(redis_keys.book(symbol))
-        pipe.get(redis_keys.quote(symbol))
+        for symbol in todo:
+            if clear_pending:
+                # First: data ingested from now on asks for a new detection, so
+                # nothing that arrives during this run is missed.
+                pipe.delete(redis_keys.detect_pending(symbol))
+            locks[symbol].acquire_in(pipe)
+            pipe.hgetall(last_evaluated_key(symbol))
+            pipe.get(redis_keys.book(symbol))
+            pipe.get(redis_keys.quote(symbol))
         replies = pipe.execute()
-        acquired, seen_raw, book_raw, quote_raw = replies[-4:]
-        if acquired:
-            lock.held = True
-            return _Reads(last_seen={k.decode(): int(v) for k, v in seen_raw.items()}, book_raw=book_raw, quote_raw=quote_raw)
+        width = 5 if clear_pending else 4
+        busy = []
+        for index, symbol in enumerate(todo):
+            got, seen_raw, book_raw, quote_raw = replies[index * width + width - 4 : (index + 1) * width]
+            if got:
+                locks[symbol].held = True
+                acquired[symbol] = _Reads(last_seen={k.decode(): int(v) for k, v in seen_raw.items()},
+                                          book_raw=book_raw, quote_raw=quote_raw)
+            else:
+                busy.append(symbol)
         clear_pending = False
-        if time.monotonic() + LOCK_POLL_S > deadline:
-            return None
+        todo = busy
+        if not todo or (acquired and not wait_all) or time.monotonic() + LOCK_POLL_S > deadline:
+            return acquired, todo
         time.sleep(LOCK_POLL_S)
 
 
@@ -375,79 +483,196 @@ def detect_symbol(*, symbol: str, clear_pending: bool = False) -> DetectResult:
     ``clear_pending``: the detect task passes True, so the ingest side's
     coalescing flag is cleared in the same round trip that takes the lock.
     """
+    return detect_symbols(symbols=[symbol], clear_pending=clear_pending)[0]
+
+
+def detect_symbols(*, symbols: list[str], clear_pending: bool = False) -> list[DetectResult]:
+    """``detect_symbol`` for several symbols in one pass: the round trips and the signal transaction are shared.
+
+    One result per distinct symbol, in order. Symbols another worker holds
+    are waited for (up to ``LOCK_WAIT_S``) after the free ones have run; a
+    symbol still busy then is dropped with a warning (its result is empty).
+    A symbol whose evaluation raises is logged and left out of the pass (its
+    result carries the error, and its data is evaluated again by the next
+    pass); the other symbols go on.
+    """
+    symbols = list(dict.fromkeys(symbols))
+    for symbol in symbols:
+        if not isinstance(symbol, str) or not symbol:
+            raise ValueError(f"detect_symbols: every symbol must be a non-empty string, got {symbol!r}")
     client = redis_client()
-    lock = _SymbolLock(client, symbol)
-    # One detection per symbol at a time: two workers on the same data would
-    # race on the same quote; the second waits and then sees nothing new.
-    t0 = time.perf_counter()
-    reads = _lock_and_read(client, lock, symbol, clear_pending=clear_pending)
-    lock_ms = (time.perf_counter() - t0) * 1e3
-    if reads is None:
-        logger.warning("detection on %s still busy after %s s; this request is dropped", symbol, LOCK_WAIT_S)
-        return DetectResult(symbol=symbol)
+    locks = {symbol: _SymbolLock(client, symbol) for symbol in symbols}
+    results = {symbol: DetectResult(symbol=symbol) for symbol in symbols}
+    deadline = time.monotonic() + LOCK_WAIT_S
+    todo = symbols
     try:
-        result = _detect(symbol, client, lock, reads)
-        result.timings_ms["lock_and_read"] = lock_ms
-        return result
+        while todo:
+            t0 = time.perf_counter()
+            # One detection per symbol at a time: two workers on the same data
+            # would race on the same quote; the second waits and then sees nothing new.
+            acquired, todo = _lock_and_read_many(client, locks, todo, clear_pending=clear_pending, deadline=deadline,
+                                                 wait_all=False)
+            clear_pending = False
+            lock_ms = (time.perf_counter() - t0) * 1e3
+            if acquired:
+                _detect_many(client, locks, acquired, results)
+                for symbol in acquired:
+                    results[symbol].timings_ms["lock_and_read"] = lock_ms
+            elif todo:
+                for symbol in todo:
+                    logger.warning("detection on %s still busy after %s s; this request is dropped", symbol, LOCK_WAIT_S)
+                break
     finally:
-        # Normally released in the last write pipeline; this covers the early returns and errors.
-        try:
-            lock.release()
-        except Exception:
-            # Redis is unreachable: the lock expires on its own after LOCK_TIMEOUT_MS.
-            logger.warning("detection lock on %s could not be released", symbol, exc_info=True)
+        # Normally released in the last write pipeline; this covers errors.
+        for lock in locks.values():
+            try:
+                lock.release()
+            except Exception:
+                # Redis is unreachable: the lock expires on its own after LOCK_TIMEOUT_MS.
+                logger.warning("detection lock on %s could not be released", lock.symbol, exc_info=True)
+    return [results[symbol] for symbol in symbols]
 
 
-def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> DetectResult:
+@dataclass
+class _SymbolPass:
+    """One symbol's state through a pass."""
+
+    symbol: str
+    reads: _Reads
+    result: DetectResult
+    sized: tuple[int, bool]
+    windows: Any = None
+    plans: list[_Plan] = field(default_factory=list)
+    due: list[_Plan] = field(default_factory=list)
+    market_ts_ns: int | None = None
+    batch: _Batch | None = None
+
+
+def _fingerprints(rows: list[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str, _Reads],
+                 results: dict[str, DetectResult]) -> None:
     started = time.perf_counter()
-    result = DetectResult(symbol=symbol)
-    # One PostgreSQL round trip: the automations fingerprint and the quote
-    # and trade windows, sized from the last pass. The window cache moves
-    # only the rows ingested since this worker's last pass on the symbol,
-    # and checks in the same statement that nothing landed behind its tail
-    # (see ingestion.selectors).
-    sized_quotes, sized_trades = _window_needs.get(symbol, (REGIME_QUOTES, False))
-    windows = market.windows_read(
-        symbol, quotes=sized_quotes, trades=TRADE_ROWS if sized_trades else 0,
-        extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, symbol])],
-    )
-    automations = _active_automations(symbol, tuple(windows.extra[0][0]))
+    passes = [_SymbolPass(symbol=symbol, reads=reads, result=results[symbol],
+                          sized=_window_needs.get(symbol, (REGIME_QUOTES, False)))
+              for symbol, reads in acquired.items()]
+    # 1. One PostgreSQL round trip: the automations' fingerprints of every
+    # symbol and the quote and trade windows, sized from each symbol's last
+    # pass. The window cache moves only the rows ingested since this worker's
+    # last pass on the symbol, and checks in the same statement that nothing
+    # landed behind its tail (see ingestion.selectors).
+    requests = [market.WindowRequest(symbol=p.symbol, quotes=p.sized[0], trades=TRADE_ROWS if p.sized[1] else 0)
+                for p in passes]
+    requests[0] = market.WindowRequest(symbol=requests[0].symbol, quotes=requests[0].quotes, trades=requests[0].trades,
+                                       extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, list(acquired)])])
+    windows = market.windows_read_many(requests)
+    fingerprints = _fingerprints(windows[0].extra[0])
     if len(_window_needs) > 10_000:
         _window_needs.clear()
-    result.automations = len(automations)
-    if not automations:
-        # No window reads for this symbol until an automation appears.
-        _window_needs[symbol] = (0, False)
-        return result
-    plans = [p for p in (_plan(a) for a in automations) if p is not None]
-    need_quotes = max([REGIME_QUOTES, *(p.strategy.min_history(p.params) + 1 for p in plans)])
-    need_trades = any(p.strategy.trade_lookback_ns(p.params) > 0 for p in plans)
-    _window_needs[symbol] = (need_quotes, need_trades)
-    quotes = windows.quotes if need_quotes == sized_quotes else market.quotes_window(symbol, need_quotes)
-    result.timings_ms["load_quotes"] = (time.perf_counter() - started) * 1e3
+    again: list[market.WindowRequest] = []
+    for p, w in zip(passes, windows, strict=True):
+        p.windows = w
+        automations = _active_automations(p.symbol, fingerprints.get(p.symbol, (0, None, None)))
+        p.result.automations = len(automations)
+        if not automations:
+            # No window reads for this symbol until an automation appears.
+            _window_needs[p.symbol] = (0, False)
+            continue
+        p.plans = [plan for plan in (_plan(a) for a in automations) if plan is not None]
+        need_quotes = max([REGIME_QUOTES, *(plan.strategy.min_history(plan.params) + 1 for plan in p.plans)])
+        need_trades = any(plan.strategy.trade_lookback_ns(plan.params) > 0 for plan in p.plans)
+        _window_needs[p.symbol] = (need_quotes, need_trades)
+        # A window the automations need that was not read: one more round trip, shared.
+        more_quotes = need_quotes if need_quotes != p.sized[0] else 0
+        more_trades = TRADE_ROWS if need_trades and w.trades is None else 0
+        if more_quotes or more_trades:
+            again.append(market.WindowRequest(symbol=p.symbol, quotes=more_quotes, trades=more_trades))
+    if again:
+        by_symbol = {p.symbol: p for p in passes}
+        for request, w in zip(again, market.windows_read_many(again), strict=True):
+            old = by_symbol[request.symbol].windows
+            by_symbol[request.symbol].windows = market.Windows(
+                quotes=w.quotes if request.quotes else old.quotes, trades=w.trades if request.trades else old.trades,
+                extra=old.extra,
+            )
+    load_ms = (time.perf_counter() - started) * 1e3
+
+    # 2. Per symbol: skip automations that already evaluated the latest
+    # quote, compute features and the regime once, evaluate the strategies.
+    work: list[tuple[_Plan, Intent, _Batch]] = []
+    for p in passes:
+        p.result.timings_ms["load_quotes"] = load_ms
+        if not p.plans:
+            continue
+        try:
+            work.extend(_evaluate_symbol(p))
+        except Exception as exc:
+            # One symbol's bad data must not stop the others; its last
+            # evaluated time is not recorded, so the next pass tries again.
+            logger.exception("detection on %s failed", p.symbol)
+            p.result.error = f"{type(exc).__name__}: {exc}"
+            p.due = []
+
+    # 3. One transaction for every signal of the pass.
+    t0 = time.perf_counter()
+    for item, status in zip(work, _route_many(work), strict=True):
+        if status is not None:
+            signals = results[item[2].symbol].signals
+            signals[status] = signals.get(status, 0) + 1
+    signals_ms = (time.perf_counter() - t0) * 1e3
+
+    # 4. One Redis pipeline: record the evaluated timestamps, then release the
+    # locks (compare-and-delete on each token), so the next holder sees them.
+    # Independent writes: no MULTI/EXEC needed.
+    t0 = time.perf_counter()
+    pipe = client.pipeline(transaction=False)
+    written = 0
+    for p in passes:
+        if p.due and p.market_ts_ns is not None:
+            key = last_evaluated_key(p.symbol)
+            pipe.hset(key, mapping={str(plan.automation.pk): p.market_ts_ns for plan in p.due})
+            pipe.expire(key, LAST_EVALUATED_TTL_S)
+            written += 2
+    for p in passes:
+        locks[p.symbol].release_in(pipe)
+    replies = pipe.execute(raise_on_error=False)
+    for reply in replies[:written]:
+        if isinstance(reply, Exception):
+            raise reply
+    for p, reply in zip(passes, replies[written:], strict=True):
+        locks[p.symbol].released(reply)
+    release_ms = (time.perf_counter() - t0) * 1e3
+    total_ms = (time.perf_counter() - started) * 1e3
+    for p in passes:
+        p.result.timings_ms.update(signals=signals_ms, write_and_release=release_ms, total=total_ms)
+        if len(passes) > 1:
+            # Phases are shared by the pass's symbols: say how many, so sums are not taken as per symbol.
+            p.result.timings_ms["symbols_in_pass"] = float(len(passes))
+
+
+def _evaluate_symbol(p: _SymbolPass) -> list[tuple[_Plan, Intent, _Batch]]:
+    """Features, regime and every due automation's intents on one symbol's window."""
+    result = p.result
+    quotes = p.windows.quotes
     if quotes is None or quotes.empty:
-        return result
+        return []
     market_ts_ns = int(quotes["ts_ns"].iloc[-1])
-    result.market_ts_ns = market_ts_ns
+    p.market_ts_ns = result.market_ts_ns = market_ts_ns
     # The last evaluated quote per automation came with the lock; the book
     # is parsed only when some automation is due.
-    due = [p for p in plans if reads.last_seen.get(str(p.automation.pk), -1) < market_ts_ns]
-    result.skipped_same_data = len(plans) - len(due)
-    if not due:
-        return result
-
+    p.due = [plan for plan in p.plans if p.reads.last_seen.get(str(plan.automation.pk), -1) < market_ts_ns]
+    result.skipped_same_data = len(p.plans) - len(p.due)
+    if not p.due:
+        return []
     t0 = time.perf_counter()
-    if not need_trades:
-        trades = _empty_trades()
-    elif windows.trades is not None:
-        trades = windows.trades
-    else:
-        trades = market.trades_window(symbol, TRADE_ROWS)
-    levels = max(p.automation.snapshot_levels for p in due)
-    book = market.book_from_json(reads.book_raw, n=levels)
-    quote = market.quote_from_json(reads.quote_raw)
+    trades = p.windows.trades if p.windows.trades is not None else _empty_trades()
+    levels = max(plan.automation.snapshot_levels for plan in p.due)
+    book = market.book_from_json(p.reads.book_raw, n=levels)
+    quote = market.quote_from_json(p.reads.quote_raw)
     now_ns = max(market_ts_ns, int(trades["ts_ns"].iloc[-1]) if len(trades) else 0)
-    window = MarketWindow(symbol=symbol, quotes=quotes, trades=trades, book=book, now_ns=now_ns)
+    window = MarketWindow(symbol=p.symbol, quotes=quotes, trades=trades, book=book, now_ns=now_ns)
     features = compute_features(window)
     regime = tag_regime(window, features=features)
     result.timings_ms["load_rest_and_features"] = (time.perf_counter() - t0) * 1e3
@@ -457,7 +682,7 @@ def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> Detec
     bid, ask = features.last_bid_decimal(), features.last_ask_decimal()
     valid_book = bid > 0 and ask > 0
     batch = _Batch(
-        symbol=symbol, regime=regime, regime_dict=regime.as_dict(),
+        symbol=p.symbol, regime=regime, regime_dict=regime.as_dict(),
         base_features={
             "microprice": float(features.microprice[-1]), "tob_imbalance": float(features.tob_imbalance[-1]),
             "l2_imbalance": features.l2_imbalance(10),
@@ -467,41 +692,19 @@ def _detect(symbol: str, client: Any, lock: _SymbolLock, reads: _Reads) -> Detec
         spread_bps=float(features.spread_bps[-1]) if math.isfinite(float(features.spread_bps[-1])) else None,
         market_ts_ns=market_ts_ns, book=book,
     )
+    p.batch = batch
 
     t0 = time.perf_counter()
-    work: list[tuple[_Plan, Intent]] = []
-    for plan in due:
+    work: list[tuple[_Plan, Intent, _Batch]] = []
+    for plan in p.due:
         try:
             intents = plan.strategy.evaluate(window, plan.params, features)
         except Exception:
             # One broken strategy must not stop the others on the symbol.
             logger.exception("strategy %s failed for automation %s", plan.automation.strategy, plan.automation.pk)
             continue
-        work.extend((plan, intent) for intent in intents)
-    result.evaluated = len(due)
+        work.extend((plan, intent, batch) for intent in intents)
+    result.evaluated = len(p.due)
     result.intents = len(work)
     result.timings_ms["evaluate"] = (time.perf_counter() - t0) * 1e3
-
-    t0 = time.perf_counter()
-    for plan, intent in work:
-        status = _route(plan, intent, batch)
-        if status is not None:
-            result.signals[status] = result.signals.get(status, 0) + 1
-    result.timings_ms["signals"] = (time.perf_counter() - t0) * 1e3
-
-    t0 = time.perf_counter()
-    key = last_evaluated_key(symbol)
-    # Independent writes and the lock's release: no MULTI/EXEC needed, one
-    # round trip. The release comes last, so the next holder reads these writes.
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(key, mapping={str(p.automation.pk): market_ts_ns for p in due})
-    pipe.expire(key, LAST_EVALUATED_TTL_S)
-    lock.release_in(pipe)
-    replies = pipe.execute(raise_on_error=False)
-    for reply in replies[:2]:
-        if isinstance(reply, Exception):
-            raise reply
-    lock.released(replies[2])
-    result.timings_ms["write_and_release"] = (time.perf_counter() - t0) * 1e3
-    result.timings_ms["total"] = (time.perf_counter() - started) * 1e3
-    return result
+    return work

@@ -159,6 +159,92 @@ def signal_create(*, automation: Automation, side: str, quantity: Decimal, limit
     return _apply_transition(signal, S.NEW, actor_label=actor_label, reason=reason, actor=None, now=now, insert=True)
 
 
+def push_sequence_next_many(count: int) -> list[int]:
+    """``count`` numbers of the push sequence in one round trip, ascending."""
+    if count <= 0:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval('automations_signal_push_seq') FROM generate_series(1, %s)", [count])
+        return sorted(int(row[0]) for row in cursor.fetchall())
+
+
+@dataclass
+class RoutedSignal:
+    """A signal to create together with its first move out of ``new`` (see ``signals_create_routed``)."""
+
+    automation: Automation
+    side: str
+    quantity: Decimal
+    limit_price: Decimal
+    reason: str
+    to_status: str
+    status_reason: str
+    context: dict[str, Any]
+
+
+@transaction.atomic(savepoint=False)
+def signals_create_routed(*, signals: list[RoutedSignal], actor_label: str = "worker-detect") -> list[Signal]:
+    """Create several signals and move each out of ``new``, in the caller's transaction, in few round trips.
+
+    Writes exactly the rows that ``signal_create`` followed by
+    ``signal_transition(to_status=...)`` writes for each signal: the Signal in
+    its routed state, two ``SignalTransition`` rows (birth, then the move), two
+    ``signal_state`` audit events on the hash chain (in that order, per
+    signal) and two numbered pushes on commit. The Signal rows and the
+    transitions are inserted with one statement each; the audit events go
+    through ``audit_event_record`` one by one (the chain is sequential). The
+    signals are new rows nobody else can hold, so no row lock is needed.
+
+    Raises ``DomainError`` before writing anything when a move is not a legal
+    first move; an ``IntegrityError`` (a signal already exists for the same
+    automation, market time and side) fails the caller's transaction.
+    """
+    allowed = ALLOWED_TRANSITIONS[S.NEW]
+    for item in signals:
+        if item.to_status not in allowed:
+            raise DomainError(f"a new signal cannot go to {item.to_status}", code="illegal_transition")
+    if not signals:
+        return []
+    now = timezone.now()
+    numbers = push_sequence_next_many(2 * len(signals))
+    rows: list[Signal] = []
+    births: list[dict[str, Any]] = []
+    for index, item in enumerate(signals):
+        born_seq, moved_seq = numbers[2 * index], numbers[2 * index + 1]
+        context = dict(item.context)
+        context.setdefault("created_at", now)
+        context.setdefault("expires_at", context["created_at"] + timedelta(seconds=item.automation.signal_expiry_seconds))
+        signal = Signal(automation=item.automation, symbol=item.automation.symbol, side=item.side,
+                        quantity=item.quantity, limit_price=item.limit_price, reason=item.reason,
+                        status=item.to_status, status_reason=item.status_reason, sequence=moved_seq,
+                        decided_at=now if item.to_status in _DECIDING else None, **context)
+        rows.append(signal)
+        births.append({"seq": born_seq})
+    Signal.objects.bulk_create(rows)
+    transitions = []
+    for signal, item, birth in zip(rows, signals, births, strict=True):
+        transitions.append(SignalTransition(signal=signal, at=now, from_status="", to_status=S.NEW,
+                                            actor_label=actor_label, reason=item.reason, sequence=birth["seq"]))
+        transitions.append(SignalTransition(signal=signal, at=now, from_status=S.NEW, to_status=item.to_status,
+                                            actor_label=actor_label, reason=item.status_reason, sequence=signal.sequence))
+    SignalTransition.objects.bulk_create(transitions)
+    for signal, item, birth in zip(rows, signals, births, strict=True):
+        for from_status, to_status, reason, seq in (("", S.NEW, item.reason, birth["seq"]),
+                                                    (S.NEW, item.to_status, item.status_reason, signal.sequence)):
+            audit_event_record(
+                kind=AuditEvent.Kind.SIGNAL_STATE, actor=None, actor_label=actor_label, subject=signal, reason=reason,
+                data={"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
+            )
+        # The birth message shows the signal as it was at birth, like signal_create's.
+        born = signal_payload(signal)
+        born.update(status=S.NEW, status_reason=item.reason, sequence=birth["seq"], decided_at=None)
+        moved = signal_payload(signal)
+        for message in ({"type": "signal", "seq": birth["seq"], "signal": born},
+                        {"type": "signal", "seq": signal.sequence, "signal": moved}):
+            transaction.on_commit(lambda message=message: signal_push(message))
+    return rows
+
+
 def signals_expire(*, now: datetime | None = None, limit: int = 500) -> int:
     """Expire signals past ``expires_at`` that nobody acted on; return how many.
 

@@ -349,9 +349,17 @@ class Windows:
     extra: list[list[tuple[Any, ...]]]
 
 
-def windows_read(
-    symbol: str, *, quotes: int = 0, trades: int = 0, extra: Sequence[tuple[str, Sequence[Any]]] = ()
-) -> Windows:
+@dataclass(frozen=True)
+class WindowRequest:
+    """One symbol's part of ``windows_read_many``: window sizes (0 skips a table) and the caller's own reads."""
+
+    symbol: str
+    quotes: int = 0
+    trades: int = 0
+    extra: Sequence[tuple[str, Sequence[Any]]] = ()
+
+
+def windows_read(symbol: str, *, quotes: int = 0, trades: int = 0, extra: Sequence[tuple[str, Sequence[Any]]] = ()) -> Windows:
     """``quotes_window(symbol, quotes)`` and ``trades_window(symbol, trades)`` (each skipped when 0), in one round trip.
 
     ``extra`` statements (SQL with ``%s`` placeholders, and parameters) are the
@@ -360,21 +368,46 @@ def windows_read(
     to be loaded in full again (see the module docstring) costs a second
     round trip, shared by both tables.
     """
-    reads: list[tuple[WindowCache, _Read]] = []
-    if quotes > 0:
-        reads.append((QUOTE_WINDOWS, QUOTE_WINDOWS.plan(symbol, quotes)))
-    if trades > 0:
-        reads.append((TRADE_WINDOWS, TRADE_WINDOWS.plan(symbol, trades)))
-    results = _prepared_many([*((r.sql, r.params) for _, r in reads), *extra])
-    frames: dict[str, pd.DataFrame | None] = {}
-    again: list[tuple[WindowCache, _Read]] = []
-    for (cache, read), rows in zip(reads, results, strict=False):
-        frames[cache.table.name] = cache.apply(read, rows)
-        if frames[cache.table.name] is None:
-            again.append((cache, cache.plan_full(symbol, read.n)))
+    return windows_read_many([WindowRequest(symbol=symbol, quotes=quotes, trades=trades, extra=tuple(extra))])[0]
+
+
+def windows_read_many(requests: Sequence[WindowRequest]) -> list[Windows]:
+    """``windows_read`` for several symbols at once: every read in one round trip, full reloads in one more.
+
+    The result has one ``Windows`` per request, in order. A symbol may appear
+    only once (its cached window is extended once per read); a repeated
+    symbol raises ``ValueError``.
+    """
+    symbols = [r.symbol for r in requests]
+    if len(set(symbols)) != len(symbols):
+        raise ValueError(f"windows_read_many: a symbol may be asked for once per call, got {symbols}")
+    # (request index, cache, planned read) per window read, then every statement in order.
+    reads: list[tuple[int, WindowCache, _Read]] = []
+    statements: list[tuple[str, Sequence[Any]]] = []
+    for index, request in enumerate(requests):
+        if request.quotes > 0:
+            reads.append((index, QUOTE_WINDOWS, QUOTE_WINDOWS.plan(request.symbol, request.quotes)))
+        if request.trades > 0:
+            reads.append((index, TRADE_WINDOWS, TRADE_WINDOWS.plan(request.symbol, request.trades)))
+    statements = [(r.sql, r.params) for _, _, r in reads]
+    for request in requests:
+        statements.extend(request.extra)
+    if not statements:
+        return [Windows(quotes=None, trades=None, extra=[]) for _ in requests]
+    results = _prepared_many(statements)
+    frames: list[dict[str, pd.DataFrame | None]] = [{} for _ in requests]
+    again: list[tuple[int, WindowCache, _Read]] = []
+    for (index, cache, read), rows in zip(reads, results, strict=False):
+        frames[index][cache.table.name] = cache.apply(read, rows)
+        if frames[index][cache.table.name] is None:
+            again.append((index, cache, cache.plan_full(read.symbol, read.n)))
     if again:
-        for (cache, read), rows in zip(again, _prepared_many([(r.sql, r.params) for _, r in again]), strict=True):
-            frames[cache.table.name] = cache.apply(read, rows)
-    return Windows(
-        quotes=frames.get(_QUOTES.name), trades=frames.get(_TRADES.name), extra=results[len(reads) :]
-    )
+        for (index, cache, read), rows in zip(again, _prepared_many([(r.sql, r.params) for _, _, r in again]), strict=True):
+            frames[index][cache.table.name] = cache.apply(read, rows)
+    out = []
+    position = len(reads)
+    for index, request in enumerate(requests):
+        extra_rows = results[position : position + len(request.extra)]
+        position += len(request.extra)
+        out.append(Windows(quotes=frames[index].get(_QUOTES.name), trades=frames[index].get(_TRADES.name), extra=extra_rows))
+    return out

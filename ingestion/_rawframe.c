@@ -50,7 +50,7 @@
 #include <openssl/sha.h>
 #endif
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2 /* rawstore._RAWFRAME_ABI: bump when the functions rawstore calls change */
 #define FRAME_MAGIC 0xF5A1u
 #define DIGEST 32
 #define FRAME_HEADER 86 /* 2 + 4 + 8 + 8 + 32 + 32 */
@@ -475,12 +475,55 @@ static PyObject *hash_chain_only(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)link, DIGEST);
 }
 
+/* ------------------------------------------------------------------ references */
+
+PyDoc_STRVAR(make_refs_doc,
+             "make_refs(cls, stream_slot, seq_slot, stream, first, last) -> list\n\n"
+             "[cls(stream, s) for s in first..last], built as rawstore._refs does:\n"
+             "cls.__new__ without __init__, then each slot set through its descriptor.");
+
+static PyObject *make_refs(PyObject *self, PyObject *args) {
+    PyTypeObject *cls;
+    PyObject *stream_slot, *seq_slot, *stream;
+    long long first, last;
+    if (!PyArg_ParseTuple(args, "O!OOOLL:make_refs", &PyType_Type, &cls, &stream_slot, &seq_slot, &stream, &first, &last))
+        return NULL;
+    descrsetfunc set_stream = Py_TYPE(stream_slot)->tp_descr_set;
+    descrsetfunc set_seq = Py_TYPE(seq_slot)->tp_descr_set;
+    if (set_stream == NULL || set_seq == NULL) {
+        PyErr_SetString(PyExc_TypeError, "stream_slot and seq_slot must be data descriptors");
+        return NULL;
+    }
+    Py_ssize_t n = last >= first ? (Py_ssize_t)(last - first + 1) : 0;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *ref = cls->tp_alloc(cls, 0);
+        if (ref == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, ref);
+        PyObject *seq = PyLong_FromLongLong(first + i);
+        if (seq == NULL)
+            goto fail;
+        int bad = set_stream(stream_slot, ref, stream) < 0 || set_seq(seq_slot, ref, seq) < 0;
+        Py_DECREF(seq);
+        if (bad)
+            goto fail;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
     {"frame_const", frame_const, METH_VARARGS, frame_const_doc},
     {"frame_var", frame_var, METH_VARARGS, frame_var_doc},
     {"hash_chain_only", hash_chain_only, METH_VARARGS, hash_chain_only_doc},
+    {"make_refs", make_refs, METH_VARARGS, make_refs_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -13,6 +13,7 @@ its build step is noticed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 
 from ingestion import rawstore
 from ingestion.rawstore import ProblemKind, RawStore, verify_raw_main
+from ingestion.types import RawRef
 
 try:
     from ingestion import _rawframe  # type: ignore[attr-defined]
@@ -309,3 +311,27 @@ def test_a_tampered_store_written_by_the_c_framer_fails_verification(tmp_path: P
     assert not report.ok
     assert [(p.kind, p.segment, p.seq) for p in report.problems] == [(ProblemKind.PAYLOAD_EDITED, "2024/03/06/binance.seg", 451)]
     assert verify_raw_main(tmp_path, DAY + timedelta(days=1), False, out=open(os.devnull, "w")) == 1  # noqa: SIM115
+
+
+# --------------------------------------------------------------------------- references
+
+
+@pytest.mark.parametrize(("first", "last"), [(1, 1), (5, 1_004), (3, 2)])
+def test_it_builds_the_same_refs_as_the_rawref_constructor(first: int, last: int, framer: None) -> None:
+    expected = [RawRef("binance", s) for s in range(first, last + 1)]
+    rawstore._select_framer("c")
+    from_c = rawstore._refs("binance", first, last)
+    rawstore._select_framer("python")
+    from_py = rawstore._refs("binance", first, last)
+
+    assert from_c == from_py == expected
+    assert all(type(r) is RawRef for r in from_c)
+    assert {hash(r) for r in from_c} == {hash(r) for r in expected}
+    if from_c:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            from_c[0].seq = 99  # type: ignore[misc]
+
+
+def test_make_refs_refuses_slots_that_are_not_descriptors() -> None:
+    with pytest.raises(TypeError, match="descriptors"):
+        _rawframe.make_refs(RawRef, None, None, "s", 1, 2)

@@ -43,8 +43,9 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 
+from ingestion.clock import ClockEstimator  # noqa: E402
 from ingestion.parsers import iter_file_records, parse  # noqa: E402
-from ingestion.services import IngestPipeline, IngestResult  # noqa: E402
+from ingestion.services import IngestPipeline, IngestResult, _clock_update  # noqa: E402
 from ingestion.validation import Validator  # noqa: E402
 
 DATA = Path(os.environ.get("FP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -123,14 +124,13 @@ def run(stream: str) -> None:
             parse_runs.append(time.perf_counter() - started)
 
             pipeline = IngestPipeline(known_symbols={"BTCUSDT"})
+            validator = Validator(known_symbols={"BTCUSDT"})
             started = time.perf_counter()
             for chunk in batches(records):
                 result = IngestResult()
-                batch = pipeline._parse_batch(stream, fmt, chunk, None, Validator(known_symbols={"BTCUSDT"}), result)
-                pipeline.clocks.setdefault(stream, __import__("ingestion.clock").clock.ClockEstimator()).update_many(
-                    batch.samples
-                )
-                pipeline.liquidity.update_many(batch.quotes)
+                batch = pipeline._parse_batch(stream, fmt, chunk, None, validator, result)
+                _clock_update(pipeline.clocks.setdefault(stream, ClockEstimator()), batch.samples)
+                pipeline._update_liquidity(batch)
             hot_runs.append(time.perf_counter() - started)
 
             cleanup(stream)

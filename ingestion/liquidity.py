@@ -22,9 +22,11 @@ quotes only (a NaN price would make every figure NaN). Pure: no Django, no ORM.
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import numpy as np
 
 from ingestion.types import QuoteTick
 
@@ -74,13 +76,20 @@ class LiquidityState:
 class _Window:
     first_ts_ns: int
     last: QuoteTick
-    # (source_ts_ns, spread_bps) per quote in the window, oldest first.
-    entries: deque[tuple[int, float]] = field(default_factory=deque)
-    spread_sum: float = 0.0
-    added: int = 0
+    # Venue time and spread (bps) of each quote in the window, oldest first.
+    ts: np.ndarray
+    spreads: np.ndarray
     last_spread_bps: float = 0.0
     bid_notional: float = 0.0
     ask_notional: float = 0.0
+
+    def evict(self, cutoff: int) -> None:
+        """Drop the quotes at the head of the window with a venue time at or before ``cutoff``."""
+        beyond = self.ts > cutoff
+        keep_from = int(beyond.argmax()) if beyond.any() else len(self.ts)
+        if keep_from:
+            self.ts = self.ts[keep_from:]
+            self.spreads = self.spreads[keep_from:]
 
 
 class LiquidityMonitor:
@@ -90,11 +99,14 @@ class LiquidityMonitor:
     ``max_spread_bps``: mean spread above this flags ``wide_spread``.
     ``min_top_notional``: thinner side's notional below this flags ``thin_book``.
     ``min_quote_rate``: quotes per second below this flags ``slow_quotes``.
-    """
 
-    # The running float sum is rebuilt from the window this often, so rounding
-    # error from millions of add/subtract pairs cannot accumulate.
-    _RESUM_EVERY = 10_000
+    The window is kept as numpy arrays and a batch of quotes goes in with a
+    few array operations (``update_arrays``); the mean spread is the
+    correctly rounded sum (``math.fsum``) of the window, so it depends only on
+    what the window holds, not on how the quotes were batched. Quotes must
+    reach it in venue-time order per symbol, which the validator guarantees
+    (an older quote is refused as ``out_of_order``).
+    """
 
     def __init__(
         self,
@@ -115,8 +127,7 @@ class LiquidityMonitor:
 
     def update(self, quote: QuoteTick) -> LiquidityState:
         """Add one quote and return its symbol's liquidity state."""
-        win = self._add(quote)
-        return self._state(win, quote.source_ts_ns)
+        return self.update_many([quote])[quote.symbol]
 
     def update_many(self, quotes: Iterable[QuoteTick]) -> dict[str, LiquidityState]:
         """Add a batch of quotes; return each touched symbol's state after its last quote.
@@ -124,38 +135,52 @@ class LiquidityMonitor:
         Identical to calling ``update`` per quote, but builds one state per
         symbol per batch instead of one per tick.
         """
-        last: dict[str, tuple[_Window, int]] = {}
-        add = self._add
+        by_symbol: dict[str, list[QuoteTick]] = {}
         for quote in quotes:
-            last[quote.symbol] = (add(quote), quote.source_ts_ns)
-        return {symbol: self._state(win, ts) for symbol, (win, ts) in last.items()}
+            by_symbol.setdefault(quote.symbol, []).append(quote)
+        out = {}
+        for symbol, ticks in by_symbol.items():
+            columns = [
+                np.fromiter(map(float, values), dtype=np.float64, count=len(ticks))
+                for values in zip(*((q.bid, q.ask, q.bid_size, q.ask_size) for q in ticks), strict=True)
+            ]
+            ts = np.fromiter((q.source_ts_ns for q in ticks), dtype=np.int64, count=len(ticks))
+            out[symbol] = self.update_arrays(symbol, ts, *columns, last=ticks[-1])
+        return out
 
-    def _add(self, quote: QuoteTick) -> _Window:
-        bid = float(quote.bid)
-        ask = float(quote.ask)
+    def update_arrays(
+        self,
+        symbol: str,
+        ts: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+        bid_size: np.ndarray,
+        ask_size: np.ndarray,
+        *,
+        last: QuoteTick,
+    ) -> LiquidityState:
+        """Add one symbol's quotes of a batch as arrays (venue ns; prices and sizes as floats).
+
+        ``last`` is the batch's last quote of the symbol. Returns the state
+        after it.
+        """
         mid = (bid + ask) / 2
-        spread_bps = (ask - bid) / mid * 10_000 if mid > 0 else float("inf")
-        ts = quote.source_ts_ns
-
-        win = self._windows.get(quote.symbol)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spreads = np.where(mid > 0, (ask - bid) / mid * 10_000, np.inf)
+        win = self._windows.get(symbol)
         if win is None:
-            win = self._windows[quote.symbol] = _Window(first_ts_ns=ts, last=quote)
-        win.entries.append((ts, spread_bps))
-        win.spread_sum += spread_bps
-        win.added += 1
-        win.last = quote
-        win.last_spread_bps = spread_bps
-        win.bid_notional = bid * float(quote.bid_size)
-        win.ask_notional = ask * float(quote.ask_size)
-        # Evict here too, so a long batch through ``update_many`` keeps the
-        # window bounded without building a state per quote.
-        cutoff = ts - self.window_ns
-        entries = win.entries
-        while entries[0][0] <= cutoff:
-            win.spread_sum -= entries.popleft()[1]
-        if win.added % self._RESUM_EVERY == 0:
-            win.spread_sum = sum(spread for _ts, spread in entries)
-        return win
+            win = self._windows[symbol] = _Window(
+                first_ts_ns=int(ts[0]), last=last, ts=np.empty(0, dtype=np.int64), spreads=np.empty(0)
+            )
+        win.ts = np.concatenate((win.ts, ts))
+        win.spreads = np.concatenate((win.spreads, spreads))
+        win.last = last
+        win.last_spread_bps = float(spreads[-1])
+        win.bid_notional = float(bid[-1] * bid_size[-1])
+        win.ask_notional = float(ask[-1] * ask_size[-1])
+        now = int(ts[-1])
+        win.evict(now - self.window_ns)
+        return self._state(win, now)
 
     def state_at(self, symbol: str, now_ns: int) -> LiquidityState | None:
         """The state of ``symbol`` at ``now_ns`` without a new quote, or None if never quoted.
@@ -171,15 +196,10 @@ class LiquidityMonitor:
         return self._state(win, max(now_ns, win.last.source_ts_ns))
 
     def _state(self, win: _Window, now_ns: int) -> LiquidityState:
-        entries = win.entries
         # The window holds quotes with ts in (now - window, now].
-        cutoff = now_ns - self.window_ns
-        while entries and entries[0][0] <= cutoff:
-            win.spread_sum -= entries.popleft()[1]
-        if not entries:
-            win.spread_sum = 0.0
-        count = len(entries)
-        mean_spread = win.spread_sum / count if count else win.last_spread_bps
+        win.evict(now_ns - self.window_ns)
+        count = len(win.ts)
+        mean_spread = math.fsum(win.spreads.tolist()) / count if count else win.last_spread_bps
         bid_notional = win.bid_notional
         ask_notional = win.ask_notional
         top_notional = min(bid_notional, ask_notional)

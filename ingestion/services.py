@@ -41,9 +41,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg.errors
 from celery import current_app
 from django.db import connection, transaction
@@ -54,7 +56,7 @@ from ingestion.book import BinanceBookSync, BookError, BybitBookSync, OrderBook
 from ingestion.clock import ClockEstimator, ClockState
 from ingestion.liquidity import LiquidityMonitor, LiquidityState
 from ingestion.models import ClockSource, IngestedFile, Instrument, QuarantinedMessage, RawStream
-from ingestion.parsers import FORMATS, ParseError, iter_file_records, parse
+from ingestion.parsers import FORMATS, ParseError, iter_file_records, parse, tardis_columns
 from ingestion.rawstore import CorruptTailError, RawStore, RawWriter
 from ingestion.types import BookUpdate, QuoteTick, TradeTick
 from ingestion.validation import Validator, reason_code
@@ -168,6 +170,11 @@ def _numeric_problem(text: str) -> str | None:
 # ----------------------------------------------------------------------------- partitions
 
 
+def partition_name(table: str, day_number: int) -> str:
+    """The day partition of a tick table (``ingestion_quote_p20200222``) for a day counted from the epoch."""
+    return f"{table}_p{date(1970, 1, 1) + timedelta(days=day_number):%Y%m%d}"
+
+
 class _Partitions:
     """Creates daily partitions on demand; remembers for a while which exist.
 
@@ -188,7 +195,7 @@ class _Partitions:
             if seen is not None and now - seen < self.TTL_S:
                 continue
             day = date(1970, 1, 1) + timedelta(days=number)
-            name = f"{table}_p{day:%Y%m%d}"
+            name = partition_name(table, number)
             start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             # An advisory lock per table stops two workers racing to create
             # the same partition.
@@ -241,14 +248,32 @@ class _BookKeeper:
 # ----------------------------------------------------------------------------- pipeline
 
 
+@dataclass(slots=True)
+class _Piece:
+    """COPY text of ``rows`` rows of one table, all of one UTC day (``day`` = days since the epoch)."""
+
+    table: str
+    day: int
+    text: str
+    rows: int
+
+
 @dataclass
 class _Batch:
-    quote_rows: list[str] = field(default_factory=list)
-    trade_rows: list[str] = field(default_factory=list)
-    quotes: list[QuoteTick] = field(default_factory=list)
-    samples: list[tuple[int, int]] = field(default_factory=list)
+    """What one batch produced, in record order, for the COPY, the clock, the liquidity monitor and Redis."""
+
+    pieces: list[_Piece] = field(default_factory=list)
+    # Clock samples: per chunk either (source ns array, receive ns array) or a list of (source, receive).
+    samples: list[tuple[np.ndarray, np.ndarray] | list[tuple[int, int]]] = field(default_factory=list)
+    # Liquidity input: per chunk either a list of QuoteTicks or one symbol's arrays.
+    liquidity: list[list[QuoteTick] | tuple[Any, ...]] = field(default_factory=list)
+    latest: dict[str, QuoteTick] = field(default_factory=dict)
     quarantine: list[QuarantinedMessage] = field(default_factory=list)
     books: set[str] = field(default_factory=set)
+    last_recv_ns: int | None = None
+
+    def rows(self, table: str) -> int:
+        return sum(piece.rows for piece in self.pieces if piece.table == table)
 
 
 class IngestPipeline:
@@ -322,7 +347,7 @@ class IngestPipeline:
         try:
             with transaction.atomic():
                 streamed = self._parse_and_copy(stream, fmt, records, symbol, validator, result, batch)
-                clock_state = clock.update_many(batch.samples)
+                clock_state = _clock_update(clock, batch.samples)
                 self._store(result, batch, clock_state, stream, detect, streamed)
         except Exception:
             # The batch will be redelivered: forget what the validator learned
@@ -331,11 +356,18 @@ class IngestPipeline:
             self.validators.pop(stream, None)
             self.partitions.known.clear()
             raise
-        if batch.quotes:
-            self.liquidity_states.update(self.liquidity.update_many(batch.quotes))
+        self._update_liquidity(batch)
         if publish:
             self._publish(batch)
         return result
+
+    def _update_liquidity(self, batch: _Batch) -> None:
+        for part in batch.liquidity:
+            if isinstance(part, list):
+                self.liquidity_states.update(self.liquidity.update_many(part))
+            else:
+                sym, *arrays, last = part
+                self.liquidity_states[sym] = self.liquidity.update_arrays(sym, *arrays, last=last)
 
     def _parse_and_copy(
         self,
@@ -366,7 +398,7 @@ class IngestPipeline:
         sid = transaction.savepoint()
         pending = None
         failed = False
-        sent_quotes = sent_trades = sent_samples = 0
+        sent = 0
         try:
             for start in range(0, len(records), STREAM_CHUNK):
                 self._parse_batch(stream, fmt, records[start : start + STREAM_CHUNK], symbol, validator, result, batch)
@@ -377,18 +409,14 @@ class IngestPipeline:
                     pending = None
                     if failed:
                         continue
-                quotes = batch.quote_rows[sent_quotes:]
-                trades = batch.trade_rows[sent_trades:]
-                if not quotes and not trades:
+                pieces = batch.pieces[sent:]
+                if not pieces:
                     continue
-                days = {src // NS_PER_DAY for src, _recv in batch.samples[sent_samples:]}
                 with connection.cursor() as cursor:
-                    if quotes:
-                        self.partitions.ensure(cursor, "ingestion_quote", days)
-                    if trades:
-                        self.partitions.ensure(cursor, "ingestion_trade", days)
-                sent_quotes, sent_trades, sent_samples = len(batch.quote_rows), len(batch.trade_rows), len(batch.samples)
-                pending = executor.submit(_copy_chunk, raw, quotes, trades)
+                    for piece in pieces:
+                        self.partitions.ensure(cursor, piece.table, (piece.day,))
+                sent = len(batch.pieces)
+                pending = executor.submit(_copy_chunk, raw, pieces)
             if pending is not None and not failed:
                 failed = _copy_failed(pending)
                 pending = None
@@ -399,10 +427,13 @@ class IngestPipeline:
                 wait([pending])
         if failed:
             transaction.savepoint_rollback(sid)
+            # A missing partition (dropped by retention behind the memory of
+            # ``_Partitions``) is one way to fail: forget them all.
+            self.partitions.known.clear()
             return False
         transaction.savepoint_commit(sid)
-        result.quotes = len(batch.quote_rows)
-        result.trades = len(batch.trade_rows)
+        result.quotes = batch.rows("ingestion_quote")
+        result.trades = batch.rows("ingestion_trade")
         return True
 
     def _executor(self) -> ThreadPoolExecutor:
@@ -420,14 +451,22 @@ class IngestPipeline:
         result: IngestResult,
         batch: _Batch | None = None,
     ) -> _Batch:
-        """Steps 1-2 and the COPY text of every accepted tick: the hot loop. Appends to ``batch``."""
+        """Steps 1-2 and the COPY text of every accepted tick: the hot loop. Appends to ``batch``.
+
+        Tardis batches of the usual shape take the columnar path
+        (``_parse_columns``); anything else goes record by record here.
+        """
         batch = batch if batch is not None else _Batch()
+        if fmt in _COLUMNAR and self._parse_columns(stream, fmt, records, symbol, validator, result, batch):
+            return batch
         parser = FORMATS.get(fmt)
         check = validator.check
-        quote_put = batch.quote_rows.append
-        trade_put = batch.trade_rows.append
-        quotes_put = batch.quotes.append
-        sample_put = batch.samples.append
+        quote_rows: dict[int, list[str]] = {}
+        trade_rows: dict[int, list[str]] = {}
+        quotes: list[QuoteTick] = []
+        samples: list[tuple[int, int]] = []
+        quotes_put = quotes.append
+        sample_put = samples.append
         quarantine = batch.quarantine
         symbols = result.symbols
         ts_cache = self._ts.cache
@@ -486,7 +525,7 @@ class IngestPipeline:
                             )
                             continue
                         # ``!s``: Decimal's ``__format__`` is several times slower than ``__str__``.
-                        quote_put(
+                        _rows_of_day(quote_rows, src // NS_PER_DAY).append(
                             f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.bid!s}\t{tick.bid_size!s}\t{tick.ask!s}\t{tick.ask_size!s}\n"
                         )  # type: ignore[union-attr]
                         quotes_put(tick)  # type: ignore[arg-type]
@@ -507,7 +546,7 @@ class IngestPipeline:
                             )
                             continue
                         aggressor = tick.aggressor  # type: ignore[union-attr]
-                        trade_put(
+                        _rows_of_day(trade_rows, src // NS_PER_DAY).append(
                             f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.price!s}\t{tick.size!s}\t{aggressor.value if aggressor else ''}\t{trade_id}\n"
                         )  # type: ignore[union-attr]
                     sample_put((src, recv))
@@ -524,7 +563,100 @@ class IngestPipeline:
                     result.book_updates += 1
                     batch.books.add(update.symbol)
                 symbols.add(tick.symbol)
+        for table, by_day in (("ingestion_quote", quote_rows), ("ingestion_trade", trade_rows)):
+            batch.pieces.extend(_Piece(table, day, "".join(rows), len(rows)) for day, rows in by_day.items())
+        if samples:
+            batch.samples.append(samples)
+            batch.last_recv_ns = samples[-1][1]
+        if quotes:
+            batch.liquidity.append(quotes)
+            for quote in quotes:
+                batch.latest[quote.symbol] = quote
         return batch
+
+    def _parse_columns(
+        self,
+        stream: str,
+        fmt: str,
+        records: Sequence[Record],
+        symbol: str | None,
+        validator: Validator,
+        result: IngestResult,
+        batch: _Batch,
+    ) -> bool:
+        """The columnar hot path for Tardis rows; False (nothing done) when the batch is not of the usual shape.
+
+        Steps:
+        1. ``tardis_columns`` splits the whole batch into columns (prices and
+           sizes stay the venue's text; floats alongside for the checks);
+        2. the validator's batch checks give every row's verdict, the refused
+           rows go to quarantine with their reason and raw reference;
+        3. the accepted rows become COPY text per UTC day, column by column
+           (timestamps formatted by numpy, the decimal text as received);
+        4. clock samples and the liquidity input are kept as arrays, for one
+           update per batch.
+        """
+        cols = tardis_columns(fmt, [record[2] for record in records], symbol)
+        if cols is None:
+            return False
+        n = len(records)
+        if fmt == "tardis-quotes":
+            reasons, latest = validator.check_quote_batch(cols.symbols, cols.source_ns, cols.recv_ns, cols.texts, cols.values)
+            table = "ingestion_quote"
+        else:
+            reasons = validator.check_trade_batch(
+                cols.symbols, cols.source_ns, cols.recv_ns, cols.texts, cols.values, cols.trade_ids or []
+            )
+            latest = {}
+            table = "ingestion_trade"
+        for i in sorted(reasons):
+            seq, _recv, payload = records[i]
+            batch.quarantine.append(_quarantine_row(stream, seq, cols.symbols[i], reasons[i], payload))
+        if len(reasons) == n:
+            return True
+        accepted = np.setdiff1d(np.arange(n), np.fromiter(reasons, dtype=np.int64, count=len(reasons))) if reasons else None
+        seqs = np.fromiter(map(itemgetter(0), records), dtype=np.int64, count=n)
+        source_ns, recv_ns, source_us, recv_us = cols.source_ns, cols.recv_ns, cols.source_us, cols.recv_us
+        if accepted is not None:
+            source_ns, recv_ns, source_us, recv_us, seqs = (
+                a[accepted] for a in (cols.source_ns, cols.recv_ns, cols.source_us, cols.recv_us, seqs)
+            )
+        pick = _picker(accepted)
+        syms = pick(cols.symbols)
+        texts = [pick(column) for column in cols.texts]
+        columns: list[list[str]] = [
+            list(map(str, seqs.tolist())),
+            syms,
+            _ts_texts(source_us),
+            _ts_texts(recv_us),
+            *texts,
+        ]
+        if cols.trade_ids is not None and cols.aggressor is not None:
+            columns += [pick(cols.aggressor), pick(cols.trade_ids)]
+        stream_text = _copy_escape(stream)
+        days = source_ns // NS_PER_DAY
+        first_day, last_day = int(days[0]), int(days[-1])
+        if first_day == last_day and (days == first_day).all():
+            batch.pieces.append(_Piece(table, first_day, _rows_text(stream_text, columns), len(syms)))
+        else:
+            for day in np.unique(days).tolist():
+                rows = np.flatnonzero(days == day).tolist()
+                part = [list(map(column.__getitem__, rows)) for column in columns]
+                batch.pieces.append(_Piece(table, day, _rows_text(stream_text, part), len(rows)))
+        batch.samples.append((source_ns, recv_ns))
+        batch.last_recv_ns = int(recv_ns[-1])
+        names = set(syms)
+        result.symbols |= names
+        if latest:
+            values = cols.values if accepted is None else [v[accepted] for v in cols.values]
+            bid, bid_size, ask, ask_size = values
+            for name in sorted(names):
+                rows_of = slice(None) if len(names) == 1 else np.flatnonzero(np.array(syms, dtype=object) == name)
+                batch.liquidity.append(
+                    (name, source_ns[rows_of], bid[rows_of], ask[rows_of], bid_size[rows_of], ask_size[rows_of], latest[name])
+                )
+            batch.latest.update(latest)
+        return True
 
     def _store(
         self,
@@ -536,15 +668,19 @@ class IngestPipeline:
         streamed: bool = False,
     ) -> None:
         with transaction.atomic():
-            if not streamed and (batch.quote_rows or batch.trade_rows):
-                days = {src // NS_PER_DAY for src, _recv in batch.samples}
+            if not streamed and batch.pieces:
                 with connection.cursor() as cursor:
-                    if batch.quote_rows:
-                        self.partitions.ensure(cursor, "ingestion_quote", days)
-                        result.quotes = self._copy(cursor, "ingestion_quote", _QUOTE_COLUMNS, batch.quote_rows, batch)
-                    if batch.trade_rows:
-                        self.partitions.ensure(cursor, "ingestion_trade", days)
-                        result.trades = self._copy(cursor, "ingestion_trade", _TRADE_COLUMNS, batch.trade_rows, batch)
+                    for table, columns in (("ingestion_quote", _QUOTE_COLUMNS), ("ingestion_trade", _TRADE_COLUMNS)):
+                        pieces = [piece for piece in batch.pieces if piece.table == table]
+                        if not pieces:
+                            continue
+                        self.partitions.ensure(cursor, table, {piece.day for piece in pieces})
+                        rows = "".join(piece.text for piece in pieces).splitlines(keepends=True)
+                        count = self._copy(cursor, table, columns, rows, batch)
+                        if table == "ingestion_quote":
+                            result.quotes = count
+                        else:
+                            result.trades = count
             if batch.quarantine:
                 QuarantinedMessage.objects.bulk_create(batch.quarantine, ignore_conflicts=True)
                 result.quarantined = len(batch.quarantine)
@@ -610,7 +746,7 @@ class IngestPipeline:
         )
         if state.drift_alert and stream not in self._drift_alerted:
             self._drift_alerted.add(stream)
-            at = ns_to_datetime(batch.samples[-1][1]).isoformat() if batch.samples else timezone.now().isoformat()
+            at = ns_to_datetime(batch.last_recv_ns).isoformat() if batch.last_recv_ns is not None else timezone.now().isoformat()
             message = (
                 f"Clock offset of source {stream} estimated at {state.offset_ms:.1f} ms "
                 f"(baseline lag {state.baseline_ms:.1f} ms, jitter {state.jitter_ms:.1f} ms over {state.samples} samples) "
@@ -632,9 +768,7 @@ class IngestPipeline:
             self._drift_alerted.discard(stream)
 
     def _publish(self, batch: _Batch) -> None:
-        latest: dict[str, QuoteTick] = {}
-        for quote in batch.quotes:
-            latest[quote.symbol] = quote
+        latest = batch.latest
         if not latest and not batch.books:
             return
         pipe = redis_client().pipeline(transaction=False)
@@ -695,24 +829,75 @@ _TRADE_COLUMNS = "raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, 
 
 
 STREAM_CHUNK = 1000
+_COLUMNAR = frozenset({"tardis-quotes", "tardis-trades"})
 
 
-def _copy_chunk(raw: Any, quotes: list[str], trades: list[str]) -> None:
-    """Runs in the helper thread, on the raw psycopg connection of the ingest transaction."""
+def _clock_update(clock: ClockEstimator, samples: list[Any]) -> ClockState | None:
+    state = None
+    for part in samples:
+        got = clock.update_many(part) if isinstance(part, list) else clock.update_arrays(*part)
+        state = got or state
+    return state
+
+
+def _copy_chunk(raw: Any, pieces: list[_Piece]) -> None:
+    """Runs in the helper thread, on the raw psycopg connection of the ingest transaction.
+
+    Each piece goes straight into its day's partition (which ``_Partitions``
+    just ensured): PostgreSQL then skips routing every row through the parent.
+    """
     with raw.cursor() as cursor:
-        if quotes:
-            _copy_text(cursor, "ingestion_quote", _QUOTE_COLUMNS, "".join(quotes))
-        if trades:
-            _copy_text(cursor, "ingestion_trade", _TRADE_COLUMNS, "".join(trades))
+        for piece in pieces:
+            columns = _QUOTE_COLUMNS if piece.table == "ingestion_quote" else _TRADE_COLUMNS
+            _copy_text(cursor, partition_name(piece.table, piece.day), columns, piece.text)
 
 
 def _copy_failed(future: Future[None]) -> bool:
-    """Wait for a chunk's COPY; True if it clashed or held an unstorable value (other errors propagate)."""
+    """Wait for a chunk's COPY; True if it clashed, held an unstorable value or lost its partition.
+
+    Other errors propagate.
+    """
     try:
         future.result()
-    except (psycopg.errors.UniqueViolation, psycopg.errors.DataError):
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DataError, psycopg.errors.UndefinedTable):
         return True
     return False
+
+
+def _rows_of_day(by_day: dict[int, list[str]], day: int) -> list[str]:
+    rows = by_day.get(day)
+    if rows is None:
+        rows = by_day[day] = []
+    return rows
+
+
+def _picker(rows: np.ndarray | None) -> Any:
+    """Selects the given rows of a list column (all of it when ``rows`` is None)."""
+    if rows is None:
+        return lambda column: column
+    indices = rows.tolist()
+    return lambda column: list(map(column.__getitem__, indices))
+
+
+def _ts_texts(us: np.ndarray) -> list[str]:
+    """Microseconds since the epoch as timestamptz text (``2020-02-22T00:00:01.096000Z``), all at once."""
+    return np.datetime_as_string(us.astype("datetime64[us]"), unit="us", timezone="UTC").tolist()
+
+
+def _rows_text(stream_text: str, columns: list[list[str]]) -> str:
+    """COPY text of rows given column by column (every value already COPY-safe, so free of tabs and newlines).
+
+    One join does it: each row's slots end with a bare newline, and the tabs
+    the join puts around it are then removed in one pass.
+    """
+    count = len(columns[0])
+    width = len(columns) + 2
+    slots: list[str] = [""] * (width * count)
+    slots[0::width] = [stream_text] * count
+    for k, column in enumerate(columns, 1):
+        slots[k::width] = column
+    slots[width - 1 :: width] = ["\n"] * count
+    return "\t".join(slots).replace("\t\n\t", "\n")[:-2] + "\n"
 
 
 def _copy_text(cursor: Any, table: str, columns: str, data: str) -> None:

@@ -36,9 +36,12 @@ This module is pure: no Django, no ORM.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import compress, islice
+
+import numpy as np
 
 from ingestion.types import BookUpdate, QuoteTick, TradeTick
 
@@ -62,6 +65,14 @@ DEFAULT_TRADE_ID_MEMORY = 100_000
 # size lies within, with a wide margin on both sides.
 _MIN_EXPONENT = -30
 _MAX_EXPONENT = 18
+# The batch checks decide on floats only where the float cannot be wrong:
+# values well inside the accepted exponent range and a bid below the ask by
+# far more than any rounding of the text to a float. Everything else is
+# decided exactly, on Decimals, by the per-tick rules.
+_CLEAR_LOW = 1e-29
+_CLEAR_HIGH = 1e17
+_CLEAR_GAP = 1e-12
+_NO_TS = np.iinfo(np.int64).min
 
 
 def reason_code(reason: str) -> str:
@@ -130,11 +141,7 @@ class Validator:
         if self.known_symbols is not None and tick.symbol not in self.known_symbols:
             return f"unknown_symbol: {tick.symbol!r}"
         if tick.source_ts_ns - tick.recv_ts_ns > self.future_tolerance_ns:
-            lead_ms = (tick.source_ts_ns - tick.recv_ts_ns) / 1e6
-            return (
-                f"future_timestamp: source is {lead_ms:.3f} ms ahead of receive time "
-                f"(tolerance {self.future_tolerance_ns / 1e6:.0f} ms)"
-            )
+            return _future(tick.source_ts_ns - tick.recv_ts_ns, self.future_tolerance_ns)
         state = self._state.get(tick.symbol)
         if state is None:
             state = self._state[tick.symbol] = _SymbolState()
@@ -144,31 +151,162 @@ class Validator:
             return self._check_trade(tick, state)
         return self._check_book(tick, state)
 
+    # ------------------------------------------------------------------ batches
+    #
+    # The batch checks give exactly the verdicts (and leave exactly the state)
+    # that ``check`` gives tick by tick, in order; ``tests/ingestion`` holds
+    # them to that on random batches. Their input is columns: the symbol per
+    # row, venue and receive times in ns (int64 arrays, both below 2**63),
+    # each price or size as the venue's decimal text (which ``Decimal``
+    # accepts) and as a float array of the same values (``float(text)``).
+    # They return ``{row: reason}`` for the refused rows.
+
+    def check_quote_batch(
+        self,
+        symbols: Sequence[str],
+        source_ns: np.ndarray,
+        recv_ns: np.ndarray,
+        texts: Sequence[Sequence[str]],
+        values: Sequence[np.ndarray],
+    ) -> tuple[dict[int, str], dict[str, QuoteTick]]:
+        """Check quote rows (``texts``/``values`` in order bid, bid_size, ask, ask_size).
+
+        Returns the refused rows' reasons and, per symbol, the last quote
+        accepted from this batch (the one ``check`` would now remember).
+        """
+        ok, reasons = self._batch_common(symbols, source_ns, recv_ns)
+        bid, ask = values[0], values[2]
+        clear = ok & (bid * (1 + _CLEAR_GAP) < ask)
+        for column in values:
+            clear &= (column > _CLEAR_LOW) & (column < _CLEAR_HIGH)
+        for i in np.flatnonzero(ok & ~clear).tolist():
+            problem = _quote_problem(*(Decimal(column[i]) for column in texts))
+            if problem:
+                reasons[i] = problem
+                ok[i] = False
+        latest: dict[str, QuoteTick] = {}
+        for name, rows in _rows_by_symbol(symbols, np.flatnonzero(ok)).items():
+            state = self._state.get(name)
+            if state is None:
+                state = self._state[name] = _SymbolState()
+            last = state.last_quote
+            ts = source_ns[rows]
+            # The last accepted quote is the newest accepted one, and a quote
+            # refused as out of order or duplicate never raises that mark, so
+            # it is the running maximum over every row that passed the checks above.
+            prev = np.maximum.accumulate(np.concatenate(([_NO_TS if last is None else last.source_ts_ns], ts)))[:-1]
+            late = ts < prev
+            for j in np.flatnonzero(late).tolist():
+                reasons[int(rows[j])] = _out_of_order(int(ts[j]), int(prev[j]), "quote")
+            candidates = rows[~late]
+            if not len(candidates):
+                continue
+            cts = source_ns[candidates]
+            # A candidate is a duplicate exactly when it equals the candidate
+            # before it: that one was either accepted, or itself equal to the
+            # accepted quote it repeated.
+            dup = np.zeros(len(candidates), dtype=bool)
+            if last is not None and int(cts[0]) == last.source_ts_ns:
+                dup[0] = _same_quote(_quote_row(name, source_ns, recv_ns, texts, int(candidates[0])), last)
+            for k in (np.flatnonzero(cts[1:] == cts[:-1]) + 1).tolist():
+                dup[k] = _same_rows(texts, values, int(candidates[k]), int(candidates[k - 1]))
+            for k in np.flatnonzero(dup).tolist():
+                reasons[int(candidates[k])] = _duplicate_quote(int(cts[k]))
+            accepted = candidates[~dup]
+            if len(accepted):
+                state.last_quote = latest[name] = _quote_row(name, source_ns, recv_ns, texts, int(accepted[-1]))
+        return reasons, latest
+
+    def check_trade_batch(
+        self,
+        symbols: Sequence[str],
+        source_ns: np.ndarray,
+        recv_ns: np.ndarray,
+        texts: Sequence[Sequence[str]],
+        values: Sequence[np.ndarray],
+        trade_ids: Sequence[str],
+    ) -> dict[int, str]:
+        """Check trade rows (``texts``/``values`` in order price, size); the refused rows' reasons."""
+        ok, reasons = self._batch_common(symbols, source_ns, recv_ns)
+        price, size = values
+        clear = ok & (price > _CLEAR_LOW) & (price < _CLEAR_HIGH) & (size > _CLEAR_LOW) & (size < _CLEAR_HIGH)
+        for i in np.flatnonzero(ok & ~clear).tolist():
+            problem = _price_problem(Decimal(texts[0][i]), "price") or _size_problem(Decimal(texts[1][i]), "size")
+            if problem:
+                reasons[i] = problem
+                ok[i] = False
+        for name, rows in _rows_by_symbol(symbols, np.flatnonzero(ok)).items():
+            state = self._state.get(name)
+            if state is None:
+                state = self._state[name] = _SymbolState()
+            row_list = rows.tolist()
+            ids = trade_ids if len(row_list) == len(trade_ids) else list(map(trade_ids.__getitem__, row_list))
+            seen = np.fromiter(map(state.trade_ids.__contains__, ids), dtype=bool, count=len(ids))
+            # Vectorised only when no id repeats inside the batch and no
+            # remembered id it repeats can be forgotten part-way through it;
+            # otherwise the per-tick rule runs row by row (same verdicts).
+            simple = len(set(ids)) == len(ids)
+            if simple and seen.any():
+                overflow = len(state.trade_id_order) + len(ids) - self.trade_id_memory
+                simple = overflow <= 0 or set(islice(state.trade_id_order, overflow)).isdisjoint(ids)
+            if not simple:
+                for i, trade_id in zip(row_list, ids, strict=True):
+                    problem = self._accept_trade(state, trade_id, int(source_ns[i]))
+                    if problem:
+                        reasons[i] = problem
+                continue
+            for j in np.flatnonzero(seen).tolist():
+                reasons[row_list[j]] = _duplicate_trade(ids[j])
+            fresh = ~seen
+            ts = source_ns[rows]
+            floor = _NO_TS if state.last_trade_ts_ns is None else state.last_trade_ts_ns
+            prev = np.maximum.accumulate(np.concatenate(([floor], np.where(fresh, ts, _NO_TS))))[:-1]
+            late = fresh & (ts < prev)
+            for j in np.flatnonzero(late).tolist():
+                reasons[row_list[j]] = _out_of_order(int(ts[j]), int(prev[j]), "trade")
+            accepted = fresh & ~late
+            new_ids = list(compress(ids, accepted.tolist()))
+            if new_ids:
+                state.last_trade_ts_ns = int(ts[accepted].max())
+                state.trade_ids.update(new_ids)
+                order = state.trade_id_order
+                order.extend(new_ids)
+                while len(order) > self.trade_id_memory:
+                    state.trade_ids.discard(order.popleft())
+        return reasons
+
+    def _batch_common(
+        self, symbols: Sequence[str], source_ns: np.ndarray, recv_ns: np.ndarray
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """The first two rules for every row: unknown symbol, then future timestamp."""
+        ok = np.ones(len(symbols), dtype=bool)
+        reasons: dict[int, str] = {}
+        if self.known_symbols is not None:
+            unknown = set(symbols) - self.known_symbols
+            if unknown:
+                names = np.array(symbols, dtype=object)
+                for name in unknown:
+                    mask = names == name
+                    ok &= ~mask
+                    reasons.update(dict.fromkeys(np.flatnonzero(mask).tolist(), f"unknown_symbol: {name!r}"))
+        lead = source_ns - recv_ns
+        for i in np.flatnonzero(ok & (lead > self.future_tolerance_ns)).tolist():
+            reasons[i] = _future(int(lead[i]), self.future_tolerance_ns)
+            ok[i] = False
+        return ok, reasons
+
+    # ------------------------------------------------------------------ one tick
+
     def _check_quote(self, tick: QuoteTick, state: _SymbolState) -> str | None:
-        problem = (
-            _price_problem(tick.bid, "bid")
-            or _price_problem(tick.ask, "ask")
-            or _size_problem(tick.bid_size, "bid_size")
-            or _size_problem(tick.ask_size, "ask_size")
-        )
+        problem = _quote_problem(tick.bid, tick.bid_size, tick.ask, tick.ask_size)
         if problem:
             return problem
-        if tick.bid > tick.ask:
-            return f"crossed_book: bid {tick.bid} > ask {tick.ask}"
-        if tick.bid == tick.ask:
-            return f"locked_book: bid {tick.bid} == ask {tick.ask}"
         last = state.last_quote
         if last is not None:
             if tick.source_ts_ns < last.source_ts_ns:
                 return _out_of_order(tick.source_ts_ns, last.source_ts_ns, "quote")
-            if (
-                tick.source_ts_ns == last.source_ts_ns
-                and tick.bid == last.bid
-                and tick.ask == last.ask
-                and tick.bid_size == last.bid_size
-                and tick.ask_size == last.ask_size
-            ):
-                return f"duplicate: identical quote at source ts {tick.source_ts_ns}"
+            if tick.source_ts_ns == last.source_ts_ns and _same_quote(tick, last):
+                return _duplicate_quote(tick.source_ts_ns)
         state.last_quote = tick
         return None
 
@@ -176,13 +314,17 @@ class Validator:
         problem = _price_problem(tick.price, "price") or _size_problem(tick.size, "size")
         if problem:
             return problem
-        if tick.trade_id in state.trade_ids:
-            return f"duplicate: trade id {tick.trade_id!r} already seen"
-        if state.last_trade_ts_ns is not None and tick.source_ts_ns < state.last_trade_ts_ns:
-            return _out_of_order(tick.source_ts_ns, state.last_trade_ts_ns, "trade")
-        state.last_trade_ts_ns = tick.source_ts_ns
-        state.trade_ids.add(tick.trade_id)
-        state.trade_id_order.append(tick.trade_id)
+        return self._accept_trade(state, tick.trade_id, tick.source_ts_ns)
+
+    def _accept_trade(self, state: _SymbolState, trade_id: str, ts_ns: int) -> str | None:
+        """The stateful half of the trade checks: duplicate id, then order; remembers an accepted trade."""
+        if trade_id in state.trade_ids:
+            return _duplicate_trade(trade_id)
+        if state.last_trade_ts_ns is not None and ts_ns < state.last_trade_ts_ns:
+            return _out_of_order(ts_ns, state.last_trade_ts_ns, "trade")
+        state.last_trade_ts_ns = ts_ns
+        state.trade_ids.add(trade_id)
+        state.trade_id_order.append(trade_id)
         if len(state.trade_id_order) > self.trade_id_memory:
             state.trade_ids.discard(state.trade_id_order.popleft())
         return None
@@ -226,6 +368,63 @@ class Validator:
             # the book sync, so a snapshot's id counts as not yet applied.
             state.last_book_update_id = tick.last_update_id - 1 if tick.is_snapshot else tick.last_update_id
         return None
+
+
+def _quote_problem(bid: Decimal, bid_size: Decimal, ask: Decimal, ask_size: Decimal) -> str | None:
+    """The checks of one quote that need no history: prices, sizes, crossed and locked book."""
+    problem = (
+        _price_problem(bid, "bid")
+        or _price_problem(ask, "ask")
+        or _size_problem(bid_size, "bid_size")
+        or _size_problem(ask_size, "ask_size")
+    )
+    if problem:
+        return problem
+    if bid > ask:
+        return f"crossed_book: bid {bid} > ask {ask}"
+    if bid == ask:
+        return f"locked_book: bid {bid} == ask {ask}"
+    return None
+
+
+def _same_quote(a: QuoteTick, b: QuoteTick) -> bool:
+    return a.bid == b.bid and a.ask == b.ask and a.bid_size == b.bid_size and a.ask_size == b.ask_size
+
+
+def _rows_by_symbol(symbols: Sequence[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+    names = set(symbols)
+    if len(names) == 1:
+        return {names.pop(): rows}
+    column = np.array(symbols, dtype=object)[rows]
+    # Sorted so the state of each symbol is touched in a fixed order.
+    return {name: rows[column == name] for name in sorted(names)}
+
+
+def _quote_row(symbol: str, source_ns: np.ndarray, recv_ns: np.ndarray, texts: Sequence[Sequence[str]], i: int) -> QuoteTick:
+    bid, bid_size, ask, ask_size = (Decimal(column[i]) for column in texts)
+    return QuoteTick(symbol, int(source_ns[i]), int(recv_ns[i]), bid, bid_size, ask, ask_size)
+
+
+def _same_rows(texts: Sequence[Sequence[str]], values: Sequence[np.ndarray], a: int, b: int) -> bool:
+    """Whether rows ``a`` and ``b`` hold the same four Decimal values (floats rule out most pairs)."""
+    for text, value in zip(texts, values, strict=True):
+        if value[a] != value[b]:
+            return False
+        if text[a] != text[b] and Decimal(text[a]) != Decimal(text[b]):
+            return False
+    return True
+
+
+def _duplicate_quote(ts_ns: int) -> str:
+    return f"duplicate: identical quote at source ts {ts_ns}"
+
+
+def _duplicate_trade(trade_id: str) -> str:
+    return f"duplicate: trade id {trade_id!r} already seen"
+
+
+def _future(lead_ns: int, tolerance_ns: int) -> str:
+    return f"future_timestamp: source is {lead_ns / 1e6:.3f} ms ahead of receive time (tolerance {tolerance_ns / 1e6:.0f} ms)"
 
 
 def _out_of_order(ts_ns: int, last_ns: int, kind: str) -> str:

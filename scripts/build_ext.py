@@ -3,8 +3,8 @@
 ``make venv`` (and so ``make test`` / ``make run``) runs this after installing
 the requirements; the Dockerfile runs it in the image. It needs a C compiler,
 Python's headers and OpenSSL's (Debian: gcc, libssl-dev). Without the built
-module ``ingestion.rawstore`` still works, on its pure-Python framer at about
-half the append rate, and says so in its log and in ``rawstore.FRAMER``.
+module ``ingestion.rawstore`` still works, on its pure-Python framer at under
+a third of the append rate, and says so in its log and in ``rawstore.FRAMER``.
 
     .venv/bin/python scripts/build_ext.py
 """

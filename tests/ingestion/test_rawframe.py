@@ -18,6 +18,7 @@ import hashlib
 import os
 import random
 import struct
+import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -247,6 +248,24 @@ def test_a_writer_refuses_bad_input_and_keeps_its_state_with_either_framer(tmp_p
     store = RawStore(tmp_path)
     assert [r.payload for r in store.read("sim")] == [b"good", b"after"]
     assert store.verify().ok
+
+
+def test_it_falls_back_to_python_with_a_warning_when_the_module_is_missing(monkeypatch, caplog) -> None:
+    before = rawstore.FRAMER
+    # What an unbuilt checkout imports: no submodule, no attribute on the package.
+    monkeypatch.setitem(sys.modules, "ingestion._rawframe", None)
+    monkeypatch.delattr(sys.modules["ingestion"], "_rawframe", raising=False)
+    try:
+        assert rawstore._select_framer("auto") == "python"
+        assert rawstore._frame_const is rawstore._py_frame_const
+        assert rawstore._c_refs is None
+        assert "C framer unavailable" in caplog.text
+        with pytest.raises(ImportError, match="FP_RAWSTORE_FRAMER=c"):
+            rawstore._select_framer("c")
+    finally:
+        monkeypatch.undo()
+        rawstore._select_framer(before)
+    assert rawstore.FRAMER == before
 
 
 def test_select_framer_refuses_an_unknown_choice() -> None:

@@ -68,7 +68,7 @@ FINAL = (OS.FILLED, OS.CANCELLED, OS.REJECTED, OS.FAILED)
 # Without a configured collar, an approval is refused when the price moved this far from the signal's limit.
 DEFAULT_APPROVAL_COLLAR_BPS = Decimal(os.environ.get("FP_APPROVAL_COLLAR_BPS", "100"))
 SLIPPAGE_GAP_RATIO = 0.5
-_ADVISORY_BASE = 0x46505F4F52440000  # "FP_ORD" followed by the order id.
+_ADVISORY_BASE = 0x46505F4F52440000  # "FP_ORD" followed by the signal id (one order per signal).
 
 
 # ---------------------------------------------------------------------------
@@ -367,19 +367,25 @@ def _execution_refusal(signal: Signal, automation: Automation, now: datetime) ->
     return None
 
 
-def _order_decide(signal_id: int) -> Order | None:
-    """Create the signal's one Order (status pending) or refuse; under the signal's row lock."""
+def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
+    """Create the signal's one Order or refuse, under the signal's row lock; return (order, created now).
+
+    The caller holds the signal's submission lock, so a new order is born
+    ``submitting`` (claimed by this worker) and goes to the broker right after
+    this commit: no separate claim round trip on the way to the venue. An order
+    that already exists comes back as it is (a redelivered or repeated task).
+    """
     with transaction.atomic():
         signal = Signal.objects.select_for_update().filter(pk=signal_id).first()
         if signal is None:
             logger.warning("execute: no signal %s (forged or replayed message?)", signal_id)
-            return None
+            return None, False
         existing = Order.objects.filter(signal_id=signal_id).first()
         if existing is not None:
-            return existing
+            return existing, False
         if signal.status not in (S.QUEUED, S.APPROVED):
             logger.info("execute: signal %s is %s; nothing to do", signal_id, signal.status)
-            return None
+            return None, False
         automation = (Automation.objects.annotate(kill_switch_on=Exists(KillSwitch.objects.filter(pk=1, engaged=True)))
                       .get(pk=signal.automation_id))
         signal.automation = automation  # The push payload names the automation: no second read of its row.
@@ -388,7 +394,7 @@ def _order_decide(signal_id: int) -> Order | None:
         if refusal is not None:
             to_status, reason = refusal
             signal_transition(signal=signal, to_status=to_status, actor_label=ACTOR, reason=reason)
-            return None
+            return None, False
         mid = _current_mid(signal.symbol)
         modelled = _modelled_slippage(signal)
         breaches = pretrade_check_call(automation_id=automation.pk, side=signal.side, quantity=signal.quantity,
@@ -406,13 +412,14 @@ def _order_decide(signal_id: int) -> Order | None:
             order.save(force_insert=True)
             signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, reason=f"refused by risk: {reason}")
         else:
+            order.status = OS.SUBMITTING
             order.save(force_insert=True)
             signal_transition(signal=signal, to_status=S.ORDERED, actor_label=ACTOR,
                               reason=f"order {order.client_order_id} created")
         audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
                            data={"status": order.status, "client_order_id": order.client_order_id,
                                  "signal_id": signal.pk, "gated": order.gated})
-        return order
+        return order, True
 
 
 def pretrade_check_call(**kwargs: Any) -> list[Any]:
@@ -435,9 +442,13 @@ def _modelled_slippage(signal: Signal) -> float | None:
 
 
 @contextmanager
-def _submission_lock(order_id: int) -> Iterator[bool]:
-    """A session-level advisory lock that lives exactly as long as this process's connection."""
-    key = _ADVISORY_BASE + order_id
+def _submission_lock(signal_id: int) -> Iterator[bool]:
+    """The signal's session-level advisory lock: it lives exactly as long as this process's connection.
+
+    Whoever holds it owns the signal's order on its way to the broker; an
+    order found ``submitting`` while the lock is free lost its submitter.
+    """
+    key = _ADVISORY_BASE + signal_id
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
         held = bool(cursor.fetchone()[0])
@@ -455,52 +466,65 @@ def _request(order: Order) -> OrderRequest:
 
 
 def order_submit(order: Order) -> Order:
-    """Claim a pending order and submit it, or recover one whose submitter died. Idempotent.
+    """Submit an order not yet at the broker, or recover one whose submitter died. Idempotent.
 
-    1. Take the order's advisory lock; without it another live worker owns the order: leave it.
-    2. Claim: ``pending -> submitting`` by conditional update (row count 1 = ours).
-    3. Ours: submit. Found ``submitting`` instead: its submitter died (we hold
-       its lock), so ask the broker by client order id; submit only if the
-       broker never saw it (the same id makes a second submit harmless anyway).
-    4. Record what the broker says; if the kill switch went on meanwhile, cancel.
+    Takes the signal's submission lock; without it another live worker owns
+    the order: leave it. See ``_order_submit_locked`` for the rest.
     """
     # Run it outside any transaction (the task does): the claim must be committed before the broker call.
-    with _submission_lock(order.pk) as held:
+    with _submission_lock(order.signal_id) as held:
         if not held:
             return order
-        claimed = Order.objects.filter(pk=order.pk, status=OS.PENDING).update(status=OS.SUBMITTING)
+        order.refresh_from_db()
+        return _order_submit_locked(order, claimed=False)
+
+
+def _order_submit_locked(order: Order, *, claimed: bool) -> Order:
+    """The order's way to the broker, under its signal's submission lock.
+
+    1. ``claimed``: this worker just created it ``submitting``: submit. A
+       ``pending`` order (from before orders were born claimed) is claimed by
+       conditional update first.
+    2. Found ``submitting`` otherwise: its submitter died (we hold its lock),
+       so ask the broker by client order id; submit only if the broker never
+       saw it (the same id makes a second submit harmless anyway).
+    3. Record what the broker says, stamped with the time its answer arrived;
+       if the kill switch went on meanwhile, cancel.
+    """
+    if not claimed and order.status == OS.PENDING:
+        claimed = Order.objects.filter(pk=order.pk, status=OS.PENDING).update(status=OS.SUBMITTING) == 1
         if claimed:
-            # Ours by the conditional update: nothing else changed the row, no need to read it back.
-            order.status = OS.SUBMITTING
+            order.status = OS.SUBMITTING  # Ours by the conditional update: no need to read it back.
         else:
             order.refresh_from_db()
-        if order.status != OS.SUBMITTING:
-            return order
-        broker = broker_for_mode(order.broker)
-        result: BrokerOrder | None = None
-        if claimed:
-            _fault_hook("submitting")
-        else:
-            try:
-                result = broker.fetch_order(order.client_order_id, symbol=order.symbol)
-            except BrokerError as exc:
-                logger.warning("execute: cannot ask the broker about %s: %s", order.client_order_id, exc)
-                return _order_note(order, f"recovery: broker unreachable ({exc}); the reconciler retries")
-        if result is None:
-            try:
-                result = broker.submit(_request(order))
-            except BrokerRejected as exc:
-                return order_finalize(order_id=order.pk, status=OS.REJECTED, reason=f"broker rejected: {exc}")
-            except Exception as exc:
-                logger.exception("execute: submission of %s has an unknown outcome", order.client_order_id)
-                return _order_note(order, f"submission outcome unknown ({exc}); the reconciler asks the broker")
-            _fault_hook("after_broker")
-        order = order_settle(order_id=order.pk, broker_order=result)
-        if not result.is_final and kill_switch_engaged():
-            cancelled = broker.cancel(order.client_order_id, symbol=order.symbol)
-            if cancelled is not None:
-                order = order_settle(order_id=order.pk, broker_order=cancelled)
+    if order.status != OS.SUBMITTING:
         return order
+    broker = broker_for_mode(order.broker)
+    result: BrokerOrder | None = None
+    if claimed:
+        _fault_hook("submitting")
+    else:
+        try:
+            result = broker.fetch_order(order.client_order_id, symbol=order.symbol)
+        except BrokerError as exc:
+            logger.warning("execute: cannot ask the broker about %s: %s", order.client_order_id, exc)
+            return _order_note(order, f"recovery: broker unreachable ({exc}); the reconciler retries")
+    if result is None:
+        try:
+            result = broker.submit(_request(order))
+        except BrokerRejected as exc:
+            return order_finalize(order_id=order.pk, status=OS.REJECTED, reason=f"broker rejected: {exc}")
+        except Exception as exc:
+            logger.exception("execute: submission of %s has an unknown outcome", order.client_order_id)
+            return _order_note(order, f"submission outcome unknown ({exc}); the reconciler asks the broker")
+        _fault_hook("after_broker")
+    answered_at = timezone.now()
+    order = order_settle(order_id=order.pk, broker_order=result, answered_at=answered_at)
+    if not result.is_final and kill_switch_engaged():
+        cancelled = broker.cancel(order.client_order_id, symbol=order.symbol)
+        if cancelled is not None:
+            order = order_settle(order_id=order.pk, broker_order=cancelled)
+    return order
 
 
 def _order_note(order: Order, note: str) -> Order:
@@ -510,11 +534,19 @@ def _order_note(order: Order, note: str) -> Order:
 
 
 def order_execute(*, signal_id: int) -> Order | None:
-    """The execute task's body: decide again from the database, then claim and submit."""
-    order = _order_decide(signal_id)
-    if order is None or order.status not in (OS.PENDING, OS.SUBMITTING):
-        return order
-    return order_submit(order)
+    """The execute task's body: decide again from the database, then submit; one order per signal.
+
+    A second task for the same signal while the first holds the signal's
+    submission lock does nothing (the first one owns the order).
+    """
+    with _submission_lock(signal_id) as held:
+        if not held:
+            logger.info("execute: signal %s is being executed by another worker", signal_id)
+            return Order.objects.filter(signal_id=signal_id).first()
+        order, created = _order_decide(signal_id)
+        if order is None or order.status not in (OS.PENDING, OS.SUBMITTING):
+            return order
+        return _order_submit_locked(order, claimed=created)
 
 
 _STATUS_FROM_BROKER = {
@@ -535,8 +567,12 @@ def _automation_position(automation_id: int, exclude_order_id: int | None = None
     return position
 
 
-def order_settle(*, order_id: int, broker_order: BrokerOrder) -> Order:
-    """Record the broker's view of an order: new fills, status, and on a final state, close it."""
+def order_settle(*, order_id: int, broker_order: BrokerOrder, answered_at: datetime | None = None) -> Order:
+    """Record the broker's view of an order: new fills, status, and on a final state, close it.
+
+    ``answered_at``: when the broker's answer to the submission arrived, the
+    order's ``submitted_at`` (else the time of this call).
+    """
     with transaction.atomic():
         order = Order.objects.select_for_update().get(pk=order_id)
         if order.status in FINAL:
@@ -559,7 +595,7 @@ def order_settle(*, order_id: int, broker_order: BrokerOrder) -> Order:
         order.broker_order_id = broker_order.broker_order_id or order.broker_order_id
         order.filled_qty = broker_order.filled_qty
         order.avg_fill_price = broker_order.avg_price
-        order.submitted_at = order.submitted_at or now
+        order.submitted_at = order.submitted_at or answered_at or now
         status = _STATUS_FROM_BROKER[broker_order.status]
         changed = status != order.status or new_fills
         order.status = status

@@ -7,6 +7,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trading.settings")
+# Pooled database connections: see trading.settings (each ASGI request runs in a new thread).
+os.environ.setdefault("DATABASE_POOL_SIZE", "10")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

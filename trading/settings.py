@@ -145,10 +145,19 @@ def _database_from_url(url: str) -> dict:
     # A unix-socket directory arrives percent-encoded in the host part.
     if str(config.get("HOST", "")).lower().startswith("%2f"):
         config["HOST"] = unquote(config["HOST"])
-    config["CONN_MAX_AGE"] = _int("DATABASE_CONN_MAX_AGE", 60)
-    config["CONN_HEALTH_CHECKS"] = True
     options = config.setdefault("OPTIONS", {})
     options.setdefault("connect_timeout", 5)
+    pool_size = _int("DATABASE_POOL_SIZE", 0)
+    if pool_size > 0:
+        # The ASGI web process (trading.asgi sets this): Django runs each request's sync code in
+        # a thread of its own, so a per-thread persistent connection is never reused and every
+        # request paid a fresh PostgreSQL connection. A psycopg pool hands each request a warm one.
+        config["CONN_MAX_AGE"] = 0
+        options["pool"] = {"min_size": 2, "max_size": pool_size, "timeout": 10}
+    else:
+        # Workers and commands: one thread, one persistent connection.
+        config["CONN_MAX_AGE"] = _int("DATABASE_CONN_MAX_AGE", 60)
+        config["CONN_HEALTH_CHECKS"] = True
     test_name = os.environ.get("DATABASE_TEST_NAME")
     if test_name:
         config["TEST"] = {"NAME": test_name}

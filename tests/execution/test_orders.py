@@ -133,9 +133,9 @@ def test_the_reconciler_fills_a_resting_order_once_the_market_reaches_it(market)
 def test_a_submission_found_at_the_broker_is_recorded_not_resubmitted(market):
     automation = make_automation()
     signal = make_signal(automation, status=S.QUEUED)
-    order = services._order_decide(signal.pk)
-    # The worker that claimed it reached the broker and died before recording anything.
-    Order.objects.filter(pk=order.pk).update(status=OS.SUBMITTING)
+    order, created = services._order_decide(signal.pk)
+    # The worker that created it reached the broker and died before recording anything.
+    assert created and order.status == OS.SUBMITTING
     broker = PaperBroker()
     accepted = broker.submit(OrderRequest(order.client_order_id, order.symbol, order.side, order.quantity,
                                           order.limit_price))
@@ -154,3 +154,39 @@ def test_the_paper_broker_returns_the_existing_order_for_a_repeated_client_order
     second = broker.submit(OrderRequest("fp-test-1", "TEST-BTC", "sell", Decimal("9"), Decimal("50")))
     assert first == second
     assert first.fills[0].price <= Decimal("100.00") and first.filled_qty == Decimal("1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_for_a_signal_another_worker_is_submitting_does_nothing(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED)
+    import psycopg
+
+    from trading.embedded import database_url
+
+    # Another worker's connection holds the signal's submission lock (it is between its commit and the broker).
+    other = psycopg.connect(database_url(connection.settings_dict).replace("postgres://", "postgresql://"),
+                            autocommit=True)
+    try:
+        other.execute("SELECT pg_advisory_lock(%s)", [services._ADVISORY_BASE + signal.pk])
+        assert services.order_execute(signal_id=signal.pk) is None
+        assert Order.objects.filter(signal=signal).count() == 0
+        assert PaperBroker().all_orders() == []
+    finally:
+        other.close()
+    order = services.order_execute(signal_id=signal.pk)
+    assert order is not None and order.status == OS.FILLED
+    assert len(PaperBroker().all_orders()) == 1
+
+
+@pytest.mark.django_db
+def test_a_new_order_is_born_claimed_and_stamped_when_the_broker_answered(market):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED)
+    order, created = services._order_decide(signal.pk)
+    assert created and order.status == OS.SUBMITTING and order.submitted_at is None
+    again, created_again = services._order_decide(signal.pk)
+    assert again.pk == order.pk and not created_again
+    settled = services._order_submit_locked(order, claimed=True)
+    assert settled.status == OS.FILLED
+    assert order.created_at <= settled.submitted_at <= settled.closed_at

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from simple_history.models import HistoricalRecords
 
@@ -58,8 +59,8 @@ class RiskState(models.Model):
     daily_peak_pnl = models.DecimalField(max_digits=30, decimal_places=12, default=0)
     consecutive_losses = models.IntegerField(default=0)
     slippage_breaches_today = models.IntegerField(default=0)
-    signal_times = models.JSONField(default=list, blank=True, help_text="Epoch seconds of signals in the last hour.")
-    order_times = models.JSONField(default=list, blank=True, help_text="Epoch seconds of orders in the last minute.")
+    signal_times = ArrayField(models.FloatField(), default=list, blank=True, help_text="Epoch seconds of signals in the last hour.")
+    order_times = ArrayField(models.FloatField(), default=list, blank=True, help_text="Epoch seconds of orders in the last minute.")
     tripped = models.BooleanField(default=False)
 
     class Meta:

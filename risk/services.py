@@ -15,7 +15,6 @@ Locking rules (every path follows them, so no two paths can deadlock each other)
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -214,9 +213,9 @@ def _lock_sql() -> str:
     )
 
 
-def _json_list(value: Any) -> list[float]:
-    # Django registers a text loader for jsonb on its connections: decode here as JSONField would.
-    return json.loads(value) if isinstance(value, str) else list(value or [])
+def _float_list(value: Any) -> list[float]:
+    # A double precision[] column arrives as a list (or None for a NULL array).
+    return list(value or [])
 
 
 def _risk_lock(automation_id: int | None, now: datetime) -> _Locked:
@@ -249,7 +248,7 @@ def _risk_lock(automation_id: int | None, now: datetime) -> _Locked:
                      kill_switch_on=False)
     for row in rows:
         values = list(row[:n_state])
-        values[8], values[9] = _json_list(values[8]), _json_list(values[9])
+        values[8], values[9] = _float_list(values[8]), _float_list(values[9])
         state = RiskState.from_db("default", list(_STATE_COLUMNS), values)
         limit_values = row[n_state:n_state + n_limit]
         limit_row = None if limit_values[-1] is None else dict(zip(LIMIT_SETTING_FIELDS, limit_values, strict=False))
@@ -287,9 +286,16 @@ def _state_refresh(row: RiskState, now: datetime) -> None:
 
 
 # How many window entries a row keeps when its scope has no limit for that
-# window: enough history that a limit set later starts from real data,
-# small enough that the JSON rewritten under the lock stays short.
-WINDOW_UNSET_KEEP = 100
+# window. Signals: enough history that a limit set later starts from real
+# data. Orders: none. The order window is rewritten by every pre-trade check
+# with the global row locked, and 100 timestamps per row made the row (and
+# so every update of it) several times larger than everything else in it.
+# Trade-off: an orders-per-minute limit set on a scope that had none starts
+# counting from that moment, so in its first minute up to M orders pass even
+# if orders were flowing just before. The risk_pretrade_reserve function
+# (migration 0005) keeps the same numbers.
+SIGNAL_WINDOW_UNSET_KEEP = 100
+ORDER_WINDOW_UNSET_KEEP = 0
 
 
 def _window_trim(row: RiskState, *, signal_limit: int | None, order_limit: int | None) -> None:
@@ -299,8 +305,8 @@ def _window_trim(row: RiskState, *, signal_limit: int | None, order_limit: int |
     newest M entries in the window (older ones leave the window first), so
     the row never needs more than M.
     """
-    row.signal_times = _newest(row.signal_times, WINDOW_UNSET_KEEP if signal_limit is None else signal_limit)
-    row.order_times = _newest(row.order_times, WINDOW_UNSET_KEEP if order_limit is None else order_limit)
+    row.signal_times = _newest(row.signal_times, SIGNAL_WINDOW_UNSET_KEEP if signal_limit is None else signal_limit)
+    row.order_times = _newest(row.order_times, ORDER_WINDOW_UNSET_KEEP if order_limit is None else order_limit)
 
 
 def _newest(times: list[float], keep: int) -> list[float]:
@@ -333,12 +339,12 @@ def _state_save(*rows: RiskState | None) -> None:
         return
     table = RiskState._meta.db_table
     values = ", ".join(["(%s::bigint, %s::date, %s::integer, %s::numeric, %s::numeric, %s::integer, %s::integer, "
-                        "%s::jsonb, %s::jsonb, %s::boolean)"] * len(present))
+                        "%s::double precision[], %s::double precision[], %s::boolean)"] * len(present))
     params: list[Any] = []
     for r in present:
         params += [r.pk, r.trading_day, r.open_orders, Decimal(r.daily_realized_pnl), Decimal(r.daily_peak_pnl),
-                   r.consecutive_losses, r.slippage_breaches_today, json.dumps(r.signal_times),
-                   json.dumps(r.order_times), r.tripped]
+                   r.consecutive_losses, r.slippage_breaches_today, [float(t) for t in r.signal_times],
+                   [float(t) for t in r.order_times], r.tripped]
     assignments = ", ".join(f"{name} = v.{name}" for name in _STATE_FIELDS)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -368,8 +374,6 @@ def _open_trip_refusal(automation_id: int | None) -> rules.Breach:
 # ---------------------------------------------------------------------------
 
 
-# No savepoint: the check runs inside the order's transaction and fails with it.
-@transaction.atomic(savepoint=False)
 def pretrade_check(
     *,
     automation_id: int,
@@ -379,7 +383,76 @@ def pretrade_check(
     mid: Decimal | None,
     actor_label: str = "worker-execute",
 ) -> list[rules.Breach]:
-    """Check one order against every limit and reserve it, atomically.
+    """Check one order against every limit and reserve it, atomically. Returns the breaches ([] = reserved).
+
+    Two paths, each atomic on its own:
+
+    1. The fast path, one statement: ``risk_pretrade_reserve`` (migration
+       ``risk/0005``) locks the global and the automation's risk-state rows in
+       primary-key order, and if the kill switch is off, neither scope is
+       tripped, the automation is active and no limit of either scope would
+       refuse the order, reserves it on both rows (one more open order, its
+       time in the order-rate window) and answers true. The check and the
+       counter update are one statement under the row locks, so N racing
+       workers cannot pass a limit of M < N. The locks are held only while
+       that statement runs (plus the rest of the caller's transaction, if
+       any), never across a round trip to Python. It decides only "passes";
+       anything else answers false and changes nothing.
+    2. Otherwise the locked path (``_pretrade_check_locked``), the reference:
+       the same rows locked in a transaction, evaluated with ``risk.rules``,
+       a refusal with a readable reason per breach, the breaker tripped. It
+       may still pass (the state moved on in between), then it reserves.
+
+    The fast path's SQL repeats the boundaries of ``risk.rules.check_order``
+    (the backtester's arithmetic) for the passing outcome only; every refusal
+    is decided again, and worded, by ``risk.rules``. The two are held equal
+    by ``tests/risk/test_pretrade_fast_path.py`` over a grid of states,
+    limits and orders. Money compares exactly in numeric.
+
+    Durability trade-off (why it is safe): when the fast path reserves it sets
+    ``synchronous_commit = off`` for the transaction it runs in, so the commit
+    does not wait for the WAL flush while the global row is locked (that wait
+    serialized every worker on fsync). The commit is still atomic; only a
+    PostgreSQL crash within ~3 x ``wal_writer_delay`` of it can lose it, and
+    then the whole transaction is lost together: the reservation, and, in the
+    execute worker, the order row and the signal's move to ``ordered`` written
+    in the same transaction (``execution.services._order_decide``). WAL is
+    flushed in order, so any later synchronous commit makes this one durable
+    first: the execute worker's claim of the order (``pending -> submitting``,
+    an autocommitted UPDATE with synchronous commit on) happens before the
+    order is sent to the broker. So no order reaches a broker whose
+    reservation could be lost; a lost decision leaves the signal queued
+    without an order, and ``orders_reconcile`` sends it to be checked again.
+    Refusals keep synchronous commit: a breaker trip is durable when it is
+    answered. Callers must keep that order of events: reserve, then a
+    synchronous commit, then the broker.
+
+    Call it inside the order's transaction (the execute worker does) or on
+    its own (it then commits by itself). The trip itself survives a rollback
+    of the caller's transaction: see ``breaker_trip``.
+    """
+    order = rules.OrderCheck(
+        quantity=Decimal(quantity),
+        limit_price=Decimal(limit_price) if limit_price is not None else None,
+        side=Side(side),
+        mid=Decimal(mid) if mid is not None else None,
+    )
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT risk_pretrade_reserve(%s, %s, %s, %s, %s, %s)",
+            [automation_id, _today(now), now.timestamp(), order.quantity, order.limit_price, order.mid],
+        )
+        (reserved,) = cursor.fetchone()
+    if reserved:
+        return []
+    return _pretrade_check_locked(automation_id=automation_id, order=order, actor_label=actor_label)
+
+
+# No savepoint: the check runs inside the order's transaction and fails with it.
+@transaction.atomic(savepoint=False)
+def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor_label: str) -> list[rules.Breach]:
+    """The reference check, in Python under the row locks; runs when the fast path did not pass.
 
     Steps, all under the risk-state row locks (global, then the automation):
 
@@ -390,9 +463,6 @@ def pretrade_check(
     4. On any breach: trip the breaker(s) and return the breaches; the caller
        marks the order rejected with the messages (and commits).
     5. Otherwise reserve: ``open_orders += 1`` and the order time, on both rows.
-
-    Call it inside the order's transaction. The trip itself survives a
-    rollback of that transaction: see ``breaker_trip``.
     """
     now = timezone.now()
     locked = _risk_lock(automation_id, now)
@@ -417,12 +487,6 @@ def pretrade_check(
         return [refusal]
 
     global_limits, automation_limits = locked.global_limits, locked.automation_limits
-    order = rules.OrderCheck(
-        quantity=Decimal(quantity),
-        limit_price=Decimal(limit_price) if limit_price is not None else None,
-        side=Side(side),
-        mid=Decimal(mid) if mid is not None else None,
-    )
     global_breaches = rules.check_order(global_limits, _rules_state(global_row), order)
     automation_breaches = rules.check_order(automation_limits, _rules_state(automation_row), order)
     if global_breaches or automation_breaches:

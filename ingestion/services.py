@@ -879,9 +879,37 @@ def _picker(rows: np.ndarray | None) -> Any:
     return lambda column: list(map(column.__getitem__, indices))
 
 
+_TS_TEMPLATE = np.frombuffer("0000-00-00 00:00:00.000000+00".encode("utf-32-le"), dtype=np.uint32)
+# (position of the last digit, number of digits) of year, month, day, hour, minute, second, microsecond.
+_TS_FIELDS = ((3, 4), (6, 2), (9, 2), (12, 2), (15, 2), (18, 2), (25, 6))
+
+
 def _ts_texts(us: np.ndarray) -> list[str]:
-    """Microseconds since the epoch as timestamptz text (``2020-02-22T00:00:01.096000Z``), all at once."""
-    return np.datetime_as_string(us.astype("datetime64[us]"), unit="us", timezone="UTC").tolist()
+    """Microseconds since the epoch (years 1970-9999) as timestamptz text, ``2020-02-22 00:00:01.096000+00``.
+
+    The same text ``_TsText`` gives tick by tick, built for the whole column
+    at once: the digits are computed with integer array arithmetic into a
+    grid of code points, which numpy hands back as one ``str`` per row.
+    """
+    days, in_day = np.divmod(us, 86_400_000_000)
+    date_days = days.astype("datetime64[D]")
+    months = date_days.astype("datetime64[M]")
+    parts = (
+        months.astype("datetime64[Y]").astype(np.int64) + 1970,
+        months.astype(np.int64) % 12 + 1,
+        (date_days - months).astype(np.int64) + 1,
+        in_day // 3_600_000_000,
+        in_day // 60_000_000 % 60,
+        in_day // 1_000_000 % 60,
+        in_day % 1_000_000,
+    )
+    grid = np.tile(_TS_TEMPLATE, (len(us), 1))
+    for value, (end, width) in zip(parts, _TS_FIELDS, strict=True):
+        rest = value
+        for k in range(width):
+            rest, digit = np.divmod(rest, 10)
+            grid[:, end - k] += digit.astype(np.uint32)
+    return grid.view(f"<U{len(_TS_TEMPLATE)}").ravel().tolist()
 
 
 def _rows_text(stream_text: str, columns: list[list[str]]) -> str:

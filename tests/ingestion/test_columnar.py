@@ -283,3 +283,19 @@ def test_the_liquidity_array_update_gives_the_per_quote_state():
         )
 
     assert state == expected
+
+
+def test_the_column_timestamp_text_is_the_per_tick_text():
+    from ingestion.services import _ts_texts, ns_to_datetime
+
+    rng = np.random.default_rng(7)
+    us = np.concatenate(
+        [
+            np.array([0, 951_782_400_000_000, 1_709_251_199_999_999, 8_999_999_999_999_999], dtype=np.int64),
+            rng.integers(0, 9_000_000_000_000_000, 20_000),
+        ]
+    )
+
+    expected = [ns_to_datetime(int(u) * 1000).strftime("%Y-%m-%d %H:%M:%S.%f+00") for u in us]
+
+    assert _ts_texts(us) == expected

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
-from automations.detection import detect_symbol
+from automations.detection import detect_symbol, detect_symbols
 from automations.services import signals_expire, snapshot_coverage_check
 from automations.snapshots import snapshots_archive
 
@@ -24,6 +24,15 @@ def detect_symbol_task(symbol: str) -> dict[str, Any]:
     # symbol's lock: data ingested from then on asks for a new detection, so
     # nothing that arrives during this run is missed.
     return dataclasses.asdict(detect_symbol(symbol=symbol, clear_pending=True))
+
+
+@shared_task(name="automations.tasks.detect_symbols_task", acks_late=True, time_limit=60, soft_time_limit=50)
+def detect_symbols_task(symbols: list[str]) -> list[dict[str, Any]]:
+    # One task per ingested batch, for the symbols it touched whose pending
+    # flag it set (coalescing): one pass shares the Redis and PostgreSQL round
+    # trips and the signal transaction across the symbols. The flags are
+    # cleared first, like detect_symbol_task's.
+    return [dataclasses.asdict(r) for r in detect_symbols(symbols=list(symbols), clear_pending=True)]
 
 
 @shared_task(name="automations.tasks.detect_expire_signals_task", time_limit=60)

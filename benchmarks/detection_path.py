@@ -52,11 +52,14 @@ from django.db import connection, transaction  # noqa: E402
 from automations import detection  # noqa: E402
 from automations.models import Automation  # noqa: E402
 from automations.strategies import get_strategy  # noqa: E402
-from automations.tasks import detect_symbol_task  # noqa: E402
+from automations.tasks import detect_symbol_task, detect_symbols_task  # noqa: E402
 from trading import redis_keys  # noqa: E402
 from trading.redis_client import redis_client  # noqa: E402
 
 CYCLES = int(os.environ.get("BENCH_CYCLES", "5"))
+LAG_TASKS = os.environ.get("BENCH_LAG_TASKS", "batch")
+if LAG_TASKS not in ("batch", "symbol"):
+    raise SystemExit(f"BENCH_LAG_TASKS must be 'batch' or 'symbol', not {LAG_TASKS!r}")
 TICKS_PER_CYCLE = 1000  # 5,000 ticks/s in 200 ms batches
 CYCLE_S = 0.2
 WORKERS = 2
@@ -170,13 +173,13 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
         signal_ms = 0.0
         evaluate_ms = 0.0
         lags = []
-        for market in markets:
-            result = detection.detect_symbol(symbol=market.symbol)
+        # One pass for every symbol the cycle touched (detect_symbols_task's body, flags aside).
+        for result in detection.detect_symbols(symbols=[market.symbol for market in markets]):
             signals += sum(result.signals.values())
-            signal_ms += result.timings_ms.get("signals", 0.0)
             evaluate_ms += result.timings_ms.get("evaluate", 0.0)
             if result.lag_ms is not None:
                 lags.append(result.lag_ms)
+        signal_ms = result.timings_ms.get("signals", 0.0)  # Shared by the pass's symbols.
         elapsed = (time.perf_counter() - started) * 1e3
         if cycle > 0:  # The first cycle warms caches and connections.
             cycles.append({"ms": elapsed, "signals": signals, "signal_ms": signal_ms, "evaluate_ms": evaluate_ms,
@@ -186,8 +189,9 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
     no_signal_ms = statistics.median(c["ms"] - c["signal_ms"] for c in cycles)
     total_signals = sum(c["signals"] for c in cycles)
     per_signal = (sum(c["signal_ms"] for c in cycles) / total_signals) if total_signals else None
-    # Two workers share the cycles; with one symbol only one worker can run it at a time (per-symbol lock).
-    parallel = min(WORKERS, n_symbols)
+    # One pass per cycle: a second worker takes the next cycle's task, but it
+    # waits for the symbols' locks, so passes do not overlap.
+    parallel = 1
     worker_ms_per_cycle = cycle_ms / parallel
     return {
         "automations": n_automations, "symbols": n_symbols, "ticks_per_cycle": per_symbol_ticks * n_symbols,
@@ -197,7 +201,7 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
         "evaluate_us_per_automation": round(statistics.median(c["evaluate_ms"] for c in cycles) * 1e3 / n_automations, 1),
         "signals_per_cycle_median": statistics.median(c["signals"] for c in cycles),
         "per_signal_ms": round(per_signal, 2) if per_signal else None,
-        "wall_ms_per_cycle_on_2_workers": round(worker_ms_per_cycle, 2),
+        "wall_ms_per_cycle": round(worker_ms_per_cycle, 2),
         "keeps_up": worker_ms_per_cycle < CYCLE_S * 1e3,
         "worst_lag_estimate_ms": round(CYCLE_S * 1e3 + max(c["ms"] for c in cycles) / parallel, 1),
     }
@@ -219,9 +223,12 @@ def ingest_child(stream: str, label: str, n_symbols: int, seconds: float) -> Non
     batch is written (the feed batches what arrived meanwhile), so the lag
     measured includes the batching delay. Per batch: one COPY transaction,
     the book and quote published to Redis, then per symbol the oldest
-    unseen receive time (SET NX) and one coalesced detection request, like
-    ``ingestion.services.request_detection`` (pending flag SET NX, then the
-    symbol pushed on a list standing in for the detect queue).
+    unseen receive time (SET NX) and the coalesced detection requests (pending
+    flag SET NX per symbol), pushed on a list standing in for the detect
+    queue: with ``BENCH_LAG_TASKS=batch`` (the default) one request per batch
+    carrying the symbols whose flag it set (``detect_symbols_task``), with
+    ``symbol`` one request per such symbol (``detect_symbol_task``, what
+    ``ingestion.services.request_detection`` sends today).
     """
     symbols = [f"B{PID_PARENT}-{label}-{i}" for i in range(n_symbols)]
     markets = [Market(s, seed=i) for i, s in enumerate(symbols)]
@@ -269,11 +276,14 @@ def ingest_child(stream: str, label: str, n_symbols: int, seconds: float) -> Non
             pipe.set(redis_keys.detect_pending(sym), "1", nx=True, ex=30)
         replies = pipe.execute()
         flags = replies[len(markets) * 2 :][1::2]
-        pipe = client.pipeline(transaction=False)
-        for sym, flag in zip(recv_by_key, flags, strict=True):
-            if flag:
-                pipe.rpush(f"fp:bench-queue:{PID_PARENT}", sym)
-        pipe.execute()
+        flagged = [sym for sym, flag in zip(recv_by_key, flags, strict=True) if flag]
+        if flagged and LAG_TASKS == "batch":
+            client.rpush(f"fp:bench-queue:{PID_PARENT}", json.dumps(flagged))
+        elif flagged:
+            pipe = client.pipeline(transaction=False)
+            for sym in flagged:
+                pipe.rpush(f"fp:bench-queue:{PID_PARENT}", json.dumps([sym]))
+            pipe.execute()
         batches += 1
         next_batch += CYCLE_S
         if time.monotonic() > next_batch:
@@ -283,14 +293,25 @@ def ingest_child(stream: str, label: str, n_symbols: int, seconds: float) -> Non
     print(json.dumps({"batches": batches, "late_batches": late}))
 
 
+def backend_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a local process (the PostgreSQL backend serving this connection)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # A remote database: not measured.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def lag_scenario(seconds: float) -> dict:
     """Detection lag with the ingest side running: time from a quote's receive time to its detection pass ending.
 
     1,000 automations over 100 symbols; a child process writes 5,000
     quotes/s (1,000 per 200 ms batch, 10 per symbol) and asks for one
     detection per symbol per batch (coalesced); this process is the detect
-    worker (one process, one core) and runs ``detect_symbol_task``'s body
-    per request (flag clear included, no broker).
+    worker (one process, one core) and runs the task's body per request
+    (``detect_symbols_task`` or ``detect_symbol_task``, see ``ingest_child``;
+    flag clear included, no broker). Phase timings are per pass (a pass
+    covers every symbol of its request).
     """
     label, n_automations, n_symbols = "lag", 1000, 100
     rng = random.Random(7)
@@ -307,10 +328,13 @@ def lag_scenario(seconds: float) -> dict:
         [sys.executable, __file__, "--ingest-child", STREAM, label, str(n_symbols), str(seconds), str(PID)],
         stdout=subprocess.PIPE, text=True,
     )
-    lags, passes, signals, signal_ms, busy_s = [], 0, 0, 0.0, 0.0
+    lags, passes, signals, signal_ms, busy_s, symbols_detected = [], 0, 0, 0.0, 0.0, 0
     backlog_max = 0
     phase_ms: dict[str, float] = {}
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend_pid = cursor.fetchone()[0]
+    cpu0, wall0, pg0 = time.process_time(), time.perf_counter(), backend_cpu_s(backend_pid)
     try:
         while True:
             # The client's socket timeout is 5 s: wait in short polls, while the child lives.
@@ -320,33 +344,36 @@ def lag_scenario(seconds: float) -> dict:
                     continue
                 break
             if passes == 0:  # The clock starts with the first request (the child generates its market first).
-                cpu0, wall0 = time.process_time(), time.perf_counter()
-            sym = popped[1].decode()
-            if sym == "__done__":
+                cpu0, wall0, pg0 = time.process_time(), time.perf_counter(), backend_cpu_s(backend_pid)
+            if popped[1] == b"__done__":
                 break
+            syms = json.loads(popped[1])
             # The benchmark's own bookkeeping (backlog, the oldest unseen
-            # receive time) in one round trip, outside the timed pass.
+            # receive times) in one round trip, outside the timed pass.
             pipe = client.pipeline(transaction=False)
             pipe.llen(queue)
-            pipe.getdel(f"fp:bench-oldest:{sym}")
-            backlog, oldest = pipe.execute()
+            for sym in syms:
+                pipe.getdel(f"fp:bench-oldest:{sym}")
+            backlog, *oldest = pipe.execute()
             backlog_max = max(backlog_max, backlog + 1)
             started = time.perf_counter()
-            # The task itself: it clears the coalescing flag, then detects.
-            result = detect_symbol_task(sym)
+            # The task itself: it clears the coalescing flags, then detects.
+            results = detect_symbols_task(syms) if LAG_TASKS == "batch" else [detect_symbol_task(syms[0])]
             passes += 1
-            signals += sum(result["signals"].values())
-            signal_ms += result["timings_ms"].get("signals", 0.0)
-            for phase, ms in result["timings_ms"].items():
+            symbols_detected += len(results)
+            signals += sum(sum(r["signals"].values()) for r in results)
+            signal_ms += results[0]["timings_ms"].get("signals", 0.0)
+            for phase, ms in results[0]["timings_ms"].items():
                 phase_ms[phase] = phase_ms.get(phase, 0.0) + ms
             busy_s += time.perf_counter() - started
-            if oldest is not None:
-                lags.append((time.time_ns() - int(oldest)) / 1e6)
+            done_ns = time.time_ns()
+            lags.extend((done_ns - int(first)) / 1e6 for first in oldest if first is not None)
     finally:
         child.wait(timeout=60)
         Automation.objects.filter(name__startswith=f"bench-{PID}-{label}").update(status=Automation.Status.PAUSED)
         client.delete(queue)
     wall = time.perf_counter() - wall0
+    cpu, pg_cpu = time.process_time() - cpu0, backend_cpu_s(backend_pid) - pg0
     child_out = json.loads(child.stdout.read().strip().splitlines()[-1]) if child.stdout else {}
     lags.sort()
 
@@ -356,8 +383,13 @@ def lag_scenario(seconds: float) -> dict:
     # Warm-up: the first passes load every window in full.
     return {
         "automations": n_automations, "symbols": n_symbols, "ticks_per_s": int(TICKS_PER_CYCLE / CYCLE_S),
-        "seconds": seconds, "ingest": child_out, "passes": passes, "passes_per_s": round(passes / wall, 1),
-        "detect_busy_fraction": round(busy_s / wall, 3), "detect_cpu_fraction": round((time.process_time() - cpu0) / wall, 3),
+        "seconds": seconds, "tasks": LAG_TASKS, "ingest": child_out, "passes": passes, "passes_per_s": round(passes / wall, 1),
+        "symbols_per_pass_mean": round(symbols_detected / passes, 1) if passes else None,
+        "detect_busy_fraction": round(busy_s / wall, 3), "detect_cpu_fraction": round(cpu / wall, 3),
+        # CPU of the detect process and of its PostgreSQL backend: what a quiet 2-core machine must supply.
+        "detect_cpu_ms_per_pass": round(cpu * 1e3 / passes, 2) if passes else None,
+        "pg_backend_cpu_ms_per_pass": round(pg_cpu * 1e3 / passes, 2) if passes else None,
+        "cpu_ms_per_symbol_pass": round((cpu + pg_cpu) * 1e3 / symbols_detected, 3) if symbols_detected else None,
         "ms_per_pass_mean": round(busy_s * 1e3 / passes, 2) if passes else None,
         "signals": signals, "signal_ms_total": round(signal_ms, 1),
         "ms_per_pass_without_signals": round((busy_s * 1e3 - signal_ms) / passes, 2) if passes else None,

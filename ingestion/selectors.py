@@ -224,6 +224,8 @@ class _Read:
     window: _Window | None
     sql: str
     params: list[Any]
+    # An extension's (head_ts, head_seq, tail_ts, tail_seq), for the statement that reads several symbols at once.
+    bounds: tuple[datetime, int, datetime, int] | None = None
 
 
 class WindowCache:
@@ -260,7 +262,9 @@ class WindowCache:
         window = self.windows.get(symbol)
         if window is not None and window.capacity >= n and time.monotonic() - window.loaded_at < self.max_age_s:
             sql, params = self._extend_sql(symbol, window)
-            return _Read(symbol=symbol, n=n, capacity=window.capacity, window=window, sql=sql, params=params)
+            return _Read(
+                symbol=symbol, n=n, capacity=window.capacity, window=window, sql=sql, params=params, bounds=self._bounds(window)
+            )
         return self.plan_full(symbol, n)
 
     def plan_full(self, symbol: str, n: int) -> _Read:
@@ -284,8 +288,9 @@ class WindowCache:
             arrays = [a[-read.n :] for a in arrays]
         return _frame(arrays, self.table)
 
-    def _extend_sql(self, symbol: str, window: _Window) -> tuple[str, list[Any]]:
-        """The statement that counts the cached rows again and fetches the rows newer than the tail."""
+    @staticmethod
+    def _bounds(window: _Window) -> tuple[datetime, int, datetime, int]:
+        """(head_ts, head_seq, tail_ts, tail_seq): where the recount starts and the fetch of new rows starts after."""
         cached = len(window)
         if cached:
             tail_ts, tail_seq = _ns_to_datetime(window.arrays[0][-1]), int(window.arrays[1][-1])
@@ -296,6 +301,49 @@ class WindowCache:
             head_ts, head_seq = _ns_to_datetime(window.arrays[0][0]), int(window.arrays[1][0])
         else:
             head_ts, head_seq = _MIN_TS, _MIN_SEQ
+        return head_ts, head_seq, tail_ts, tail_seq
+
+    def extend_many_sql(self, reads: Sequence[_Read]) -> tuple[str, list[Any]]:
+        """``_extend_sql`` for several symbols in ONE statement: rows (read index, count, new row...) by index.
+
+        The per-symbol bounds travel as arrays; each symbol's count and new
+        rows come from the same lateral subqueries as ``_extend_sql``'s, so
+        one statement (one snapshot) serves every symbol.
+        """
+        name = self.table.name
+        bounds = [r.bounds for r in reads]
+        assert all(b is not None for b in bounds)
+        return (
+            "SELECT k.i, c.n, r.* FROM unnest(%s::text[], %s::timestamptz[], %s::bigint[], %s::timestamptz[],"  # noqa: S608 - fixed table and columns.
+            " %s::bigint[], %s::int[]) WITH ORDINALITY AS k(symbol, head_ts, head_seq, tail_ts, tail_seq, cap, i)"
+            f" CROSS JOIN LATERAL (SELECT count(*) AS n FROM {name} q WHERE q.symbol = k.symbol"
+            " AND q.source_ts >= k.head_ts AND (q.source_ts, q.raw_seq) >= (k.head_ts, k.head_seq)) c"
+            f" LEFT JOIN LATERAL (SELECT {_TS_NS}, raw_seq, {self.table.select} FROM {name} q"
+            " WHERE q.symbol = k.symbol AND q.source_ts >= k.tail_ts AND (q.source_ts, q.raw_seq) > (k.tail_ts, k.tail_seq)"
+            " ORDER BY q.source_ts, q.raw_seq LIMIT k.cap) r ON true ORDER BY k.i, r.ts_ns, r.raw_seq",
+            [
+                [r.symbol for r in reads],
+                [b[0] for b in bounds],
+                [b[1] for b in bounds],  # type: ignore[index]
+                [b[2] for b in bounds],
+                [b[3] for b in bounds],
+                [r.capacity for r in reads],  # type: ignore[index]
+            ],
+        )
+
+    def full_many_sql(self, reads: Sequence[_Read]) -> tuple[str, list[Any]]:
+        """``_load_last_sql`` for several symbols in ONE statement: rows (read index, row...), newest first per index."""
+        name = self.table.name
+        return (
+            "SELECT k.i, r.* FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS k(symbol, cap, i)"  # noqa: S608 - fixed table and columns.
+            f" CROSS JOIN LATERAL (SELECT {_TS_NS}, raw_seq, {self.table.select} FROM {name} q WHERE q.symbol = k.symbol"
+            " ORDER BY q.source_ts DESC, q.raw_seq DESC LIMIT k.cap) r ORDER BY k.i, r.ts_ns DESC, r.raw_seq DESC",
+            [[r.symbol for r in reads], [r.capacity for r in reads]],
+        )
+
+    def _extend_sql(self, symbol: str, window: _Window) -> tuple[str, list[Any]]:
+        """The statement that counts the cached rows again and fetches the rows newer than the tail."""
+        head_ts, head_seq, tail_ts, tail_seq = self._bounds(window)
         name = self.table.name
         return (
             f"SELECT c.n, r.* FROM (SELECT count(*) AS n FROM {name}"  # noqa: S608 - fixed table and columns.
@@ -381,33 +429,65 @@ def windows_read_many(requests: Sequence[WindowRequest]) -> list[Windows]:
     symbols = [r.symbol for r in requests]
     if len(set(symbols)) != len(symbols):
         raise ValueError(f"windows_read_many: a symbol may be asked for once per call, got {symbols}")
-    # (request index, cache, planned read) per window read, then every statement in order.
+    # (request index, cache, planned read) per window read.
     reads: list[tuple[int, WindowCache, _Read]] = []
-    statements: list[tuple[str, Sequence[Any]]] = []
     for index, request in enumerate(requests):
         if request.quotes > 0:
             reads.append((index, QUOTE_WINDOWS, QUOTE_WINDOWS.plan(request.symbol, request.quotes)))
         if request.trades > 0:
             reads.append((index, TRADE_WINDOWS, TRADE_WINDOWS.plan(request.symbol, request.trades)))
-    statements = [(r.sql, r.params) for _, _, r in reads]
-    for request in requests:
-        statements.extend(request.extra)
-    if not statements:
-        return [Windows(quotes=None, trades=None, extra=[]) for _ in requests]
-    results = _prepared_many(statements)
+    extras: list[tuple[str, Sequence[Any]]] = [statement for request in requests for statement in request.extra]
     frames: list[dict[str, pd.DataFrame | None]] = [{} for _ in requests]
     again: list[tuple[int, WindowCache, _Read]] = []
-    for (index, cache, read), rows in zip(reads, results, strict=False):
-        frames[index][cache.table.name] = cache.apply(read, rows)
-        if frames[index][cache.table.name] is None:
-            again.append((index, cache, cache.plan_full(read.symbol, read.n)))
+    extra_results = _run_reads(reads, extras, frames, again)
     if again:
-        for (index, cache, read), rows in zip(again, _prepared_many([(r.sql, r.params) for _, _, r in again]), strict=True):
-            frames[index][cache.table.name] = cache.apply(read, rows)
+        _run_reads(again, [], frames, [])
     out = []
-    position = len(reads)
+    position = 0
     for index, request in enumerate(requests):
-        extra_rows = results[position : position + len(request.extra)]
+        extra_rows = extra_results[position : position + len(request.extra)]
         position += len(request.extra)
         out.append(Windows(quotes=frames[index].get(_QUOTES.name), trades=frames[index].get(_TRADES.name), extra=extra_rows))
     return out
+
+
+def _run_reads(
+    reads: list[tuple[int, WindowCache, _Read]],
+    extras: list[tuple[str, Sequence[Any]]],
+    frames: list[dict[str, pd.DataFrame | None]],
+    again: list[tuple[int, WindowCache, _Read]],
+) -> list[list[tuple[Any, ...]]]:
+    """Run planned window reads and extra statements in one round trip; fill ``frames``; return the extras' rows.
+
+    A read alone of its kind (table, extension or full load) runs its own
+    statement; several of a kind run as ONE statement (``extend_many_sql``,
+    ``full_many_sql``) whose rows are split back by read. Extensions that
+    need a full load are appended to ``again`` as planned full loads.
+    """
+    groups: dict[tuple[str, bool], list[tuple[int, WindowCache, _Read]]] = {}
+    for item in reads:
+        groups.setdefault((item[1].table.name, item[2].window is not None), []).append(item)
+    statements: list[tuple[str, Sequence[Any]]] = []
+    for (_name, extension), group in groups.items():
+        if len(group) == 1:
+            statements.append((group[0][2].sql, group[0][2].params))
+        else:
+            cache = group[0][1]
+            statements.append(
+                cache.extend_many_sql([r for _, _, r in group]) if extension else cache.full_many_sql([r for _, _, r in group])
+            )
+    results = _prepared_many([*statements, *extras]) if statements or extras else []
+    for rows, group in zip(results, groups.values(), strict=False):
+        if len(group) == 1:
+            per_read = [rows]
+        else:
+            # The combined statements put the read's 1-based ordinal first.
+            per_read = [[] for _ in group]
+            for row in rows:
+                per_read[row[0] - 1].append(row[1:])
+        for (index, cache, read), read_rows in zip(group, per_read, strict=True):
+            frame = cache.apply(read, read_rows)
+            frames[index][cache.table.name] = frame
+            if frame is None:
+                again.append((index, cache, cache.plan_full(read.symbol, read.n)))
+    return results[len(statements) :]

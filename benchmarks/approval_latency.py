@@ -79,6 +79,12 @@ def _login(base: str, username: str, device) -> requests.Session:  # type: ignor
     return session
 
 
+def _cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (milliseconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -113,6 +119,7 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         sessions = [(_login(base, user.username, device), device) for user, device in traders]
         time.sleep(3)  # Let the worker finish starting (it consumes nothing until then).
+        cpu0 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
         for i, (session, device) in enumerate(sessions):
             signal = make_signal(automation, limit_price="100.10")
             code = totp_next(device)
@@ -132,6 +139,7 @@ def main() -> None:
                 time.sleep(0.002)
             else:
                 raise SystemExit(f"signal {signal.pk}: no order submitted within 10 s")
+        cpu1 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
     finally:
         for proc in (web, worker):
             proc.terminate()
@@ -144,6 +152,11 @@ def main() -> None:
         "approve_to_submitted_max_ms": round(max(total_ms), 1),
         "approve_http_median_ms": round(statistics.median(http_ms), 1),
         "approve_http_p99_ms": round(_percentile(http_ms, 0.99), 1),
+        # What the path costs in CPU, whatever else the machine is doing (whole approval and whole execution,
+        # the latter including the settlement after submission): the floor under the wall-clock figures.
+        "web_cpu_ms_per_approval": round((cpu1[0] - cpu0[0]) / len(total_ms), 1),
+        "worker_cpu_ms_per_order": round((cpu1[1] - cpu0[1]) / len(total_ms), 1),
+        "load_average_1m": os.getloadavg()[0],
         "target": "p99 < 100 ms (approve POST -> order submitted)",
     }))
 

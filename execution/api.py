@@ -47,8 +47,10 @@ class SignalApproveView(APIView):
     def post(self, request: Request, signal_id: int) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        services.signal_approve(signal_id=signal_id, user=request.user, otp_token=data.validated_data["otp"].strip())
-        return _signal_response(signal_id)
+        signal = services.signal_approve(signal_id=signal_id, user=request.user,
+                                         otp_token=data.validated_data["otp"].strip())
+        # The service returns the signal as it committed it, automation included: no second read.
+        return Response(signal_payload(signal), status=status.HTTP_200_OK)
 
 
 class SignalRejectView(APIView):

@@ -16,15 +16,25 @@ store. Per batch:
 6. after commit, ask for one detection per touched symbol (coalesced).
 
 Speed. The worker is CPU-bound in Python, so the hot loop does as little per
-tick as it can: rows are written as COPY text while the ticks are validated
-(timestamps formatted from a per-second cache instead of building a datetime
-per tick), the clock estimator and the liquidity monitor take the whole batch
-at once, and a batch is COPied straight into the partitioned table inside a
-savepoint. Only when that fails on a primary-key clash (a redelivered or
-replayed batch) does it take the slower staging-table path with
-``ON CONFLICT DO NOTHING``; only when it fails on a value PostgreSQL cannot
-hold (a numeric overflow, an over-long field) are rows checked one by one and
-the offending ones quarantined as ``unstorable``.
+tick as it can. Tardis batches of the usual shape take a columnar path
+(``_parse_columns``): the whole batch is split into columns in one pass
+(``parsers.tardis_columns``), checked with array operations
+(``Validator.check_quote_batch``/``check_trade_batch``, exact Decimal rules
+wherever a float could be wrong), and written as COPY text column by column,
+prices and sizes as the venue's own decimal text; the clock estimator and the
+liquidity monitor take the batch's arrays at once. Other formats, and any
+Tardis batch holding an unusual record, go record by record (timestamps
+formatted from a per-second cache, the clock and liquidity monitor still
+updated once per batch). Both paths give the same rows and quarantine
+reasons (``tests/ingestion/test_columnar*.py``).
+
+A batch is COPied in chunks straight into its day partitions, from a helper
+thread while the next chunk is parsed, inside a savepoint. Only when that
+fails on a primary-key clash (a redelivered or replayed batch) does it take
+the slower staging-table path with ``ON CONFLICT DO NOTHING`` (through the
+parent table); only when it fails on a value PostgreSQL cannot hold (a
+numeric overflow, an over-long field) are rows checked one by one and the
+offending ones quarantined as ``unstorable``.
 """
 
 from __future__ import annotations
@@ -525,10 +535,11 @@ class IngestPipeline:
                             )
                             continue
                         # ``!s``: Decimal's ``__format__`` is several times slower than ``__str__``.
+                        q: QuoteTick = tick  # type: ignore[assignment]
                         _rows_of_day(quote_rows, src // NS_PER_DAY).append(
-                            f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.bid!s}\t{tick.bid_size!s}\t{tick.ask!s}\t{tick.ask_size!s}\n"
-                        )  # type: ignore[union-attr]
-                        quotes_put(tick)  # type: ignore[arg-type]
+                            f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{q.bid!s}\t{q.bid_size!s}\t{q.ask!s}\t{q.ask_size!s}\n"
+                        )
+                        quotes_put(q)
                     else:
                         trade_id = tick.trade_id  # type: ignore[union-attr]
                         if not trade_id.isdigit():
@@ -546,9 +557,10 @@ class IngestPipeline:
                             )
                             continue
                         aggressor = tick.aggressor  # type: ignore[union-attr]
+                        t: TradeTick = tick  # type: ignore[assignment]
                         _rows_of_day(trade_rows, src // NS_PER_DAY).append(
-                            f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{tick.price!s}\t{tick.size!s}\t{aggressor.value if aggressor else ''}\t{trade_id}\n"
-                        )  # type: ignore[union-attr]
+                            f"{stream_text}\t{seq}\t{sym}\t{src_text}\t{recv_text}\t{t.price!s}\t{t.size!s}\t{aggressor.value if aggressor else ''}\t{trade_id}\n"
+                        )
                     sample_put((src, recv))
                 else:
                     update: BookUpdate = tick  # type: ignore[assignment]

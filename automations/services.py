@@ -182,7 +182,6 @@ class RoutedSignal:
     context: dict[str, Any]
 
 
-@transaction.atomic(savepoint=False)
 def signals_create_routed(*, signals: list[RoutedSignal], actor_label: str = "worker-detect") -> list[Signal]:
     """Create several signals and move each out of ``new``, in the caller's transaction, in few round trips.
 
@@ -205,6 +204,12 @@ def signals_create_routed(*, signals: list[RoutedSignal], actor_label: str = "wo
             raise DomainError(f"a new signal cannot go to {item.to_status}", code="illegal_transition")
     if not signals:
         return []
+    return _signals_create_routed(signals, actor_label)
+
+
+# No savepoint: the rows are part of the caller's transaction and fail with it.
+@transaction.atomic(savepoint=False)
+def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> list[Signal]:
     now = timezone.now()
     numbers = push_sequence_next_many(2 * len(signals))
     rows: list[Signal] = []

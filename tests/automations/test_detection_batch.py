@@ -1,0 +1,412 @@
+"""Multi-symbol detection passes, batched signal creation and the window reads they share."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from audit.verify import VerifyResult, verify_events
+from automations import detection
+from automations.detection import detect_symbols
+from automations.models import Automation, L2Snapshot, Signal, SignalTransition
+from automations.services import RoutedSignal, signal_create, signal_transition, signals_create_routed
+from automations.snapshots import snapshot_load
+from automations.tasks import detect_symbols_task
+from ingestion import selectors
+from tests.automations.conftest import BASE_NS, AlwaysBuy, insert_quotes, make_automation, make_book, publish_market
+from trading import redis_keys
+from trading.api import DomainError
+from trading.queues import ORDER_EXECUTE_TASK
+
+S = Signal.Status
+SYMBOLS = ["TEST-BTC", "TEST-ETH", "TEST-SOL"]
+
+
+@pytest.fixture(autouse=True)
+def cold_windows():
+    selectors.window_cache_clear()
+    yield
+    selectors.window_cache_clear()
+
+
+@pytest.fixture
+def markets(redis_clean):
+    """Three symbols with 20 quotes each (distinct prices) and their books and quotes in Redis."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ingestion_quote WHERE raw_stream = 'test'")
+    last = {}
+    for k, symbol in enumerate(SYMBOLS):
+        rows = [(BASE_NS + i * 100_000_000 + k * 1000, "100.00", "1.5", "100.10", "2.25") for i in range(20)]
+        insert_quotes(symbol, rows)
+        publish_market(redis_clean, symbol, make_book(symbol, ts_ns=rows[-1][0]))
+        last[symbol] = rows[-1][0]
+    yield {"last_ns": last, "redis": redis_clean}
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ingestion_quote WHERE raw_stream = 'test'")
+
+
+def new_quote(markets, symbol: str, step: int) -> int:
+    ts = markets["last_ns"][symbol] + step * 100_000_000
+    insert_quotes(symbol, [(ts, "100.00", "1.5", "100.10", "2.25")])
+    publish_market(markets["redis"], symbol, make_book(symbol, ts_ns=ts))
+    return ts
+
+
+# --- batched creation: the same rows as one at a time --------------------------------------------
+
+
+def _story(signal: Signal) -> dict:
+    """Everything a signal leaves behind, without ids, times and sequence numbers (which differ by construction)."""
+    signal = Signal.objects.get(pk=signal.pk)
+    transitions = list(
+        SignalTransition.objects.filter(signal=signal)
+        .order_by("id")
+        .values_list("from_status", "to_status", "actor_label", "reason", "sequence")
+    )
+    events = list(
+        AuditEvent.objects.filter(subject_type="automations.signal", subject_id=str(signal.pk))
+        .order_by("id")
+        .values_list("kind", "actor_label", "reason", "data")
+    )
+    sequences = [t[4] for t in transitions]
+    return {
+        "row": {
+            f: getattr(signal, f)
+            for f in (
+                "symbol",
+                "side",
+                "quantity",
+                "limit_price",
+                "reason",
+                "status",
+                "status_reason",
+                "needs_approval",
+                "bid",
+                "ask",
+                "mid",
+                "spread_bps",
+                "market_ts_ns",
+                "features",
+                "regime",
+                "snapshot_id",
+            )
+        },
+        "decided": signal.decided_at is not None,
+        "row_sequence_is_last": signal.sequence == sequences[-1],
+        "sequences_ascend": sequences == sorted(sequences) and len(set(sequences)) == len(sequences),
+        "transitions": [t[:4] for t in transitions],
+        "events": [
+            (kind, label, reason, {k: v for k, v in data.items() if k != "sequence"}) for kind, label, reason, data in events
+        ],
+        "event_sequences": [data["sequence"] for *_rest, data in events] == sequences,
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("to_status", [S.FILTERED, S.PENDING_APPROVAL, S.QUEUED])
+def test_batched_creation_writes_the_same_rows_as_one_at_a_time(to_status):
+    one = make_automation(name="one")
+    many = make_automation(name="many")
+    snapshot = L2Snapshot.objects.create(symbol="TEST-BTC", ts=timezone.now(), levels=1, data=b"x", sha256="0" * 64)
+    context = {
+        "features": {"x": 1.0},
+        "regime": {"volatility": "low"},
+        "bid": Decimal("100.00"),
+        "ask": Decimal("100.10"),
+        "mid": Decimal("100.05"),
+        "spread_bps": 10.0,
+        "market_ts_ns": BASE_NS,
+        "snapshot": snapshot,
+        "needs_approval": to_status == S.PENDING_APPROVAL,
+    }
+
+    single = signal_create(
+        automation=one,
+        side="buy",
+        quantity=Decimal("0.01"),
+        limit_price=Decimal("100.10"),
+        reason="why",
+        actor_label="worker-detect",
+        **context,
+    )
+    signal_transition(signal=single, to_status=to_status, actor_label="worker-detect", reason="routed")
+    batched = signals_create_routed(
+        signals=[
+            RoutedSignal(
+                automation=many,
+                side="buy",
+                quantity=Decimal("0.01"),
+                limit_price=Decimal("100.10"),
+                reason="why",
+                to_status=to_status,
+                status_reason="routed",
+                context=dict(context),
+            ),
+        ]
+    )
+
+    a, b = _story(single), _story(batched[0])
+    # The automation differs by construction; everything else must match.
+    for story, automation in ((a, one), (b, many)):
+        for event in story["events"]:
+            assert event[3].pop("automation_id") == automation.pk
+    assert a == b
+    assert b["transitions"] == [("", S.NEW, "worker-detect", "why"), (S.NEW, to_status, "worker-detect", "routed")]
+    assert b["decided"] == (to_status == S.FILTERED)
+    assert b["row_sequence_is_last"] and b["sequences_ascend"] and b["event_sequences"]
+
+
+@pytest.mark.django_db
+def test_batched_creation_keeps_the_audit_chain_intact_and_each_signals_events_in_order():
+    automations = [make_automation(name=f"a{i}") for i in range(4)]
+    signals = signals_create_routed(
+        signals=[
+            RoutedSignal(
+                automation=a,
+                side="sell",
+                quantity=Decimal("0.02"),
+                limit_price=Decimal("99.5"),
+                reason=f"r{i}",
+                to_status=[S.QUEUED, S.FILTERED][i % 2],
+                status_reason=f"s{i}",
+                context={"market_ts_ns": BASE_NS + i},
+            )
+            for i, a in enumerate(automations)
+        ]
+    )
+
+    result = VerifyResult()
+    verify_events(result)
+    assert result.ok, result.problems
+    assert len(signals) == 4 and len({s.pk for s in signals}) == 4
+    for i, signal in enumerate(signals):
+        tos = list(
+            AuditEvent.objects.filter(subject_type="automations.signal", subject_id=str(signal.pk))
+            .order_by("id")
+            .values_list("data__to", flat=True)
+        )
+        assert tos == [S.NEW, [S.QUEUED, S.FILTERED][i % 2]]
+
+
+@pytest.mark.django_db
+def test_batched_creation_refuses_an_illegal_first_move_before_writing_anything():
+    automation = make_automation()
+    with pytest.raises(DomainError, match="cannot go to approved"):
+        signals_create_routed(
+            signals=[
+                RoutedSignal(
+                    automation=automation,
+                    side="buy",
+                    quantity=Decimal("1"),
+                    limit_price=Decimal("1"),
+                    reason="r",
+                    to_status=S.QUEUED,
+                    status_reason="",
+                    context={},
+                ),
+                RoutedSignal(
+                    automation=automation,
+                    side="sell",
+                    quantity=Decimal("1"),
+                    limit_price=Decimal("1"),
+                    reason="r",
+                    to_status=S.APPROVED,
+                    status_reason="",
+                    context={},
+                ),
+            ]
+        )
+    assert Signal.objects.count() == 0
+    assert SignalTransition.objects.count() == 0
+
+
+# --- multi-symbol passes --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_pass_over_several_symbols_gives_each_its_signals_snapshot_and_window(markets, always_buy, sent_tasks):
+    for symbol in SYMBOLS:
+        make_automation(name=f"{symbol}-1", symbol=symbol)
+        make_automation(name=f"{symbol}-2", symbol=symbol, require_approval=True)
+    for symbol in SYMBOLS:
+        markets["redis"].set(redis_keys.detect_pending(symbol), "1")
+
+    results = detect_symbols_task([*SYMBOLS, SYMBOLS[0]])
+
+    assert [r["symbol"] for r in results] == SYMBOLS
+    for result in results:
+        assert result["signals"] == {"queued": 1, "pending_approval": 1}
+        assert result["market_ts_ns"] == markets["last_ns"][result["symbol"]]
+    for symbol in SYMBOLS:
+        signals = list(Signal.objects.filter(symbol=symbol))
+        assert {s.market_ts_ns for s in signals} == {markets["last_ns"][symbol]}
+        # One snapshot per symbol, of that symbol's book.
+        assert len({s.snapshot_id for s in signals}) == 1
+        assert snapshot_load(signals[0].snapshot).symbol == symbol
+        assert markets["redis"].exists(redis_keys.detect_pending(symbol)) == 0
+        assert markets["redis"].exists(detection.lock_key(symbol)) == 0
+    queued = Signal.objects.filter(status=S.QUEUED).order_by("id")
+    assert sorted(args[0] for _name, args, _kw in sent_tasks) == [s.pk for s in queued]
+    assert {name for name, _args, _kw in sent_tasks} == {ORDER_EXECUTE_TASK}
+    assert sorted(Automation.objects.values_list("automatic_trade_count", flat=True)) == [0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_busy_symbol_waits_while_the_others_run_first(markets, always_buy, sent_tasks, monkeypatch):
+    monkeypatch.setattr(detection, "LOCK_POLL_S", 0.02)
+    for symbol in SYMBOLS:
+        make_automation(name=symbol, symbol=symbol)
+    busy = SYMBOLS[1]
+    markets["redis"].set(detection.lock_key(busy), "other-worker", px=300)
+    order: list[str] = []
+    real = detection._detect_many
+    monkeypatch.setattr(
+        detection,
+        "_detect_many",
+        lambda client, locks, acquired, results: (order.append(sorted(acquired)), real(client, locks, acquired, results))[1],
+    )
+
+    results = detect_symbols(symbols=SYMBOLS)
+
+    assert order == [sorted(set(SYMBOLS) - {busy}), [busy]]
+    assert all(r.signals == {"queued": 1} for r in results)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_symbol_that_fails_is_reported_and_retried_while_the_others_go_on(markets, always_buy, sent_tasks, monkeypatch):
+    real_tag = detection.tag_regime
+
+    def tag(window, features=None):
+        if window.symbol == "TEST-ETH":
+            raise RuntimeError("bad window")
+        return real_tag(window, features=features)
+
+    monkeypatch.setattr(detection, "tag_regime", tag)
+    for symbol in SYMBOLS:
+        make_automation(name=symbol, symbol=symbol)
+
+    results = {r.symbol: r for r in detect_symbols(symbols=SYMBOLS)}
+
+    assert results["TEST-ETH"].error == "RuntimeError: bad window" and results["TEST-ETH"].signals == {}
+    assert results["TEST-BTC"].signals == results["TEST-SOL"].signals == {"queued": 1}
+    # The failed symbol's data is not marked evaluated: the next pass tries it again.
+    monkeypatch.setattr(detection, "tag_regime", real_tag)
+    again = {r.symbol: r for r in detect_symbols(symbols=SYMBOLS)}
+    assert again["TEST-ETH"].signals == {"queued": 1}
+    assert again["TEST-BTC"].skipped_same_data == 1 and again["TEST-BTC"].signals == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_met_inside_the_batch_falls_back_to_one_transaction_per_signal(markets, always_buy, sent_tasks, monkeypatch):
+    automations = {symbol: make_automation(name=symbol, symbol=symbol) for symbol in SYMBOLS}
+    target = automations["TEST-ETH"]
+    calls = []
+    real_check = detection._signal_rate_check
+
+    def check(automation):
+        # After the batch's duplicate check, a signal for the same quote appears (a worker whose lock had expired).
+        if not calls:
+            Signal.objects.create(
+                automation=target,
+                symbol="TEST-ETH",
+                side="buy",
+                quantity=Decimal("0.01"),
+                limit_price=Decimal("100.10"),
+                reason="other worker",
+                status=S.QUEUED,
+                market_ts_ns=markets["last_ns"]["TEST-ETH"],
+                created_at=timezone.now(),
+            )
+        calls.append(automation.pk)
+        return real_check(automation)
+
+    monkeypatch.setattr(detection, "_signal_rate_check", check)
+
+    results = {r.symbol: r for r in detect_symbols(symbols=SYMBOLS)}
+
+    # The batch rolled back (the inserted row with it); one by one, every signal is created, each with a stored snapshot.
+    assert {s: r.signals for s, r in results.items()} == {s: {"queued": 1} for s in SYMBOLS}
+    assert Signal.objects.count() == 3
+    for signal in Signal.objects.all():
+        assert L2Snapshot.objects.filter(pk=signal.snapshot_id).exists()
+        assert SignalTransition.objects.filter(signal=signal).count() == 2
+    result = VerifyResult()
+    verify_events(result)
+    assert result.ok, result.problems
+
+
+@pytest.mark.django_db(transaction=True)
+def test_coalesced_requests_lose_no_batch(markets, always_buy, sent_tasks, monkeypatch):
+    """A batch ingested while a pass runs finds its flag cleared, asks again, and the next pass evaluates it."""
+    make_automation(name="btc", symbol="TEST-BTC")
+    make_automation(name="eth", symbol="TEST-ETH")
+    client = markets["redis"]
+    requests: list[list[str]] = []
+
+    def request_detection(symbols):
+        # What the ingest side does per batch: flag SET NX per symbol, one task for the symbols it flagged.
+        flagged = [s for s in symbols if client.set(redis_keys.detect_pending(s), "1", nx=True, ex=30)]
+        if flagged:
+            requests.append(flagged)
+
+    request_detection(["TEST-BTC", "TEST-ETH"])
+    request_detection(["TEST-BTC", "TEST-ETH"])  # Coalesced: both flags are still set.
+    assert requests == [["TEST-BTC", "TEST-ETH"]]
+    landed: dict[str, int] = {}
+
+    class IngestMeanwhile(AlwaysBuy):
+        def evaluate(self, window, params, features=None):
+            # A batch for BTC lands while the pass is running, after its data was read.
+            if not landed:
+                landed["TEST-BTC"] = new_quote(markets, "TEST-BTC", 1)
+                request_detection(["TEST-BTC"])
+            return super().evaluate(window, params, features)
+
+    monkeypatch.setattr("automations.detection.get_strategy", lambda name: IngestMeanwhile())
+    detect_symbols_task(requests[0])
+    assert requests[1:] == [["TEST-BTC"]]
+    detect_symbols_task(requests[1])
+
+    btc = list(Signal.objects.filter(symbol="TEST-BTC").order_by("market_ts_ns").values_list("market_ts_ns", flat=True))
+    assert btc == [markets["last_ns"]["TEST-BTC"], landed["TEST-BTC"]]
+    assert client.exists(redis_keys.detect_pending("TEST-BTC")) == 0
+
+
+# --- the shared window reads ---------------------------------------------------------------------
+
+
+def _frames(symbols, quotes=5, trades=0):
+    return selectors.windows_read_many([selectors.WindowRequest(symbol=s, quotes=quotes, trades=trades) for s in symbols])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_windows_read_many_gives_the_frames_of_reading_each_symbol_alone(markets):
+    symbols = SYMBOLS + ["TEST-NONE"]
+    for step in range(4):
+        got = _frames(symbols)
+        for symbol, windows in zip(symbols, got, strict=True):
+            expected = selectors.quotes_frame(symbol, 5)
+            assert windows.quotes.equals(expected), (step, symbol)
+        if step == 1:
+            # A row lands behind the cached tail of one symbol (out-of-order commit): the next read must see it.
+            insert_quotes("TEST-ETH", [(markets["last_ns"]["TEST-ETH"] - 50_000_000, "99.00", "1", "99.10", "1")])
+        else:
+            for k, symbol in enumerate(SYMBOLS[: step + 1]):
+                insert_quotes(symbol, [(markets["last_ns"][symbol] + (step + 1) * 100_000_000 + k * 1000, "101.00", "1", "101.10", "1")])
+    assert selectors.QUOTE_WINDOWS.incremental_loads > 0
+
+
+@pytest.mark.django_db
+def test_windows_read_many_refuses_a_symbol_asked_twice():
+    with pytest.raises(ValueError, match="once per call"):
+        _frames(["TEST-BTC", "TEST-BTC"])
+
+
+@pytest.mark.django_db
+def test_detect_symbols_refuses_an_empty_symbol():
+    with pytest.raises(ValueError, match="non-empty string"):
+        detect_symbols(symbols=["TEST-BTC", ""])

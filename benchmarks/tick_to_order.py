@@ -57,6 +57,12 @@ SPACING_S = float(os.environ.get("BENCH_SPACING_S", "0.4"))
 SYMBOL = "BENCH-T2O"
 
 
+def _cpu_ms(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (milliseconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -91,6 +97,7 @@ def main() -> None:
     sent: dict[int, int] = {}
     try:
         time.sleep(8)  # Worker start-up (Django + Celery import) before the first tick.
+        cpu0 = [_cpu_ms(p.pid) for p in workers]
         base = Decimal("100.00") + Decimal(int(time.time()) % 1000)
         stream = f"bench-t2o-{run}"
         for i in range(TICKS + 3):
@@ -104,17 +111,27 @@ def main() -> None:
             sent[now_ns] = i
             time.sleep(SPACING_S)
         time.sleep(3)
+        cpu1 = [_cpu_ms(p.pid) for p in workers]
     finally:
         for proc in workers:
             proc.terminate()
             proc.wait(timeout=30)
-    latencies = []
+    latencies: list[float] = []
+    to_signal: list[float] = []
+    to_order: list[float] = []
+    to_broker: list[float] = []
     # The signal's market time is the tick's venue time as stored (microsecond precision in PostgreSQL).
     first_ns = min(sent) - 1_000_000
-    for market_ts_ns, submitted in Order.objects.filter(automation=automation, submitted_at__isnull=False,
-                                                        signal__market_ts_ns__gte=first_ns).values_list(
-            "signal__market_ts_ns", "submitted_at"):
-        latencies.append(submitted.timestamp() * 1e3 - market_ts_ns / 1e6)
+    for market_ts_ns, signal_at, order_at, submitted in Order.objects.filter(
+            automation=automation, submitted_at__isnull=False, signal__market_ts_ns__gte=first_ns).values_list(
+            "signal__market_ts_ns", "signal__created_at", "created_at", "submitted_at"):
+        tick_ms = market_ts_ns / 1e6
+        latencies.append(submitted.timestamp() * 1e3 - tick_ms)
+        # Stages, by the timestamps each step writes: ingest + detection (signal born), the execute
+        # hop + decision (order created), the paper broker's answer (submitted).
+        to_signal.append(signal_at.timestamp() * 1e3 - tick_ms)
+        to_order.append((order_at - signal_at).total_seconds() * 1e3)
+        to_broker.append((submitted - order_at).total_seconds() * 1e3)
     if not latencies:
         raise SystemExit("no order was submitted: see the worker output above")
     print(json.dumps({
@@ -122,6 +139,13 @@ def main() -> None:
         "tick_to_submitted_median_ms": round(statistics.median(latencies), 1),
         "tick_to_submitted_p99_ms": round(_percentile(latencies, 0.99), 1),
         "tick_to_submitted_max_ms": round(max(latencies), 1),
+        "stage_medians_ms": {"tick_to_signal_created": round(statistics.median(to_signal), 1),
+                             "signal_to_order_created": round(statistics.median(to_order), 1),
+                             "order_created_to_submitted": round(statistics.median(to_broker), 1)},
+        # CPU per tick of each worker, whatever else the machine is doing: the floor under the wall figures.
+        "worker_cpu_ms_per_tick": {q: round((b - a) / len(sent), 1)
+                                   for q, a, b in zip(("ingest", "detect", "execute"), cpu0, cpu1, strict=True)},
+        "load_average_1m": os.getloadavg()[0],
         "target": "p99 < 20 ms on the embedded stack",
     }))
 

@@ -382,6 +382,7 @@ def pretrade_check(
     limit_price: Decimal | None,
     mid: Decimal | None,
     actor_label: str = "worker-execute",
+    synchronous_commit: bool = True,
 ) -> list[rules.Breach]:
     """Check one order against every limit and reserve it, atomically. Returns the breaches ([] = reserved).
 
@@ -409,23 +410,24 @@ def pretrade_check(
     by ``tests/risk/test_pretrade_fast_path.py`` over a grid of states,
     limits and orders. Money compares exactly in numeric.
 
-    Durability trade-off (why it is safe): when the fast path reserves it sets
-    ``synchronous_commit = off`` for the transaction it runs in, so the commit
-    does not wait for the WAL flush while the global row is locked (that wait
-    serialized every worker on fsync). The commit is still atomic; only a
-    PostgreSQL crash within ~3 x ``wal_writer_delay`` of it can lose it, and
-    then the whole transaction is lost together: the reservation, and, in the
-    execute worker, the order row and the signal's move to ``ordered`` written
-    in the same transaction (``execution.services._order_decide``). WAL is
-    flushed in order, so any later synchronous commit makes this one durable
-    first: the execute worker's claim of the order (``pending -> submitting``,
-    an autocommitted UPDATE with synchronous commit on) happens before the
-    order is sent to the broker. So no order reaches a broker whose
-    reservation could be lost; a lost decision leaves the signal queued
-    without an order, and ``orders_reconcile`` sends it to be checked again.
-    Refusals keep synchronous commit: a breaker trip is durable when it is
-    answered. Callers must keep that order of events: reserve, then a
-    synchronous commit, then the broker.
+    Commit mode (``synchronous_commit``). With the default (True) the
+    transaction the check runs in commits as usual: its commit waits for the
+    WAL flush (fsync) while the risk-state rows are still locked, so parallel
+    checks queue behind each other's flush. That is the bound on throughput
+    and on latency with many workers. ``synchronous_commit=False`` sets
+    ``synchronous_commit = off`` for that transaction when the fast path
+    reserves: the commit returns before the flush and releases the locks at
+    once. It stays atomic; a PostgreSQL crash within ~3 x
+    ``wal_writer_delay`` of it can lose it, and then loses the whole
+    transaction together (the reservation, and with it the order row and the
+    signal's move written in the same transaction). The caller then owes one
+    thing: no order may reach a broker before a later synchronous commit, e.g.
+    ``commits_make_durable()``, which waits (holding no lock) until the WAL is
+    flushed up to it, and WAL is flushed in order, so the reservation is
+    durable first. Then no order reaches a broker whose reservation could be
+    lost; a lost decision leaves its signal queued without an order, and
+    ``orders_reconcile`` sends it again. Refusals always keep synchronous
+    commit: a breaker trip is durable when it is answered.
 
     Call it inside the order's transaction (the execute worker does) or on
     its own (it then commits by itself). The trip itself survives a rollback
@@ -440,13 +442,33 @@ def pretrade_check(
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT risk_pretrade_reserve(%s, %s, %s, %s, %s, %s)",
-            [automation_id, _today(now), now.timestamp(), order.quantity, order.limit_price, order.mid],
+            "SELECT risk_pretrade_reserve(%s, %s, %s, %s, %s, %s, %s)",
+            [automation_id, _today(now), now.timestamp(), order.quantity, order.limit_price, order.mid,
+             not synchronous_commit],
         )
         (reserved,) = cursor.fetchone()
     if reserved:
         return []
     return _pretrade_check_locked(automation_id=automation_id, order=order, actor_label=actor_label)
+
+
+def commits_make_durable() -> None:
+    """Return once every commit made so far (by any session) is flushed to disk.
+
+    The barrier a caller of ``pretrade_check(synchronous_commit=False)`` runs
+    before the order reaches a broker. Run it outside any transaction: it
+    commits a transaction that writes WAL (a transactional logical message,
+    no table row, so no lock and no contention) with synchronous commit on,
+    whose commit waits until the WAL is flushed up to its commit record, and
+    WAL is flushed in order. A transaction that only takes an id writes no
+    WAL of its own and would not wait.
+    """
+    if connection.in_atomic_block:
+        raise RuntimeError("commits_make_durable() must run outside a transaction: it is a commit of its own")
+    with connection.cursor() as cursor:
+        # One statement, so one transaction: set_config(..., true) applies to it alone.
+        cursor.execute("SELECT set_config('synchronous_commit', 'on', true), "
+                       "pg_logical_emit_message(true, 'fp.durability_barrier', '')")
 
 
 # No savepoint: the check runs inside the order's transaction and fails with it.

@@ -27,6 +27,7 @@ from risk.services import (
     _rules_state,
     _state_refresh,
     _today,
+    commits_make_durable,
     order_closed,
     pretrade_check,
     risk_limit_set,
@@ -140,7 +141,7 @@ def _function_passes(automation_id: int, order: rules.OrderCheck, now: Any) -> b
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT risk_pretrade_reserve(%s, %s, %s, %s, %s, %s)",
+                "SELECT risk_pretrade_reserve(%s, %s, %s, %s, %s, %s, false)",
                 [automation_id, _today(now), now.timestamp(), order.quantity, order.limit_price, order.mid],
             )
             (reserved,) = cursor.fetchone()
@@ -213,22 +214,49 @@ def _synchronous_commit() -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_reservation_commits_without_waiting_for_the_flush_and_a_refusal_waits() -> None:
+def test_a_reservation_commits_synchronously_unless_the_caller_asks_and_a_refusal_always_does() -> None:
     a = make_automation()
-    risk_limit_set(automation=a, actor="test", reason="one at a time", max_open_orders=1)
+    risk_limit_set(automation=a, actor="test", reason="two at a time", max_open_orders=2)
     # The first check of a scope creates its rows (the locked path); release it.
     assert pretrade_check(automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100)) == []
     order_closed(automation_id=a.pk, realized_pnl=D(0))
     with transaction.atomic():
-        assert _synchronous_commit() == "on"
         assert pretrade_check(automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100)) == []
+        assert _synchronous_commit() == "on"
+    with transaction.atomic():
+        assert _synchronous_commit() == "on"
+        assert (
+            pretrade_check(
+                automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100), synchronous_commit=False
+            )
+            == []
+        )
         assert _synchronous_commit() == "off"
     with transaction.atomic():
-        breaches = pretrade_check(automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100))
+        breaches = pretrade_check(
+            automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100), synchronous_commit=False
+        )
         assert [b.limit for b in breaches] == ["max_open_orders"]
         # The trip is answered only once it is as durable as any other commit.
         assert _synchronous_commit() == "on"
     assert BreakerTrip.objects.filter(automation=a, limit="max_open_orders").count() == 1
+    assert RiskState.objects.get(automation=a).open_orders == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_durability_barrier_commits_on_its_own_and_refuses_inside_a_transaction() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_insert_lsn()")
+        (before,) = cursor.fetchone()
+        commits_make_durable()
+        # It wrote a commit record (so its synchronous commit waited for the flush up to it) ...
+        cursor.execute("SELECT pg_current_wal_flush_lsn() > %s::pg_lsn", [before])
+        assert cursor.fetchone()[0] is True
+        # ... and left the session's own setting as it was.
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    with transaction.atomic(), pytest.raises(RuntimeError, match="outside a transaction"):
+        commits_make_durable()
 
 
 def test_the_fast_path_rolls_the_day_and_keeps_only_the_window_the_limit_needs() -> None:

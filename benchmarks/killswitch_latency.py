@@ -41,8 +41,8 @@ django.setup()
 from django.utils import timezone  # noqa: E402
 
 from automations.models import Automation, Signal  # noqa: E402
-from risk.selectors import kill_switch_engaged  # noqa: E402
-from risk.services import kill_switch_engage, kill_switch_release  # noqa: E402
+from risk.selectors import LIMIT_FIELDS, kill_switch_engaged  # noqa: E402
+from risk.services import kill_switch_engage, kill_switch_release, risk_limit_set  # noqa: E402
 from trading.celery import app  # noqa: E402
 
 AUTOMATIONS = [int(x) for x in os.environ.get("BENCH_AUTOMATIONS", "1,10,30").split(",")]
@@ -105,6 +105,9 @@ def _with_open_orders() -> dict[str, float]:
     from tests.execution.conftest import make_book, make_signal, publish_market
     from trading.redis_client import redis_client
 
+    # The resting orders sit 100 bps under the mid: no global limit of another
+    # benchmark (the pre-trade one sets a collar) may refuse them.
+    risk_limit_set(actor="benchmark", reason="kill switch benchmark: no global limits", **dict.fromkeys(LIMIT_FIELDS))
     publish_market(redis_client(), make_book(symbol="BENCH-KS"))
     automation = Automation.objects.filter(name="bench-ks-orders").first() or Automation(
         name="bench-ks-orders", symbol="BENCH-KS", strategy="microprice_reversion", parameters={"quantity": "0.01"})

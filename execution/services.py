@@ -718,36 +718,64 @@ def orders_reconcile(*, pending_older_than_s: float = 5.0) -> dict[str, int]:
 def orders_cancel_all(*, reason: str) -> dict[str, Any]:
     """Cancel every open order (the kill switch's last step). Returns counts and the time taken.
 
-    1. Orders not yet at the broker (pending) are cancelled in the database
-       by conditional update; their reservations are released.
-    2. Orders at the broker are cancelled there by client order id and the
-       broker's answer is recorded.
-    3. Every order the brokers still report open (an orphan from a crash) is
+    The settlements are batched: one transaction per step below instead of
+    one (with its own commit flush) per order. Each order still gets its own
+    audit event and risk release in the same transaction as its state change,
+    inside a savepoint, so one order that fails to settle (logged, counted in
+    ``errors``, left for the reconciler) does not undo the others.
+
+    1. Orders not yet at the broker (pending): in one transaction, lock the
+       pending rows in primary-key order and cancel each with a conditional
+       update (it races the execute worker's claim, pending -> submitting:
+       one wins), releasing its reservation and settling its signal.
+    2. Orders at the broker: cancelled there by client order id, outside
+       any transaction.
+    3. The brokers' answers: recorded in one transaction that first locks all
+       those orders in primary-key order (a worker settling one of them locks
+       that one order, then the risk rows, so it cannot deadlock with the
+       batch), then settles each (an order the broker never saw is closed as
+       cancelled).
+    4. Every order the brokers still report open (an orphan from a crash) is
        cancelled too.
     """
     started = time.perf_counter()
     counts = {"pending": 0, "at_broker": 0, "orphans": 0, "errors": 0}
-    for order_id in Order.objects.filter(status=OS.PENDING).values_list("id", flat=True):
-        # The conditional update races the execute worker's claim (pending -> submitting): one wins.
-        with transaction.atomic():
-            note = f"kill switch: {reason}"
-            if Order.objects.filter(pk=order_id, status=OS.PENDING).update(status=OS.CANCELLED, status_reason=note) == 1:
-                _order_close(Order.objects.select_for_update().get(pk=order_id), timezone.now())
-                counts["pending"] += 1
+    note = f"kill switch: {reason}"
+    with transaction.atomic():
+        for order in Order.objects.select_for_update().filter(status=OS.PENDING).order_by("id"):
+            try:
+                with transaction.atomic():
+                    if Order.objects.filter(pk=order.pk, status=OS.PENDING).update(status=OS.CANCELLED,
+                                                                                  status_reason=note) == 1:
+                        order.status, order.status_reason = OS.CANCELLED, note
+                        _order_close(order, timezone.now())
+                        counts["pending"] += 1
+            except Exception:
+                logger.exception("cancel-all: could not cancel pending order %s", order.client_order_id)
+                counts["errors"] += 1
     modes: set[str] = {"paper"}
+    answers: list[tuple[Order, BrokerOrder | None]] = []
     for order in Order.objects.filter(status__in=OPEN_AT_BROKER).order_by("id"):
         modes.add(order.broker)
         try:
-            result = broker_for_mode(order.broker).cancel(order.client_order_id, symbol=order.symbol)
+            answers.append((order, broker_for_mode(order.broker).cancel(order.client_order_id, symbol=order.symbol)))
         except BrokerError as exc:
             logger.error("cancel-all: could not cancel %s: %s", order.client_order_id, exc)
             counts["errors"] += 1
-            continue
-        if result is None:
-            order_finalize(order_id=order.pk, status=OS.CANCELLED, reason=f"kill switch: {reason} (never reached the broker)")
-        else:
-            order_settle(order_id=order.pk, broker_order=result)
-        counts["at_broker"] += 1
+    if answers:
+        with transaction.atomic():
+            list(Order.objects.select_for_update().filter(pk__in=[o.pk for o, _ in answers]).order_by("id")
+                 .values_list("id", flat=True))
+            for order, result in answers:
+                try:
+                    if result is None:
+                        order_finalize(order_id=order.pk, status=OS.CANCELLED, reason=f"{note} (never reached the broker)")
+                    else:
+                        order_settle(order_id=order.pk, broker_order=result)
+                    counts["at_broker"] += 1
+                except Exception:
+                    logger.exception("cancel-all: could not record the cancellation of %s", order.client_order_id)
+                    counts["errors"] += 1
     for mode in sorted(modes):
         try:
             broker = broker_for_mode(mode)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from risk.models import BreakerTrip, RiskState
 from risk.services import order_closed, pretrade_check, risk_limit_set, signal_rate_check
@@ -52,16 +53,27 @@ def race(workers: int, fn: Callable[[], Any]) -> list[Any]:
     return results
 
 
-def test_exactly_m_of_n_parallel_orders_pass_the_open_order_limit_every_time():
+# Both commit modes of pretrade_check: the asynchronous one releases the row
+# locks before the WAL flush, and must be just as exact.
+COMMIT_MODES = pytest.mark.parametrize("synchronous", [True, False], ids=["synchronous_commit", "async_commit"])
+
+
+@COMMIT_MODES
+def test_exactly_m_of_n_parallel_orders_pass_the_open_order_limit_every_time(synchronous: bool):
     m = 3
     passed_per_rep = []
     for rep in range(REPS):
         a = make_automation(f"open-orders-{rep}")
         risk_limit_set(automation=a, actor="test", reason="race", max_open_orders=m)
+        # The scope's rows exist before the race (as they do in production after
+        # the first order), so the racers go through the one-statement path.
+        RiskState.objects.get_or_create(automation=None, defaults={"trading_day": timezone.now().date()})
+        RiskState.objects.create(automation=a, trading_day=timezone.now().date())
 
-        def attempt() -> bool:
+        def attempt(a=a) -> bool:
             return pretrade_check(
-                automation_id=a.pk, side="buy", quantity=Decimal("1"), limit_price=Decimal("100"), mid=Decimal("100")
+                automation_id=a.pk, side="buy", quantity=Decimal("1"), limit_price=Decimal("100"), mid=Decimal("100"),
+                synchronous_commit=synchronous,
             ) == []
 
         passed_per_rep.append(sum(race(WORKERS, attempt)))
@@ -81,7 +93,8 @@ def test_exactly_m_of_n_parallel_signals_pass_the_hourly_signal_limit_every_time
     assert passed_per_rep == [m] * REPS
 
 
-def test_parallel_losing_trades_stop_exactly_when_the_daily_loss_limit_is_reached():
+@COMMIT_MODES
+def test_parallel_losing_trades_stop_exactly_when_the_daily_loss_limit_is_reached(synchronous: bool):
     # Each worker checks and, if allowed, trades and books a loss of 30 in one
     # transaction. With a limit of 100, losses 0, 30, 60 and 90 are below it
     # (four trades pass) and the fourth loss takes the day to 120: refused after.
@@ -95,7 +108,8 @@ def test_parallel_losing_trades_stop_exactly_when_the_daily_loss_limit_is_reache
         def trade(a=a) -> bool:
             with transaction.atomic():
                 if pretrade_check(
-                    automation_id=a.pk, side="sell", quantity=Decimal("1"), limit_price=Decimal("100"), mid=Decimal("100")
+                    automation_id=a.pk, side="sell", quantity=Decimal("1"), limit_price=Decimal("100"), mid=Decimal("100"),
+                    synchronous_commit=synchronous,
                 ):
                     return False
                 order_closed(automation_id=a.pk, realized_pnl=-loss)

@@ -20,11 +20,12 @@ class Quote(models.Model):
     """L1 quote. Partitioned by day on ``source_ts`` (created in the migration).
 
     Both clocks are kept side by side: ``source_ts`` (the venue's) and
-    ``recv_ts`` (ours). The primary key is the raw-store reference, so
-    ingesting the same raw record twice adds nothing.
+    ``recv_ts`` (ours). The primary key (symbol, venue time, raw-store
+    reference) makes ingesting the same raw record twice add nothing, and is
+    the order window reads use (migration 0004).
     """
 
-    pk = models.CompositePrimaryKey("raw_stream", "raw_seq", "source_ts")
+    pk = models.CompositePrimaryKey("symbol", "source_ts", "raw_seq", "raw_stream")
     raw_stream = models.CharField(max_length=128)
     raw_seq = models.BigIntegerField()
     symbol = models.CharField(max_length=32)
@@ -46,7 +47,7 @@ class Quote(models.Model):
 class Trade(models.Model):
     """A trade print (time and sales), partitioned like ``Quote``."""
 
-    pk = models.CompositePrimaryKey("raw_stream", "raw_seq", "source_ts")
+    pk = models.CompositePrimaryKey("symbol", "source_ts", "raw_seq", "raw_stream")
     raw_stream = models.CharField(max_length=128)
     raw_seq = models.BigIntegerField()
     symbol = models.CharField(max_length=32)

@@ -554,7 +554,13 @@ def _fingerprints(rows: list[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
 
 def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str, _Reads],
                  results: dict[str, DetectResult]) -> None:
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), [time.process_time()]
+
+    def cpu_lap() -> float:
+        """CPU ms of this process since the last lap (the phases' own cost, whatever the machine's load)."""
+        cpu.append(time.process_time())
+        return (cpu[-1] - cpu[-2]) * 1e3
+
     passes = [_SymbolPass(symbol=symbol, reads=reads, result=results[symbol],
                           sized=_window_needs.get(symbol, (REGIME_QUOTES, False)))
               for symbol, reads in acquired.items()]
@@ -598,6 +604,7 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
                 extra=old.extra,
             )
     load_ms = (time.perf_counter() - started) * 1e3
+    cpu_ms = {"cpu_load": cpu_lap()}
 
     # 2. Per symbol: skip automations that already evaluated the latest
     # quote, compute features and the regime once, evaluate the strategies.
@@ -615,6 +622,8 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
             p.result.error = f"{type(exc).__name__}: {exc}"
             p.due = []
 
+    cpu_ms["cpu_evaluate"] = cpu_lap()
+
     # 3. One transaction for every signal of the pass.
     t0 = time.perf_counter()
     for item, status in zip(work, _route_many(work), strict=True):
@@ -622,6 +631,7 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
             signals = results[item[2].symbol].signals
             signals[status] = signals.get(status, 0) + 1
     signals_ms = (time.perf_counter() - t0) * 1e3
+    cpu_ms["cpu_signals"] = cpu_lap()
 
     # 4. One Redis pipeline: record the evaluated timestamps, then release the
     # locks (compare-and-delete on each token), so the next holder sees them.
@@ -644,9 +654,10 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
     for p, reply in zip(passes, replies[written:], strict=True):
         locks[p.symbol].released(reply)
     release_ms = (time.perf_counter() - t0) * 1e3
+    cpu_ms["cpu_write_and_release"] = cpu_lap()
     total_ms = (time.perf_counter() - started) * 1e3
     for p in passes:
-        p.result.timings_ms.update(signals=signals_ms, write_and_release=release_ms, total=total_ms)
+        p.result.timings_ms.update(signals=signals_ms, write_and_release=release_ms, total=total_ms, **cpu_ms)
         if len(passes) > 1:
             # Phases are shared by the pass's symbols: say how many, so sums are not taken as per symbol.
             p.result.timings_ms["symbols_in_pass"] = float(len(passes))

@@ -22,7 +22,8 @@ without the signal writes.
 Needs ``DATABASE_URL`` (a migrated database) and ``REDIS_URL``. Automations
 are created as ``bench-<pid>-...`` and paused afterwards; quotes and trades
 are written under stream ``bench-<pid>`` and deleted afterwards.
-Run: ``.venv/bin/python benchmarks/detection_path.py`` (cost per cycle), or with
+Run: ``.venv/bin/python benchmarks/detection_path.py`` (cost per cycle; ``BENCH_SCENARIOS=a1000,a1000s100``
+runs only the named scenarios), or with
 ``--lag`` for the detection lag with a live ingest side (``BENCH_LAG_S`` seconds,
 default 20; see ``lag_scenario``).
 """
@@ -58,6 +59,7 @@ from trading.redis_client import redis_client  # noqa: E402
 
 CYCLES = int(os.environ.get("BENCH_CYCLES", "5"))
 LAG_TASKS = os.environ.get("BENCH_LAG_TASKS", "batch")
+WARMUP_S = 3.0  # Lag scenario: the steady_* figures leave out lags measured in the first seconds.
 if LAG_TASKS not in ("batch", "symbol"):
     raise SystemExit(f"BENCH_LAG_TASKS must be 'batch' or 'symbol', not {LAG_TASKS!r}")
 TICKS_PER_CYCLE = 1000  # 5,000 ticks/s in 200 ms batches
@@ -164,11 +166,14 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
         copy_rows(*market.step(400))
         market.publish(client)
     cycles = []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend_pid = cursor.fetchone()[0]
     for cycle in range(CYCLES + 1):
         for market in markets:
             copy_rows(*market.step(per_symbol_ticks))
             market.publish(client)
-        started = time.perf_counter()
+        started, cpu0, pg0 = time.perf_counter(), time.process_time(), backend_cpu_s(backend_pid)
         signals = 0
         signal_ms = 0.0
         evaluate_ms = 0.0
@@ -181,8 +186,10 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
                 lags.append(result.lag_ms)
         signal_ms = result.timings_ms.get("signals", 0.0)  # Shared by the pass's symbols.
         elapsed = (time.perf_counter() - started) * 1e3
+        cpu_ms, pg_ms = (time.process_time() - cpu0) * 1e3, (backend_cpu_s(backend_pid) - pg0) * 1e3
         if cycle > 0:  # The first cycle warms caches and connections.
-            cycles.append({"ms": elapsed, "signals": signals, "signal_ms": signal_ms, "evaluate_ms": evaluate_ms,
+            cycles.append({"ms": elapsed, "cpu_ms": cpu_ms, "pg_ms": pg_ms, "signals": signals, "signal_ms": signal_ms,
+                           "evaluate_ms": evaluate_ms,
                            "max_lag_ms": max(lags) if lags else None})
     Automation.objects.filter(name__startswith=f"bench-{PID}-{label}").update(status=Automation.Status.PAUSED)
     cycle_ms = statistics.median(c["ms"] for c in cycles)
@@ -197,6 +204,9 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
         "automations": n_automations, "symbols": n_symbols, "ticks_per_cycle": per_symbol_ticks * n_symbols,
         "cycle_ms_median": round(cycle_ms, 2), "cycle_ms_max": round(max(c["ms"] for c in cycles), 2),
         "no_signal_ms_median": round(no_signal_ms, 2),
+        # CPU of this process and of its PostgreSQL backend per cycle: steadier than wall time on a shared machine.
+        "cpu_ms_median": round(statistics.median(c["cpu_ms"] for c in cycles), 2),
+        "pg_backend_cpu_ms_median": round(statistics.median(c["pg_ms"] for c in cycles), 2),
         "evaluate_ms_median": round(statistics.median(c["evaluate_ms"] for c in cycles), 2),
         "evaluate_us_per_automation": round(statistics.median(c["evaluate_ms"] for c in cycles) * 1e3 / n_automations, 1),
         "signals_per_cycle_median": statistics.median(c["signals"] for c in cycles),
@@ -329,6 +339,7 @@ def lag_scenario(seconds: float) -> dict:
         stdout=subprocess.PIPE, text=True,
     )
     lags, passes, signals, signal_ms, busy_s, symbols_detected = [], 0, 0, 0.0, 0.0, 0
+    warm_from: int | None = None
     backlog_max = 0
     phase_ms: dict[str, float] = {}
     with connection.cursor() as cursor:
@@ -368,6 +379,8 @@ def lag_scenario(seconds: float) -> dict:
             busy_s += time.perf_counter() - started
             done_ns = time.time_ns()
             lags.extend((done_ns - int(first)) / 1e6 for first in oldest if first is not None)
+            if warm_from is None and time.perf_counter() - wall0 >= WARMUP_S:
+                warm_from = len(lags)
     finally:
         child.wait(timeout=60)
         Automation.objects.filter(name__startswith=f"bench-{PID}-{label}").update(status=Automation.Status.PAUSED)
@@ -375,12 +388,12 @@ def lag_scenario(seconds: float) -> dict:
     wall = time.perf_counter() - wall0
     cpu, pg_cpu = time.process_time() - cpu0, backend_cpu_s(backend_pid) - pg0
     child_out = json.loads(child.stdout.read().strip().splitlines()[-1]) if child.stdout else {}
+    warm = sorted(lags[warm_from:]) if warm_from is not None else []
     lags.sort()
 
-    def pct(p: float) -> float | None:
-        return round(lags[min(len(lags) - 1, int(p * len(lags)))], 1) if lags else None
+    def pct(p: float, values: list[float] = lags) -> float | None:
+        return round(values[min(len(values) - 1, int(p * len(values)))], 1) if values else None
 
-    # Warm-up: the first passes load every window in full.
     return {
         "automations": n_automations, "symbols": n_symbols, "ticks_per_s": int(TICKS_PER_CYCLE / CYCLE_S),
         "seconds": seconds, "tasks": LAG_TASKS, "ingest": child_out, "passes": passes, "passes_per_s": round(passes / wall, 1),
@@ -395,6 +408,9 @@ def lag_scenario(seconds: float) -> dict:
         "ms_per_pass_without_signals": round((busy_s * 1e3 - signal_ms) / passes, 2) if passes else None,
         "lag_ms_p50": pct(0.5), "lag_ms_p95": pct(0.95), "lag_ms_p99": pct(0.99), "lag_ms_max": round(lags[-1], 1) if lags else None,
         "lag_under_1s_fraction": round(sum(1 for x in lags if x < 1000) / len(lags), 3) if lags else None,
+        # The same after the first WARMUP_S seconds (the first passes load every window and automation in full).
+        "steady_lag_ms_p50": pct(0.5, warm), "steady_lag_ms_p95": pct(0.95, warm), "steady_lag_ms_p99": pct(0.99, warm),
+        "steady_lag_under_1s_fraction": round(sum(1 for x in warm if x < 1000) / len(warm), 3) if warm else None,
         "queue_backlog_max": backlog_max,
         # Mean per pass of each phase the task reports (timings_ms), signals included.
         "phase_ms_per_pass": {k: round(v / passes, 2) for k, v in sorted(phase_ms.items())} if passes else {},
@@ -407,7 +423,10 @@ def main() -> None:
         if "--lag" in sys.argv:
             results["lag_1000_automations_100_symbols"] = lag_scenario(float(os.environ.get("BENCH_LAG_S", "20")))
         else:
+            only = os.environ.get("BENCH_SCENARIOS", "").split(",")
             for label, n, symbols in (("a1", 1, 1), ("a10", 10, 1), ("a100", 100, 1), ("a1000", 1000, 1), ("a1000s100", 1000, 100)):
+                if only != [""] and label not in only:
+                    continue
                 results[f"{n}_automations_{symbols}_symbols"] = scenario(label, n, symbols)
     finally:
         cleanup()

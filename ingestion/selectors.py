@@ -13,9 +13,10 @@ Rows can still land *behind* the tail: two ingest transactions commit out of
 order, or retention deletes old rows. The same statement that fetches the new
 rows therefore counts the rows from the cached head onwards; when that count
 is not the cached rows plus the new ones, or when the new rows fill a whole
-window, or when the entry is older than ``WINDOW_CACHE_MAX_AGE_S``, the window
-is loaded in full again. The count and the new rows come from one statement,
-so they see one snapshot of the table.
+window, or when the entry is older than ``WINDOW_CACHE_MAX_AGE_S`` (less a
+random share of up to half, so windows loaded together are not all reloaded on
+the same later pass), the window is loaded in full again. The count and the new
+rows come from one statement, so they see one snapshot of the table.
 
 One round trip
 --------------
@@ -28,6 +29,7 @@ each statement still prepared server-side.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -283,7 +285,11 @@ class WindowCache:
             self.full_loads += 1
             if len(self.windows) > 10_000:
                 self.windows.clear()
-            self.windows[read.symbol] = _Window(capacity=read.capacity, arrays=arrays, loaded_at=time.monotonic())
+            # Backdated by a random share of up to half the maximum age: windows
+            # loaded together (a worker's first pass) are not all reloaded on
+            # the same later pass, which would make that pass slow.
+            backdate = random.random() * self.max_age_s / 2
+            self.windows[read.symbol] = _Window(capacity=read.capacity, arrays=arrays, loaded_at=time.monotonic() - backdate)
         if len(arrays[0]) > read.n:
             arrays = [a[-read.n :] for a in arrays]
         return _frame(arrays, self.table)

@@ -306,3 +306,34 @@ def test_a_released_order_frees_its_slot_for_the_fast_path() -> None:
     assert pretrade_check(automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100)) == []
     assert RiskState.objects.get(automation=a).open_orders == 1
     assert not BreakerTrip.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reservation_is_undone_with_the_order_transaction_that_made_it() -> None:
+    a = make_automation()
+    risk_limit_set(automation=a, actor="test", reason="one at a time", max_open_orders=1)
+    assert pretrade_check(automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100)) == []
+    order_closed(automation_id=a.pk, realized_pnl=D(0))
+
+    class OrderInsertFailed(Exception):
+        pass
+
+    for synchronous in (True, False):
+        with pytest.raises(OrderInsertFailed), transaction.atomic():
+            assert (
+                pretrade_check(
+                    automation_id=a.pk,
+                    side="buy",
+                    quantity=D(1),
+                    limit_price=D(100),
+                    mid=D(100),
+                    synchronous_commit=synchronous,
+                )
+                == []
+            )
+            raise OrderInsertFailed
+        state = RiskState.objects.get(automation=a)
+        assert (state.open_orders, state.order_times, state.tripped) == (0, [], False)
+    # The slot is still free: the next order takes it through the fast path.
+    assert pretrade_check(automation_id=a.pk, side="buy", quantity=D(1), limit_price=D(100), mid=D(100)) == []
+    assert not BreakerTrip.objects.exists()

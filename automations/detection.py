@@ -51,6 +51,7 @@ have gone automatic, never the other way round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -139,11 +140,15 @@ _params_cache: dict[tuple[int, datetime | None], dict[str, Any]] = {}
 _automations_cache: dict[str, tuple[tuple[Any, ...], list[Automation]]] = {}
 
 
-# Per symbol: the quote window and whether trades were needed on the last
-# pass. The window reads are sent with the fingerprint before the
-# automations are known, so they are sized from the last pass; a change in
-# the automations costs one more read on the pass that sees it.
-_window_needs: dict[str, tuple[int, bool]] = {}
+# Per symbol: the quote window and how far back in time the trades were
+# needed on the last pass (0: no trades). The window reads are sent with the
+# fingerprint before the automations are known, so they are sized from the
+# last pass; a change in the automations costs one more read on the pass that
+# sees it. The trades frame holds only the trades within that look-back of
+# the newest trade: every strategy looks at ``(now_ns - its look-back,
+# now_ns]`` with ``now_ns`` at or after the newest trade, so it sees the same
+# trades, and the frame and its features cost a fraction of the full window.
+_window_needs: dict[str, tuple[int, int]] = {}
 
 # Plain SQL (it runs on every pass, and the ORM's aggregate compilation cost
 # as much as the query), sent in the same round trip as the window reads.
@@ -540,7 +545,7 @@ class _SymbolPass:
     symbol: str
     reads: _Reads
     result: DetectResult
-    sized: tuple[int, bool]
+    sized: tuple[int, int]
     windows: Any = None
     plans: list[_Plan] = field(default_factory=list)
     due: list[_Plan] = field(default_factory=list)
@@ -562,17 +567,18 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
         return (cpu[-1] - cpu[-2]) * 1e3
 
     passes = [_SymbolPass(symbol=symbol, reads=reads, result=results[symbol],
-                          sized=_window_needs.get(symbol, (REGIME_QUOTES, False)))
+                          sized=_window_needs.get(symbol, (REGIME_QUOTES, 0)))
               for symbol, reads in acquired.items()]
     # 1. One PostgreSQL round trip: the automations' fingerprints of every
     # symbol and the quote and trade windows, sized from each symbol's last
     # pass. The window cache moves only the rows ingested since this worker's
     # last pass on the symbol, and checks in the same statement that nothing
     # landed behind its tail (see ingestion.selectors).
-    requests = [market.WindowRequest(symbol=p.symbol, quotes=p.sized[0], trades=TRADE_ROWS if p.sized[1] else 0)
+    requests = [market.WindowRequest(symbol=p.symbol, quotes=p.sized[0], trades=TRADE_ROWS if p.sized[1] else 0,
+                                     trades_span_ns=p.sized[1])
                 for p in passes]
-    requests[0] = market.WindowRequest(symbol=requests[0].symbol, quotes=requests[0].quotes, trades=requests[0].trades,
-                                       extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, list(acquired)])])
+    requests[0] = dataclasses.replace(
+        requests[0], extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, list(acquired)])])
     windows = market.windows_read_many(requests)
     fingerprints = _fingerprints(windows[0].extra[0])
     if len(_window_needs) > 10_000:
@@ -584,17 +590,19 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
         p.result.automations = len(automations)
         if not automations:
             # No window reads for this symbol until an automation appears.
-            _window_needs[p.symbol] = (0, False)
+            _window_needs[p.symbol] = (0, 0)
             continue
         p.plans = [plan for plan in (_plan(a) for a in automations) if plan is not None]
         need_quotes = max([REGIME_QUOTES, *(plan.strategy.min_history(plan.params) + 1 for plan in p.plans)])
-        need_trades = any(plan.strategy.trade_lookback_ns(plan.params) > 0 for plan in p.plans)
-        _window_needs[p.symbol] = (need_quotes, need_trades)
-        # A window the automations need that was not read: one more round trip, shared.
+        lookback_ns = max([0, *(int(plan.strategy.trade_lookback_ns(plan.params)) for plan in p.plans)])
+        _window_needs[p.symbol] = (need_quotes, lookback_ns)
+        # A window the automations need that was not read (or a trades frame
+        # cut shorter than they look back): one more round trip, shared.
         more_quotes = need_quotes if need_quotes != p.sized[0] else 0
-        more_trades = TRADE_ROWS if need_trades and w.trades is None else 0
+        more_trades = TRADE_ROWS if lookback_ns > p.sized[1] or (lookback_ns and w.trades is None) else 0
         if more_quotes or more_trades:
-            again.append(market.WindowRequest(symbol=p.symbol, quotes=more_quotes, trades=more_trades))
+            again.append(market.WindowRequest(symbol=p.symbol, quotes=more_quotes, trades=more_trades,
+                                              trades_span_ns=lookback_ns))
     if again:
         by_symbol = {p.symbol: p for p in passes}
         for request, w in zip(again, market.windows_read_many(again), strict=True):

@@ -29,7 +29,7 @@ volatility is 'normal', and with fewer than two quotes the trend is
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -105,7 +105,8 @@ class Regime:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the three tags and the finite metrics behind them."""
-        return asdict(self)
+        # By hand rather than dataclasses.asdict, whose deep copy dominated on the detect path.
+        return {"volatility": self.volatility, "trend": self.trend, "liquidity": self.liquidity, "metrics": dict(self.metrics)}
 
 
 def _finite(value: float) -> float:

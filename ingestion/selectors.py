@@ -93,6 +93,9 @@ def book_snapshot(symbol: str, n: int = 20) -> BookSnapshot | None:
     return book_from_json(redis_client().get(redis_keys.book(symbol)), n)
 
 
+_COLUMN_INDEXES: dict[str, pd.Index] = {}
+
+
 @dataclass(frozen=True)
 class _Table:
     name: str
@@ -100,6 +103,10 @@ class _Table:
     # SQL of the value columns after ts_ns and raw_seq, and their dtypes.
     select: str
     dtypes: tuple[Any, ...]
+
+    @property
+    def index(self) -> pd.Index:
+        return _COLUMN_INDEXES.setdefault(self.name, pd.Index(self.columns))
 
 
 _QUOTES = _Table(
@@ -133,9 +140,29 @@ def _columns(rows: list[tuple[Any, ...]], table: _Table) -> list[np.ndarray]:
     return out
 
 
+# ``DataFrame._from_arrays`` builds a frame from column arrays without the
+# per-column checks of ``DataFrame(dict)``: a third of the cost, on a path that
+# builds a quote frame per symbol per detection pass. It is pandas-internal, so
+# the public constructor stays the fallback, and a test checks both give
+# equal frames. Only for all-numeric tables: the public constructor infers
+# pandas' string dtype for the trades' side column, and the frames must stay
+# what they were.
+_FROM_ARRAYS = getattr(pd.DataFrame, "_from_arrays", None)
+
+
 def _frame(arrays: list[np.ndarray], table: _Table) -> pd.DataFrame:
     # arrays[1] is raw_seq: an ordering key, not part of the frame's contract.
-    return pd.DataFrame(dict(zip(table.columns, [arrays[0], *arrays[2:]], strict=True)), copy=False)
+    values = [arrays[0], *arrays[2:]]
+    if _FROM_ARRAYS is not None and object not in table.dtypes:
+        try:
+            return _FROM_ARRAYS(values, columns=table.index, index=pd.RangeIndex(len(values[0])), verify_integrity=False)
+        except TypeError:
+            pass  # Another pandas signature: the public constructor below.
+    return _frame_public(values, table)
+
+
+def _frame_public(values: list[np.ndarray], table: _Table) -> pd.DataFrame:
+    return pd.DataFrame(dict(zip(table.columns, values, strict=True)), copy=False)
 
 
 def _prepared(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -228,6 +255,8 @@ class _Read:
     params: list[Any]
     # An extension's (head_ts, head_seq, tail_ts, tail_seq), for the statement that reads several symbols at once.
     bounds: tuple[datetime, int, datetime, int] | None = None
+    # When > 0, the frame keeps only the rows within this many ns of the window's newest row.
+    span_ns: int = 0
 
 
 class WindowCache:
@@ -260,20 +289,27 @@ class WindowCache:
         assert frame is not None  # A full load always yields a frame.
         return frame
 
-    def plan(self, symbol: str, n: int) -> _Read:
+    def plan(self, symbol: str, n: int, span_ns: int = 0) -> _Read:
         window = self.windows.get(symbol)
         if window is not None and window.capacity >= n and time.monotonic() - window.loaded_at < self.max_age_s:
             sql, params = self._extend_sql(symbol, window)
             return _Read(
-                symbol=symbol, n=n, capacity=window.capacity, window=window, sql=sql, params=params, bounds=self._bounds(window)
+                symbol=symbol,
+                n=n,
+                capacity=window.capacity,
+                window=window,
+                sql=sql,
+                params=params,
+                bounds=self._bounds(window),
+                span_ns=span_ns,
             )
-        return self.plan_full(symbol, n)
+        return self.plan_full(symbol, n, span_ns)
 
-    def plan_full(self, symbol: str, n: int) -> _Read:
+    def plan_full(self, symbol: str, n: int, span_ns: int = 0) -> _Read:
         window = self.windows.get(symbol)
         capacity = max(n, window.capacity if window is not None else 0)
         sql, params = _load_last_sql(self.table, symbol, capacity)
-        return _Read(symbol=symbol, n=n, capacity=capacity, window=None, sql=sql, params=params)
+        return _Read(symbol=symbol, n=n, capacity=capacity, window=None, sql=sql, params=params, span_ns=span_ns)
 
     def apply(self, read: _Read, rows: list[tuple[Any, ...]]) -> pd.DataFrame | None:
         if read.window is not None:
@@ -292,6 +328,11 @@ class WindowCache:
             self.windows[read.symbol] = _Window(capacity=read.capacity, arrays=arrays, loaded_at=time.monotonic() - backdate)
         if len(arrays[0]) > read.n:
             arrays = [a[-read.n :] for a in arrays]
+        if read.span_ns > 0 and len(arrays[0]):
+            # Rows sorted by (ts, seq): the span is a suffix.
+            cut = int(arrays[0].searchsorted(arrays[0][-1] - read.span_ns, side="right"))
+            if cut:
+                arrays = [a[cut:] for a in arrays]
         return _frame(arrays, self.table)
 
     @staticmethod
@@ -411,6 +452,10 @@ class WindowRequest:
     quotes: int = 0
     trades: int = 0
     extra: Sequence[tuple[str, Sequence[Any]]] = ()
+    # When > 0, the trades frame holds only the last ``trades`` trades within
+    # this many ns of the newest one (a caller that looks back in time needs
+    # no more, and a short frame is cheaper to build and to compute on).
+    trades_span_ns: int = 0
 
 
 def windows_read(symbol: str, *, quotes: int = 0, trades: int = 0, extra: Sequence[tuple[str, Sequence[Any]]] = ()) -> Windows:
@@ -441,7 +486,7 @@ def windows_read_many(requests: Sequence[WindowRequest]) -> list[Windows]:
         if request.quotes > 0:
             reads.append((index, QUOTE_WINDOWS, QUOTE_WINDOWS.plan(request.symbol, request.quotes)))
         if request.trades > 0:
-            reads.append((index, TRADE_WINDOWS, TRADE_WINDOWS.plan(request.symbol, request.trades)))
+            reads.append((index, TRADE_WINDOWS, TRADE_WINDOWS.plan(request.symbol, request.trades, request.trades_span_ns)))
     extras: list[tuple[str, Sequence[Any]]] = [statement for request in requests for statement in request.extra]
     frames: list[dict[str, pd.DataFrame | None]] = [{} for _ in requests]
     again: list[tuple[int, WindowCache, _Read]] = []
@@ -495,5 +540,5 @@ def _run_reads(
             frame = cache.apply(read, read_rows)
             frames[index][cache.table.name] = frame
             if frame is None:
-                again.append((index, cache, cache.plan_full(read.symbol, read.n)))
+                again.append((index, cache, cache.plan_full(read.symbol, read.n, read.span_ns)))
     return results[len(statements) :]

@@ -396,7 +396,9 @@ def test_windows_read_many_gives_the_frames_of_reading_each_symbol_alone(markets
             insert_quotes("TEST-ETH", [(markets["last_ns"]["TEST-ETH"] - 50_000_000, "99.00", "1", "99.10", "1")])
         else:
             for k, symbol in enumerate(SYMBOLS[: step + 1]):
-                insert_quotes(symbol, [(markets["last_ns"][symbol] + (step + 1) * 100_000_000 + k * 1000, "101.00", "1", "101.10", "1")])
+                insert_quotes(
+                    symbol, [(markets["last_ns"][symbol] + (step + 1) * 100_000_000 + k * 1000, "101.00", "1", "101.10", "1")]
+                )
     assert selectors.QUOTE_WINDOWS.incremental_loads > 0
 
 
@@ -410,3 +412,76 @@ def test_windows_read_many_refuses_a_symbol_asked_twice():
 def test_detect_symbols_refuses_an_empty_symbol():
     with pytest.raises(ValueError, match="non-empty string"):
         detect_symbols(symbols=["TEST-BTC", ""])
+
+
+@pytest.mark.parametrize("rows", [0, 1, 300])
+def test_window_frames_equal_the_public_pandas_construction(rows):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(rows)
+    for table in (selectors._QUOTES, selectors._TRADES):
+        arrays = [np.arange(rows, dtype=np.int64) * 1000, np.arange(rows, dtype=np.int64)]
+        for dtype in table.dtypes:
+            if dtype is object:
+                column = np.empty(rows, dtype=object)
+                column[:] = rng.choice(["buy", "sell", "unknown"], rows).tolist()
+            else:
+                column = rng.random(rows)
+            arrays.append(column)
+        fast = selectors._frame(arrays, table)
+        public = pd.DataFrame(dict(zip(table.columns, [arrays[0], *arrays[2:]], strict=True)))
+        pd.testing.assert_frame_equal(fast, public, check_exact=True)
+        assert fast.index.equals(pd.RangeIndex(rows))
+        # Later writes to the cache's arrays must not show through a frame already handed out, nor the reverse.
+        if rows:
+            fast.loc[0, table.columns[1]] = fast[table.columns[1]].iloc[0]
+            pd.testing.assert_frame_equal(selectors._frame(arrays, table), public, check_exact=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trades_span_keeps_every_trade_a_look_back_can_see(markets):
+    import pandas as pd
+
+    from automations.features import compute_features
+    from automations.strategies import MarketWindow
+
+    symbol = "TEST-BTC"
+    last = markets["last_ns"][symbol]
+    # 40 trades 50 ms apart (times in whole microseconds), the newest at the last quote.
+    times = [last - i * 50_000_000 for i in range(40)][::-1]
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ingestion_trade WHERE raw_stream = 'test'")
+        cursor.executemany(
+            "INSERT INTO ingestion_trade (raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id)"
+            " VALUES ('test', %s, %s, to_timestamp(%s::float8 / 1e9), to_timestamp(%s::float8 / 1e9), '100.05', %s, %s, %s)",
+            [(i + 1, symbol, ts, ts, f"{0.1 + i / 100:.2f}", "buy" if i % 3 else "sell", f"t{i}") for i, ts in enumerate(times)],
+        )
+    try:
+        span = 600_000_000
+        full = _frames([symbol], quotes=5, trades=2000)[0].trades
+        selectors.window_cache_clear()
+        cut = selectors.windows_read_many([selectors.WindowRequest(symbol=symbol, quotes=5, trades=2000, trades_span_ns=span)])[
+            0
+        ].trades
+
+        expected = full[full["ts_ns"] > full["ts_ns"].iloc[-1] - span].reset_index(drop=True)
+        pd.testing.assert_frame_equal(cut, expected)
+        assert 0 < len(cut) < len(full) == 40
+        quotes = selectors.quotes_frame(symbol, 5)
+        counted: list[int] = []
+        for now_ns in (int(full["ts_ns"].iloc[-1]), int(full["ts_ns"].iloc[-1]) + 100_000_000):
+            a = compute_features(MarketWindow(symbol=symbol, quotes=quotes, trades=full, book=None, now_ns=now_ns))
+            b = compute_features(MarketWindow(symbol=symbol, quotes=quotes, trades=cut, book=None, now_ns=now_ns))
+            for look_back in (50_000_000, 300_000_000, span):
+                # Same trades and count; the sums come from cumulative sums that start elsewhere, so the
+                # last bit may differ (as it already does whenever the 2,000-trade window slides).
+                (net_a, gross_a, count_a), (net_b, gross_b, count_b) = a.trade_flow(look_back), b.trade_flow(look_back)
+                assert count_a == count_b
+                counted.append(count_a)
+                assert net_b == pytest.approx(net_a, rel=1e-12, abs=1e-12)
+                assert gross_b == pytest.approx(gross_a, rel=1e-12)
+        assert max(counted) == len(cut) and min(counted) == 0
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM ingestion_trade WHERE raw_stream = 'test'")

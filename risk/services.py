@@ -388,8 +388,8 @@ def pretrade_check(
 
     Two paths, each atomic on its own:
 
-    1. The fast path, one statement: ``risk_pretrade_reserve`` (migration
-       ``risk/0005``) locks the global and the automation's risk-state rows in
+    1. The fast path, one statement: ``risk_pretrade_reserve`` (migrations
+       ``risk/0005`` to ``0007``) locks the global and the automation's risk-state rows in
        primary-key order, and if the kill switch is off, neither scope is
        tripped, the automation is active and no limit of either scope would
        refuse the order, reserves it on both rows (one more open order, its
@@ -409,6 +409,15 @@ def pretrade_check(
     is decided again, and worded, by ``risk.rules``. The two are held equal
     by ``tests/risk/test_pretrade_fast_path.py`` over a grid of states,
     limits and orders. Money compares exactly in numeric.
+
+    Why not a Redis script as the atomic primitive: it would be cheaper per
+    check, but the daily-loss and drawdown limits are exact only because the
+    check and the booking of a closed order's PnL (``order_closed``) take the
+    same row locks, in the same transaction when the caller books right away;
+    a counter in Redis next to PnL booked in PostgreSQL could let a check see
+    the day before a loss that is already committed. Rebuilding Redis counters
+    from the database would also need the order table, which risk must not
+    read (layer contract), and a lost Redis would have to refuse all trading.
 
     Commit mode (``synchronous_commit``). With the default (True) the
     transaction the check runs in commits as usual: its commit waits for the

@@ -71,7 +71,7 @@ from ingestion.rawstore import CorruptTailError, RawStore, RawWriter
 from ingestion.types import BookUpdate, QuoteTick, TradeTick
 from ingestion.validation import Validator, reason_code
 from trading import redis_keys
-from trading.queues import ALERT_RAISE_TASK, DETECT_SYMBOL_TASK, INGEST_BATCH_TASK
+from trading.queues import ALERT_RAISE_TASK, DETECT_SYMBOLS_TASK, INGEST_BATCH_TASK
 from trading.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
@@ -957,15 +957,23 @@ def _copy_new_only(cursor: Any, table: str, columns: str, data: str) -> int:
 
 
 def request_detection(symbols: Iterable[str]) -> list[str]:
-    """Enqueue one detection per symbol unless one is already waiting (coalescing)."""
-    client = redis_client()
-    sent = []
+    """Ask for one detection pass over the symbols that have none waiting (coalescing); the symbols asked for.
+
+    One Redis round trip sets each symbol's pending flag (SET NX); the symbols
+    whose flag this call set go in ONE ``detect_symbols_task``, which shares
+    its round trips and its signal transaction across them. The task clears
+    the flags when it starts, so data arriving while it runs asks for exactly
+    one more pass.
+    """
+    symbols = list(dict.fromkeys(symbols))
+    if not symbols:
+        return []
+    pipe = redis_client().pipeline(transaction=False)
     for sym in symbols:
-        # The detect task clears this flag when it starts, so data arriving
-        # while it runs triggers exactly one more pass.
-        if client.set(redis_keys.detect_pending(sym), "1", nx=True, ex=30):
-            current_app.send_task(DETECT_SYMBOL_TASK, args=[sym])
-            sent.append(sym)
+        pipe.set(redis_keys.detect_pending(sym), "1", nx=True, ex=30)
+    sent = [sym for sym, flagged in zip(symbols, pipe.execute(), strict=True) if flagged]
+    if sent:
+        current_app.send_task(DETECT_SYMBOLS_TASK, args=[sent])
     return sent
 
 

@@ -25,6 +25,8 @@ TASK_ROUTES = {
 
 ORDER_EXECUTE_TASK = "execution.tasks.order_execute_task"
 DETECT_SYMBOL_TASK = "automations.tasks.detect_symbol_task"
+# One pass over several symbols: what the ingest side sends per stored batch.
+DETECT_SYMBOLS_TASK = "automations.tasks.detect_symbols_task"
 INGEST_BATCH_TASK = "ingestion.tasks.ingest_batch_task"
 ORDERS_CANCEL_ALL_TASK = "execution.tasks.orders_cancel_all_task"
 ALERT_RAISE_TASK = "risk.tasks.alert_raise_task"

@@ -20,7 +20,7 @@ from ingestion import selectors
 from tests.automations.conftest import BASE_NS, AlwaysBuy, insert_quotes, make_automation, make_book, publish_market
 from trading import redis_keys
 from trading.api import DomainError
-from trading.queues import ORDER_EXECUTE_TASK
+from trading.queues import DETECT_SYMBOLS_TASK, ORDER_EXECUTE_TASK
 
 S = Signal.Status
 SYMBOLS = ["TEST-BTC", "TEST-ETH", "TEST-SOL"]
@@ -340,21 +340,25 @@ def test_a_duplicate_met_inside_the_batch_falls_back_to_one_transaction_per_sign
 
 
 @pytest.mark.django_db(transaction=True)
-def test_coalesced_requests_lose_no_batch(markets, always_buy, sent_tasks, monkeypatch):
+def test_coalesced_requests_lose_no_batch(markets, always_buy, monkeypatch):
     """A batch ingested while a pass runs finds its flag cleared, asks again, and the next pass evaluates it."""
+    from celery import current_app
+
+    from ingestion.services import request_detection
+
     make_automation(name="btc", symbol="TEST-BTC")
     make_automation(name="eth", symbol="TEST-ETH")
     client = markets["redis"]
     requests: list[list[str]] = []
+    # The ingest side's real request: flag SET NX per symbol, ONE task for the symbols it flagged.
+    monkeypatch.setattr(
+        current_app,
+        "send_task",
+        lambda name, args=None, kwargs=None, **kw: requests.append(args[0]) if name == DETECT_SYMBOLS_TASK else None,
+    )
 
-    def request_detection(symbols):
-        # What the ingest side does per batch: flag SET NX per symbol, one task for the symbols it flagged.
-        flagged = [s for s in symbols if client.set(redis_keys.detect_pending(s), "1", nx=True, ex=30)]
-        if flagged:
-            requests.append(flagged)
-
-    request_detection(["TEST-BTC", "TEST-ETH"])
-    request_detection(["TEST-BTC", "TEST-ETH"])  # Coalesced: both flags are still set.
+    assert request_detection(["TEST-BTC", "TEST-ETH", "TEST-BTC"]) == ["TEST-BTC", "TEST-ETH"]
+    assert request_detection(["TEST-BTC", "TEST-ETH"]) == []  # Coalesced: both flags are still set.
     assert requests == [["TEST-BTC", "TEST-ETH"]]
     landed: dict[str, int] = {}
 

@@ -1,37 +1,50 @@
-"""The detection path: new market data on a symbol -> signals, routed.
+"""The detection path: new market data on symbols -> signals, routed.
 
-``detect_symbol`` runs in the detect worker, once per symbol per ingested
-batch (the ingest worker coalesces requests). It imports no broker code and
-holds no credentials: a signal reaches execution only as an id, by Celery
-task name, after the signal's transaction commits.
+``detect_symbols`` runs in the detect worker, once per ingested batch for
+the symbols it touched (``detect_symbols_task``; the ingest worker coalesces
+requests with a pending flag per symbol); ``detect_symbol`` is the same for
+one symbol. It imports no broker code and holds no credentials: a signal
+reaches execution only as an id, by Celery task name, after the signal's
+transaction commits.
 
-Per call, in three round trips when nothing signals (Redis, PostgreSQL, Redis):
+One pass over N symbols, in three round trips when nothing signals (Redis,
+PostgreSQL, Redis), whatever N:
 
-1. One Redis pipeline: clear the task's pending flag (``clear_pending``),
-   take the symbol's lock (``SET NX PX`` with a token), read the last
-   evaluated venue timestamp per automation, the book and the latest quote.
-2. One PostgreSQL round trip (``ingestion.selectors.windows_read``): the
-   fingerprint of the symbol's ACTIVE automations and the quote and trade
-   windows from the process's incremental window cache, sized as the last
-   pass needed (the last ``max(min_history, regime history)`` quotes, trades
-   when any strategy reads trade flow). The automations are loaded again
-   only when the fingerprint moved; a window they need that was not read
-   costs one more read on that pass only.
-3. Skip automations that already evaluated the latest quote (a unique
-   constraint on (automation, market_ts_ns, side) is the backstop).
-4. Compute features ONCE and tag the regime ONCE, shared by every automation.
-5. Evaluate each automation's strategy. Per intent, in one transaction:
-   create the Signal with its context (bid/ask/mid/spread, features, regime,
-   market time, the L2 snapshot shared by every signal of this batch), then
-   route it:
+1. One Redis pipeline: per symbol, clear its pending flag
+   (``clear_pending``), take its lock (``SET NX PX`` with a token), read the
+   last evaluated venue timestamp per automation, the book and the latest
+   quote. Symbols another worker holds are run after the free ones, once
+   their lock is free (waiting at most ``LOCK_WAIT_S``).
+2. One PostgreSQL round trip (``ingestion.selectors.windows_read_many``):
+   the fingerprints of the symbols' ACTIVE automations (one statement) and
+   the quote and trade windows from the process's incremental window cache
+   (one statement per table for all symbols), sized as each symbol's last
+   pass needed (the last ``max(min_history, regime history)`` quotes; the
+   trades within the longest trade look-back when any strategy reads trade
+   flow). The automations are loaded again only when the fingerprint moved;
+   a window they need that was not read costs one more read on that pass.
+3. Per symbol: skip automations that already evaluated the latest quote (a
+   unique constraint on (automation, market_ts_ns, side) is the backstop);
+   compute features ONCE and tag the regime ONCE, shared by the symbol's
+   automations; evaluate each automation's strategy. A symbol that fails here
+   is logged and left out (its data is evaluated again by the next pass).
+4. Every intent of the pass, in ONE transaction (``_route_many``): read the
+   automations' gating state, then per intent, in order, decide its route:
    - ``filtered`` when the regime is not in the automation's allowed set, or
-     when the signal-rate limit is breached (risk trips the breaker);
+     when the signal-rate limit is breached (risk's ``signal_rate_check``,
+     called per signal inside the transaction; risk trips the breaker);
    - ``pending_approval`` when the automation requires approval or fewer than
      ``approval_threshold`` of its trades have been approved;
    - else ``queued``, counted as automatic, and the execute task is sent by
-     name on commit.
-6. One Redis pipeline: record the evaluated timestamps, then release the
-   lock (compare-and-delete on the token), so the next holder sees them.
+     name on commit;
+   then create the signals with their context (bid/ask/mid/spread, features,
+   regime, market time, the L2 snapshot shared by the symbol's signals of
+   this pass) through ``signals_create_routed``: the same rows as creating
+   and moving them one by one (signal, two transitions, two audit events on
+   the chain, two pushes), with bulk inserts. A duplicate met there rolls
+   the batch back and routes each intent in a transaction of its own.
+5. One Redis pipeline: record the evaluated timestamps, then release the
+   locks (compare-and-delete on each token), so the next holder sees them.
 
 The book and quote are read before the windows (the flag must be cleared
 before the data is read, and the lock taken before the last evaluated
@@ -44,9 +57,12 @@ Gating rule, precisely: a signal needs approval while
 Pending signals do not count as approved, so with N=2 and two signals
 pending, a third signal waits for approval too; only once two trades have
 been approved does the next signal go straight to execution. Rejected and
-expired signals never count. The count is re-read inside each signal's
-transaction; a concurrent approval can only make a signal wait that might
-have gone automatic, never the other way round.
+expired signals never count. The count is read inside the pass's signal
+transaction (all intents of one automation in a pass see the same count, as
+nothing of theirs can be approved before it commits); a concurrent approval
+can only make a signal wait that might have gone automatic, never the other
+way round. After a signal-rate breach the automations' state is read again,
+so intents after a breaker paused their automation are dropped, as before.
 """
 
 from __future__ import annotations
@@ -431,13 +447,6 @@ class _SymbolLock:
             self.client.script_load(_RELEASE_LUA)
             reply = self.client.evalsha(_RELEASE_SHA, 1, self.key, self.token)
         self.released(reply)
-
-
-def _lock_and_read(client: Any, lock: _SymbolLock, symbol: str, *, clear_pending: bool) -> _Reads | None:
-    """Clear the pending flag, take the lock and read the Redis keys in one round trip; None when busy too long."""
-    acquired, _busy = _lock_and_read_many(client, {symbol: lock}, [symbol], clear_pending=clear_pending,
-                                          deadline=time.monotonic() + LOCK_WAIT_S, wait_all=True)
-    return acquired.get(symbol)
 
 
 def _lock_and_read_many(client: Any, locks: dict[str, _SymbolLock], symbols: list[str], *, clear_pending: bool,

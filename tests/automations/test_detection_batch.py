@@ -489,3 +489,24 @@ def test_a_trades_span_keeps_every_trade_a_look_back_can_see(markets):
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM ingestion_trade WHERE raw_stream = 'test'")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_global_signal_rate_breach_in_a_pass_stops_the_passs_later_signals(markets, always_buy, sent_tasks):
+    from risk.models import RiskLimit
+
+    automations = [make_automation(name=symbol, symbol=symbol) for symbol in SYMBOLS]
+    limit = RiskLimit(automation=None, max_signals_per_hour=1)
+    limit._change_reason = "test limit"
+    limit.save()
+
+    results = detect_symbols(symbols=SYMBOLS)
+
+    # In order: the first passes the limit, the second breaches it (the global breaker halts every
+    # automation), the third's automation is no longer active when its turn comes: no signal at all.
+    assert [r.signals for r in results] == [{"queued": 1}, {"filtered": 1}, {}]
+    first, second = Signal.objects.order_by("id")
+    assert (first.automation_id, second.automation_id) == (automations[0].pk, automations[1].pk)
+    assert second.status_reason.startswith("signal-rate limit:")
+    assert not Automation.objects.filter(status=Automation.Status.ACTIVE).exists()
+    assert sent_tasks == [(ORDER_EXECUTE_TASK, [first.pk], None)]

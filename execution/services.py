@@ -36,8 +36,8 @@ from decimal import Decimal
 from typing import Any
 
 from celery import current_app
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F
+from django.db import connection, transaction
+from django.db.models import Exists
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -56,6 +56,7 @@ from risk import rules
 from risk.models import KillSwitch
 from risk.selectors import RISK_OFFICER_GROUP, TRADER_GROUP, kill_switch_engaged, risk_limits_for, user_in_group
 from trading.api import DomainError
+from trading.permissions import user_roles
 from trading.queues import ORDER_EXECUTE_TASK
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def _current_mid(symbol: str) -> Decimal | None:
 
 
 def _require_trader(user: Any, signal_id: int, action: str) -> None:
-    if not user_in_group(user, TRADER_GROUP):
+    # The request's permission check read the roles already (trading.permissions caches them on the user).
+    if TRADER_GROUP not in user_roles(user):
         message = f"only a trader may {action} a signal"
         audit_event_record_autonomous(
             kind=AuditEvent.Kind.PERMISSION_DENIED, actor=user, subject_type="automations.signal",
@@ -217,21 +219,28 @@ def signal_approve(*, signal_id: int, user: Any, otp_token: str) -> Signal:
 
 def _approval_record(*, signal: Signal, automation: Automation, user: Any, device: Any, order_hash: str,
                      now: datetime) -> None:
-    try:
-        with transaction.atomic():
-            Approval.objects.create(signal=signal, user=user, device_id=device.persistent_id, decision="approve",
-                                    order_hash=order_hash, decided_at=now)
-    except IntegrityError as exc:
-        raise _refusal(f"signal {signal.pk} already has a decision or this order was already approved",
-                       code="duplicate") from exc
+    # One statement, no savepoint: a clash on the signal or the order hash inserts nothing and is refused.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO execution_approval (signal_id, user_id, device_id, decision, reason, order_hash, "
+            "decided_at) VALUES (%s, %s, %s, 'approve', '', %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+            [signal.pk, user.pk, device.persistent_id, order_hash, now],
+        )
+        if cursor.fetchone() is None:
+            raise _refusal(f"signal {signal.pk} already has a decision or this order was already approved",
+                           code="duplicate")
     # The execute task goes first among the on-commit callbacks: the live pushes
     # (several milliseconds each over the channel layer) follow it instead of delaying the order.
     signal_id = signal.pk
     transaction.on_commit(lambda: _send_execute(signal_id))
-    # A counter, not configuration: saved alone so no history row and no reason are needed.
-    automation.approved_trade_count = F("approved_trade_count") + 1
-    automation.save(update_fields=["approved_trade_count"])
-    automation.refresh_from_db(fields=["approved_trade_count"])
+    # A counter, not configuration: no history row and no reason are needed. One statement, new value back.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE automations_automation SET approved_trade_count = approved_trade_count + 1 "
+            "WHERE id = %s RETURNING approved_trade_count",
+            [automation.pk],
+        )
+        (automation.approved_trade_count,) = cursor.fetchone()
     username = user.get_username()
     signal.automation = automation  # The push payload names the automation: no second read of its row.
     signal_transition(signal=signal, to_status=S.APPROVED, actor_label=username, actor=user,

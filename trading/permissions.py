@@ -19,11 +19,16 @@ ALL_ROLES = frozenset({VIEWER, TRADER, RISK_OFFICER, COMPLIANCE, ADMIN})
 
 
 def user_roles(user: Any) -> set[str]:
+    """The user's roles, read once per user object (one request): the permission check and the service share it."""
     if not getattr(user, "is_authenticated", False) or not user.is_active:
         return set()
+    cached = getattr(user, "_fp_roles", None)
+    if cached is not None:
+        return set(cached)
     roles = set(user.groups.values_list("name", flat=True)) & ALL_ROLES
     if user.is_superuser:
         roles.add(ADMIN)
+    user._fp_roles = frozenset(roles)
     return roles
 
 

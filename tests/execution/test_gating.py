@@ -94,6 +94,23 @@ def test_it_records_who_approved_with_which_device_and_the_order_hash(market):
     assert event.data["order_hash"] == expected and event.actor == trader
 
 
+def test_an_approval_record_already_there_refuses_the_approval_and_changes_nothing(market):
+    automation = make_automation(approval_threshold=5)
+    trader, device = make_user("tina", "trader")
+    other, other_device = make_user("otto", "trader")
+    signal = make_signal(automation)
+    # A decision row the signal's status does not show (written by hand, say): the insert clashes on the signal.
+    Approval.objects.create(signal=signal, user=other, device_id=other_device.persistent_id, decision="approve",
+                            order_hash="f" * 64, decided_at=timezone.now())
+    with pytest.raises(DomainError) as refused:
+        services.signal_approve(signal_id=signal.pk, user=trader, otp_token=totp(device))
+    assert refused.value.code == "duplicate"
+    signal.refresh_from_db()
+    automation.refresh_from_db()
+    assert signal.status == S.PENDING_APPROVAL and automation.approved_trade_count == 0
+    assert list(Approval.objects.filter(signal=signal).values_list("user", flat=True)) == [other.pk]
+
+
 @pytest.mark.parametrize("token", ["", "000000x", None])
 def test_it_refuses_a_missing_otp(market, token):
     automation = make_automation(approval_threshold=5)

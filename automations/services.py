@@ -103,27 +103,37 @@ def _apply_transition(signal: Signal, to_status: str, *, actor_label: str, reaso
     return signal
 
 
-def signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str = "", actor: Any = None) -> Signal:
+def signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str = "", actor: Any = None,
+                      locked: bool = False) -> Signal:
     """Move ``signal`` to ``to_status`` if the state machine allows it; raise DomainError otherwise.
 
     The row is locked first and the legality judged on the locked state, so
     two workers racing (the expiry sweep and an approval) cannot both win.
     The passed instance is updated in place and returned.
 
+    ``locked=True``: the caller read ``signal`` with ``select_for_update`` in
+    the transaction it is still in, so the instance is the locked row; it is
+    judged and written as it is (one round trip saved). Refused outside a
+    transaction, where no lock can be held.
+
     Inside a caller's transaction no savepoint is taken (two round trips
     saved): an illegal transition is refused before anything is written, so
     the caller's transaction stays usable, and a failing write fails it.
     """
     if not connection.in_atomic_block:
+        if locked:
+            raise RuntimeError("signal_transition(locked=True) outside a transaction: no row lock can be held")
         with transaction.atomic():
             return _signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason,
-                                      actor=actor)
-    return _signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor)
+                                      actor=actor, held=False)
+    return _signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor,
+                              held=locked)
 
 
-def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str, actor: Any) -> Signal:
-    locked = Signal.objects.select_for_update().get(pk=signal.pk)
-    if Signal.automation.is_cached(signal) and signal.automation_id == locked.automation_id:
+def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str, actor: Any,
+                       held: bool) -> Signal:
+    locked = signal if held else Signal.objects.select_for_update().get(pk=signal.pk)
+    if locked is not signal and Signal.automation.is_cached(signal) and signal.automation_id == locked.automation_id:
         # The caller already holds the automation: the push payload reuses it.
         locked.automation = signal.automation
     now = timezone.now()
@@ -137,8 +147,9 @@ def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reas
                           code="expired")
     with transaction.atomic(savepoint=False):
         _apply_transition(locked, to_status, actor_label=actor_label, reason=reason, actor=actor, now=now)
-    for name in ("status", "status_reason", "sequence", "decided_at"):
-        setattr(signal, name, getattr(locked, name))
+    if locked is not signal:
+        for name in ("status", "status_reason", "sequence", "decided_at"):
+            setattr(signal, name, getattr(locked, name))
     return signal
 
 

@@ -243,7 +243,7 @@ def _approval_record(*, signal: Signal, automation: Automation, user: Any, devic
         (automation.approved_trade_count,) = cursor.fetchone()
     username = user.get_username()
     signal.automation = automation  # The push payload names the automation: no second read of its row.
-    signal_transition(signal=signal, to_status=S.APPROVED, actor_label=username, actor=user,
+    signal_transition(signal=signal, to_status=S.APPROVED, actor_label=username, actor=user, locked=True,
                       reason=f"approved by {username} with OTP (order {order_hash[:12]})")
     audit_event_record(
         kind=AuditEvent.Kind.APPROVAL, actor=user, subject=signal, reason="approved with OTP",
@@ -402,7 +402,7 @@ def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
         refusal = _execution_refusal(signal, automation, now)
         if refusal is not None:
             to_status, reason = refusal
-            signal_transition(signal=signal, to_status=to_status, actor_label=ACTOR, reason=reason)
+            signal_transition(signal=signal, to_status=to_status, actor_label=ACTOR, reason=reason, locked=True)
             return None, False
         mid = _current_mid(signal.symbol)
         modelled = _modelled_slippage(signal)
@@ -419,11 +419,12 @@ def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
             order.status_reason = f"risk: {reason}"
             order.closed_at = now
             order.save(force_insert=True)
-            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, reason=f"refused by risk: {reason}")
+            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, reason=f"refused by risk: {reason}",
+                              locked=True)
         else:
             order.status = OS.SUBMITTING
             order.save(force_insert=True)
-            signal_transition(signal=signal, to_status=S.ORDERED, actor_label=ACTOR,
+            signal_transition(signal=signal, to_status=S.ORDERED, actor_label=ACTOR, locked=True,
                               reason=f"order {order.client_order_id} created")
         audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
                            data={"status": order.status, "client_order_id": order.client_order_id,

@@ -119,3 +119,29 @@ def test_it_gives_each_change_a_larger_push_sequence():
     signal_transition(signal=signal, to_status=S.REJECTED, actor_label="test")
     assert first < second < signal.sequence
     assert list(SignalTransition.objects.filter(signal=signal).values_list("sequence", flat=True)) == [first, second, signal.sequence]
+
+
+def test_a_transition_on_a_row_the_caller_holds_locked_skips_the_second_read() -> None:
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    signal = new_signal()
+    with transaction.atomic():
+        held = Signal.objects.select_for_update().get(pk=signal.pk)
+        with CaptureQueriesContext(connection) as queries:
+            signal_transition(signal=held, to_status=S.PENDING_APPROVAL, actor_label="test", reason="held", locked=True)
+    assert not any("FOR UPDATE" in q["sql"] and "automations_signal" in q["sql"] for q in queries.captured_queries)
+    signal.refresh_from_db()
+    assert signal.status == S.PENDING_APPROVAL and held.status == S.PENDING_APPROVAL
+    assert SignalTransition.objects.filter(signal=signal, to_status=S.PENDING_APPROVAL).count() == 1
+    # The legality is still judged on the held row: a second move from the same state is refused.
+    with transaction.atomic(), pytest.raises(DomainError):
+        held = Signal.objects.select_for_update().get(pk=signal.pk)
+        signal_transition(signal=held, to_status=S.NEW, actor_label="test", reason="back", locked=True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_locked_true_outside_a_transaction_is_refused() -> None:
+    signal = new_signal()
+    with pytest.raises(RuntimeError):
+        signal_transition(signal=signal, to_status=S.PENDING_APPROVAL, actor_label="test", reason="x", locked=True)

@@ -110,7 +110,7 @@ LAST_EVALUATED_TTL_S = 86_400
 # expires), waited for at most LOCK_WAIT_S, polled every LOCK_POLL_S.
 LOCK_TIMEOUT_MS = 60_000
 LOCK_WAIT_S = 15.0
-LOCK_POLL_S = 0.1
+LOCK_POLL_S = 0.02
 # Compare-and-delete: a worker releases the lock only while it still holds
 # it (its token), never a lock another worker took after this one expired.
 _RELEASE_LUA = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -450,15 +450,16 @@ class _SymbolLock:
 
 
 def _lock_and_read_many(client: Any, locks: dict[str, _SymbolLock], symbols: list[str], *, clear_pending: bool,
-                        deadline: float, wait_all: bool) -> tuple[dict[str, _Reads], list[str]]:
+                        deadline: float) -> tuple[dict[str, _Reads], list[str]]:
     """Clear the pending flags, take the locks and read the Redis keys of ``symbols`` in one round trip.
 
     Returns the reads of the symbols whose lock was taken and the symbols
     still busy. The reads after ``SET NX`` see every write of the previous
-    holder, which wrote them before its release. Busy symbols are tried
-    again (without their flags) every ``LOCK_POLL_S`` until ``deadline``:
-    at once when ``wait_all`` or when no lock at all was taken, otherwise
-    the caller runs the taken symbols first and asks again.
+    holder, which wrote them before its release. When some locks were
+    taken, the caller runs those symbols first and asks again for the busy
+    ones. When none was, this waits until one of them is free (one
+    ``EXISTS`` over the lock keys every ``LOCK_POLL_S``, not the whole read
+    pipeline) and tries again without the flags, until ``deadline``.
     """
     acquired: dict[str, _Reads] = {}
     todo = list(symbols)
@@ -486,9 +487,15 @@ def _lock_and_read_many(client: Any, locks: dict[str, _SymbolLock], symbols: lis
                 busy.append(symbol)
         clear_pending = False
         todo = busy
-        if not todo or (acquired and not wait_all) or time.monotonic() + LOCK_POLL_S > deadline:
+        if not todo or acquired:
             return acquired, todo
-        time.sleep(LOCK_POLL_S)
+        keys = [locks[symbol].key for symbol in todo]
+        while True:
+            if time.monotonic() + LOCK_POLL_S > deadline:
+                return acquired, todo
+            time.sleep(LOCK_POLL_S)
+            if client.exists(*keys) < len(keys):
+                break
 
 
 def detect_symbol(*, symbol: str, clear_pending: bool = False) -> DetectResult:
@@ -524,8 +531,7 @@ def detect_symbols(*, symbols: list[str], clear_pending: bool = False) -> list[D
             t0 = time.perf_counter()
             # One detection per symbol at a time: two workers on the same data
             # would race on the same quote; the second waits and then sees nothing new.
-            acquired, todo = _lock_and_read_many(client, locks, todo, clear_pending=clear_pending, deadline=deadline,
-                                                 wait_all=False)
+            acquired, todo = _lock_and_read_many(client, locks, todo, clear_pending=clear_pending, deadline=deadline)
             clear_pending = False
             lock_ms = (time.perf_counter() - t0) * 1e3
             if acquired:

@@ -510,3 +510,45 @@ def test_a_global_signal_rate_breach_in_a_pass_stops_the_passs_later_signals(mar
     assert second.status_reason.startswith("signal-rate limit:")
     assert not Automation.objects.filter(status=Automation.Status.ACTIVE).exists()
     assert sent_tasks == [(ORDER_EXECUTE_TASK, [first.pk], None)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_for_busy_symbols_polls_the_locks_not_the_whole_read(markets, always_buy, sent_tasks, monkeypatch):
+    import time as real_time
+    import types
+
+    client = markets["redis"]
+    for symbol in SYMBOLS:
+        make_automation(name=symbol, symbol=symbol)
+        client.set(detection.lock_key(symbol), "other-worker", px=60_000)
+    polls: list[int] = []
+
+    def sleep(seconds):
+        # The other worker releases its locks after the fifth poll.
+        polls.append(1)
+        if len(polls) == 5:
+            client.delete(*(detection.lock_key(symbol) for symbol in SYMBOLS))
+
+    monkeypatch.setattr(
+        detection,
+        "time",
+        types.SimpleNamespace(
+            sleep=sleep,
+            monotonic=real_time.monotonic,
+            perf_counter=real_time.perf_counter,
+            process_time=real_time.process_time,
+            time_ns=real_time.time_ns,
+        ),
+    )
+    attempts: list[str] = []
+    real = detection._SymbolLock.acquire_in
+    monkeypatch.setattr(
+        detection._SymbolLock, "acquire_in", lambda self, pipe: (attempts.append(self.symbol), real(self, pipe))[1]
+    )
+
+    results = detect_symbols(symbols=SYMBOLS)
+
+    assert all(r.signals == {"queued": 1} for r in results)
+    assert len(polls) == 5
+    # Five polls, but the full read (with its lock attempt) only twice per symbol: first, and once seen free.
+    assert sorted(attempts) == sorted(SYMBOLS * 2)

@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +60,8 @@ from trading.redis_client import redis_client  # noqa: E402
 
 CYCLES = int(os.environ.get("BENCH_CYCLES", "5"))
 LAG_TASKS = os.environ.get("BENCH_LAG_TASKS", "batch")
+LAG_WORKERS = int(os.environ.get("BENCH_LAG_WORKERS", "1"))
+LAG_GROUPS = int(os.environ.get("BENCH_LAG_GROUPS", "1"))
 WARMUP_S = 3.0  # Lag scenario: the steady_* figures leave out lags measured in the first seconds.
 if LAG_TASKS not in ("batch", "symbol"):
     raise SystemExit(f"BENCH_LAG_TASKS must be 'batch' or 'symbol', not {LAG_TASKS!r}")
@@ -288,7 +291,9 @@ def ingest_child(stream: str, label: str, n_symbols: int, seconds: float) -> Non
         flags = replies[len(markets) * 2 :][1::2]
         flagged = [sym for sym, flag in zip(recv_by_key, flags, strict=True) if flag]
         if flagged and LAG_TASKS == "batch":
-            client.rpush(f"fp:bench-queue:{PID_PARENT}", json.dumps(flagged))
+            # BENCH_LAG_GROUPS > 1: the batch's symbols in that many requests, by a stable hash of the symbol.
+            groups = [[s for s in flagged if zlib.crc32(s.encode()) % LAG_GROUPS == g] for g in range(LAG_GROUPS)]
+            client.rpush(f"fp:bench-queue:{PID_PARENT}", *[json.dumps(g) for g in groups if g])
         elif flagged:
             pipe = client.pipeline(transaction=False)
             for sym in flagged:
@@ -299,7 +304,7 @@ def ingest_child(stream: str, label: str, n_symbols: int, seconds: float) -> Non
         if time.monotonic() > next_batch:
             late += 1
             next_batch = time.monotonic() + CYCLE_S
-    client.rpush(f"fp:bench-queue:{PID_PARENT}", "__done__")
+    client.rpush(f"fp:bench-queue:{PID_PARENT}", *["__done__"] * LAG_WORKERS)
     print(json.dumps({"batches": batches, "late_batches": late}))
 
 
@@ -312,16 +317,70 @@ def backend_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def consume(queue: str, child: subprocess.Popen | None) -> dict:
+    """One detect worker of the lag scenario: pop requests and run the task's body until the ingest side is done.
+
+    Returns its raw figures; ``lags`` holds (pass end, lag ms) pairs, the pass
+    end in ``time.time()`` seconds so that several workers' figures merge.
+    """
+    client = redis_client()
+    lags: list[tuple[float, float]] = []
+    passes, signals, signal_ms, busy_s, symbols_detected, backlog_max = 0, 0, 0.0, 0.0, 0, 0
+    phase_ms: dict[str, float] = {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend_pid = cursor.fetchone()[0]
+    cpu0, wall0, pg0, first = time.process_time(), time.perf_counter(), backend_cpu_s(backend_pid), None
+    while True:
+        # The client's socket timeout is 5 s: wait in short polls, while the child lives.
+        popped = client.blpop([queue], timeout=2)
+        if popped is None:
+            if child is None or child.poll() is None:
+                continue
+            break
+        if first is None:  # The clock starts with the first request (the child generates its market first).
+            cpu0, wall0, pg0, first = time.process_time(), time.perf_counter(), backend_cpu_s(backend_pid), time.time()
+        if popped[1] == b"__done__":
+            break
+        syms = json.loads(popped[1])
+        # The benchmark's own bookkeeping (backlog, the oldest unseen
+        # receive times) in one round trip, outside the timed pass.
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(queue)
+        for sym in syms:
+            pipe.getdel(f"fp:bench-oldest:{sym}")
+        backlog, *oldest = pipe.execute()
+        backlog_max = max(backlog_max, backlog + 1)
+        started = time.perf_counter()
+        # The task itself: it clears the coalescing flags, then detects.
+        results = detect_symbols_task(syms) if LAG_TASKS == "batch" else [detect_symbol_task(syms[0])]
+        passes += 1
+        symbols_detected += len(results)
+        signals += sum(sum(r["signals"].values()) for r in results)
+        signal_ms += results[0]["timings_ms"].get("signals", 0.0)
+        for phase, ms in results[0]["timings_ms"].items():
+            phase_ms[phase] = phase_ms.get(phase, 0.0) + ms
+        busy_s += time.perf_counter() - started
+        done_ns = time.time_ns()
+        lags.extend((done_ns / 1e9, (done_ns - int(oldest_ns)) / 1e6) for oldest_ns in oldest if oldest_ns is not None)
+    return {
+        "lags": lags, "passes": passes, "signals": signals, "signal_ms": signal_ms, "busy_s": busy_s,
+        "symbols_detected": symbols_detected, "backlog_max": backlog_max, "phase_ms": phase_ms, "first": first,
+        "wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "pg_cpu_s": backend_cpu_s(backend_pid) - pg0,
+    }
+
+
 def lag_scenario(seconds: float) -> dict:
     """Detection lag with the ingest side running: time from a quote's receive time to its detection pass ending.
 
     1,000 automations over 100 symbols; a child process writes 5,000
-    quotes/s (1,000 per 200 ms batch, 10 per symbol) and asks for one
-    detection per symbol per batch (coalesced); this process is the detect
-    worker (one process, one core) and runs the task's body per request
-    (``detect_symbols_task`` or ``detect_symbol_task``, see ``ingest_child``;
-    flag clear included, no broker). Phase timings are per pass (a pass
-    covers every symbol of its request).
+    quotes/s (1,000 per 200 ms batch, 10 per symbol) and asks for detection
+    (coalesced, see ``ingest_child``); ``BENCH_LAG_WORKERS`` detect workers
+    (default 1: this process; 2 adds a child process, as the deployment runs
+    two) pop the requests from one list and run the task's body per request
+    (``detect_symbols_task`` or ``detect_symbol_task``; flag clear included,
+    no broker). Phase timings are per pass (a pass covers every symbol of its
+    request); CPU figures add up the workers and their PostgreSQL backends.
     """
     label, n_automations, n_symbols = "lag", 1000, 100
     rng = random.Random(7)
@@ -338,80 +397,59 @@ def lag_scenario(seconds: float) -> dict:
         [sys.executable, __file__, "--ingest-child", STREAM, label, str(n_symbols), str(seconds), str(PID)],
         stdout=subprocess.PIPE, text=True,
     )
-    lags, passes, signals, signal_ms, busy_s, symbols_detected = [], 0, 0, 0.0, 0.0, 0
-    warm_from: int | None = None
-    backlog_max = 0
-    phase_ms: dict[str, float] = {}
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        backend_pid = cursor.fetchone()[0]
-    cpu0, wall0, pg0 = time.process_time(), time.perf_counter(), backend_cpu_s(backend_pid)
+    helpers = [
+        subprocess.Popen([sys.executable, __file__, "--detect-child", queue], stdout=subprocess.PIPE, text=True)
+        for _ in range(LAG_WORKERS - 1)
+    ]
     try:
-        while True:
-            # The client's socket timeout is 5 s: wait in short polls, while the child lives.
-            popped = client.blpop([queue], timeout=2)
-            if popped is None:
-                if child.poll() is None:
-                    continue
-                break
-            if passes == 0:  # The clock starts with the first request (the child generates its market first).
-                cpu0, wall0, pg0 = time.process_time(), time.perf_counter(), backend_cpu_s(backend_pid)
-            if popped[1] == b"__done__":
-                break
-            syms = json.loads(popped[1])
-            # The benchmark's own bookkeeping (backlog, the oldest unseen
-            # receive times) in one round trip, outside the timed pass.
-            pipe = client.pipeline(transaction=False)
-            pipe.llen(queue)
-            for sym in syms:
-                pipe.getdel(f"fp:bench-oldest:{sym}")
-            backlog, *oldest = pipe.execute()
-            backlog_max = max(backlog_max, backlog + 1)
-            started = time.perf_counter()
-            # The task itself: it clears the coalescing flags, then detects.
-            results = detect_symbols_task(syms) if LAG_TASKS == "batch" else [detect_symbol_task(syms[0])]
-            passes += 1
-            symbols_detected += len(results)
-            signals += sum(sum(r["signals"].values()) for r in results)
-            signal_ms += results[0]["timings_ms"].get("signals", 0.0)
-            for phase, ms in results[0]["timings_ms"].items():
-                phase_ms[phase] = phase_ms.get(phase, 0.0) + ms
-            busy_s += time.perf_counter() - started
-            done_ns = time.time_ns()
-            lags.extend((done_ns - int(first)) / 1e6 for first in oldest if first is not None)
-            if warm_from is None and time.perf_counter() - wall0 >= WARMUP_S:
-                warm_from = len(lags)
+        runs = [consume(queue, child)]
+        for helper in helpers:
+            out, _err = helper.communicate(timeout=120)
+            runs.append(json.loads(out.strip().splitlines()[-1]))
     finally:
         child.wait(timeout=60)
+        for helper in helpers:
+            if helper.poll() is None:
+                helper.kill()
         Automation.objects.filter(name__startswith=f"bench-{PID}-{label}").update(status=Automation.Status.PAUSED)
         client.delete(queue)
-    wall = time.perf_counter() - wall0
-    cpu, pg_cpu = time.process_time() - cpu0, backend_cpu_s(backend_pid) - pg0
     child_out = json.loads(child.stdout.read().strip().splitlines()[-1]) if child.stdout else {}
-    warm = sorted(lags[warm_from:]) if warm_from is not None else []
-    lags.sort()
+    passes = sum(r["passes"] for r in runs)
+    symbols_detected = sum(r["symbols_detected"] for r in runs)
+    busy_s, cpu, pg_cpu = (sum(r[k] for r in runs) for k in ("busy_s", "cpu_s", "pg_cpu_s"))
+    wall = max(r["wall_s"] for r in runs)
+    signal_ms = sum(r["signal_ms"] for r in runs)
+    phase_ms: dict[str, float] = {}
+    for r in runs:
+        for phase, ms in r["phase_ms"].items():
+            phase_ms[phase] = phase_ms.get(phase, 0.0) + ms
+    start = min(r["first"] for r in runs if r["first"] is not None)
+    pairs = [pair for r in runs for pair in r["lags"]]
+    lags = sorted(lag for _at, lag in pairs)
+    # Steady state: after the first WARMUP_S seconds (the first passes load every window and automation in full).
+    warm = sorted(lag for at, lag in pairs if at >= start + WARMUP_S)
 
     def pct(p: float, values: list[float] = lags) -> float | None:
         return round(values[min(len(values) - 1, int(p * len(values)))], 1) if values else None
 
     return {
         "automations": n_automations, "symbols": n_symbols, "ticks_per_s": int(TICKS_PER_CYCLE / CYCLE_S),
-        "seconds": seconds, "tasks": LAG_TASKS, "ingest": child_out, "passes": passes, "passes_per_s": round(passes / wall, 1),
+        "seconds": seconds, "tasks": LAG_TASKS, "task_groups": LAG_GROUPS, "detect_workers": LAG_WORKERS, "ingest": child_out,
+        "passes": passes, "passes_per_s": round(passes / wall, 1),
         "symbols_per_pass_mean": round(symbols_detected / passes, 1) if passes else None,
-        "detect_busy_fraction": round(busy_s / wall, 3), "detect_cpu_fraction": round(cpu / wall, 3),
-        # CPU of the detect process and of its PostgreSQL backend: what a quiet 2-core machine must supply.
+        "detect_busy_fraction": round(busy_s / wall / LAG_WORKERS, 3), "detect_cpu_fraction": round(cpu / wall / LAG_WORKERS, 3),
+        # CPU of the detect processes and of their PostgreSQL backends: what a quiet 2-core machine must supply.
         "detect_cpu_ms_per_pass": round(cpu * 1e3 / passes, 2) if passes else None,
         "pg_backend_cpu_ms_per_pass": round(pg_cpu * 1e3 / passes, 2) if passes else None,
         "cpu_ms_per_symbol_pass": round((cpu + pg_cpu) * 1e3 / symbols_detected, 3) if symbols_detected else None,
         "ms_per_pass_mean": round(busy_s * 1e3 / passes, 2) if passes else None,
-        "signals": signals, "signal_ms_total": round(signal_ms, 1),
+        "signals": sum(r["signals"] for r in runs), "signal_ms_total": round(signal_ms, 1),
         "ms_per_pass_without_signals": round((busy_s * 1e3 - signal_ms) / passes, 2) if passes else None,
         "lag_ms_p50": pct(0.5), "lag_ms_p95": pct(0.95), "lag_ms_p99": pct(0.99), "lag_ms_max": round(lags[-1], 1) if lags else None,
         "lag_under_1s_fraction": round(sum(1 for x in lags if x < 1000) / len(lags), 3) if lags else None,
-        # The same after the first WARMUP_S seconds (the first passes load every window and automation in full).
         "steady_lag_ms_p50": pct(0.5, warm), "steady_lag_ms_p95": pct(0.95, warm), "steady_lag_ms_p99": pct(0.99, warm),
         "steady_lag_under_1s_fraction": round(sum(1 for x in warm if x < 1000) / len(warm), 3) if warm else None,
-        "queue_backlog_max": backlog_max,
+        "queue_backlog_max": max(r["backlog_max"] for r in runs),
         # Mean per pass of each phase the task reports (timings_ms), signals included.
         "phase_ms_per_pass": {k: round(v / passes, 2) for k, v in sorted(phase_ms.items())} if passes else {},
     }
@@ -435,7 +473,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--ingest-child":
+    if len(sys.argv) > 1 and sys.argv[1] == "--detect-child":
+        print(json.dumps(consume(sys.argv[2], None)))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--ingest-child":
         _, _, stream_arg, label_arg, n_arg, seconds_arg, pid_arg = sys.argv
         PID_PARENT = int(pid_arg)
         ingest_child(stream_arg, label_arg, int(n_arg), float(seconds_arg))

@@ -46,6 +46,7 @@ import logging
 import re
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from typing import Any
 import numpy as np
 import psycopg.errors
 from celery import current_app
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -957,13 +959,15 @@ def _copy_new_only(cursor: Any, table: str, columns: str, data: str) -> int:
 
 
 def request_detection(symbols: Iterable[str]) -> list[str]:
-    """Ask for one detection pass over the symbols that have none waiting (coalescing); the symbols asked for.
+    """Ask for detection passes over the symbols that have none waiting (coalescing); the symbols asked for.
 
     One Redis round trip sets each symbol's pending flag (SET NX); the symbols
-    whose flag this call set go in ONE ``detect_symbols_task``, which shares
-    its round trips and its signal transaction across them. The task clears
-    the flags when it starts, so data arriving while it runs asks for exactly
-    one more pass.
+    whose flag this call set go in ``settings.DETECT_TASK_GROUPS`` tasks at
+    most (``detect_symbols_task``; a symbol always in the same group, by a
+    stable hash), so that each detect worker runs one pass over its share,
+    the pass sharing its round trips and its signal transaction across its
+    symbols. A task clears its flags when it starts, so data arriving while
+    it runs asks for exactly one more pass.
     """
     symbols = list(dict.fromkeys(symbols))
     if not symbols:
@@ -972,8 +976,11 @@ def request_detection(symbols: Iterable[str]) -> list[str]:
     for sym in symbols:
         pipe.set(redis_keys.detect_pending(sym), "1", nx=True, ex=30)
     sent = [sym for sym, flagged in zip(symbols, pipe.execute(), strict=True) if flagged]
-    if sent:
-        current_app.send_task(DETECT_SYMBOLS_TASK, args=[sent])
+    groups: dict[int, list[str]] = {}
+    for sym in sent:
+        groups.setdefault(zlib.crc32(sym.encode()) % settings.DETECT_TASK_GROUPS, []).append(sym)
+    for group in sorted(groups):
+        current_app.send_task(DETECT_SYMBOLS_TASK, args=[groups[group]])
     return sent
 
 

@@ -268,6 +268,12 @@ FEED_SEED = _int("FEED_SEED", 7)
 FEED_MALFORMED_PROB = float(os.environ.get("FEED_MALFORMED_PROB", "0.001"))
 FEED_CROSSED_PROB = float(os.environ.get("FEED_CROSSED_PROB", "0.0005"))
 TICK_RETENTION_DAYS = _int("TICK_RETENTION_DAYS", 90)
+# The ingest side asks for detection with this many tasks per stored batch,
+# each for a stable share of the batch's symbols: set it to the number of
+# detect worker processes, so they run in parallel on disjoint symbols.
+DETECT_TASK_GROUPS = _int("DETECT_TASK_GROUPS", 2)
+if not 1 <= DETECT_TASK_GROUPS <= 64:
+    raise ImproperlyConfigured(f"DETECT_TASK_GROUPS must be between 1 and 64, got {DETECT_TASK_GROUPS}")
 SIGNAL_EXPIRY_SECONDS = _int("SIGNAL_EXPIRY_SECONDS", 120)
 WEB_HOST = os.environ.get("WEB_HOST", "127.0.0.1")
 WEB_PORT = _int("WEB_PORT", 8000)

@@ -340,11 +340,13 @@ def test_a_duplicate_met_inside_the_batch_falls_back_to_one_transaction_per_sign
 
 
 @pytest.mark.django_db(transaction=True)
-def test_coalesced_requests_lose_no_batch(markets, always_buy, monkeypatch):
+def test_coalesced_requests_lose_no_batch(markets, always_buy, monkeypatch, settings):
     """A batch ingested while a pass runs finds its flag cleared, asks again, and the next pass evaluates it."""
     from celery import current_app
 
     from ingestion.services import request_detection
+
+    settings.DETECT_TASK_GROUPS = 1
 
     make_automation(name="btc", symbol="TEST-BTC")
     make_automation(name="eth", symbol="TEST-ETH")
@@ -378,6 +380,31 @@ def test_coalesced_requests_lose_no_batch(markets, always_buy, monkeypatch):
     btc = list(Signal.objects.filter(symbol="TEST-BTC").order_by("market_ts_ns").values_list("market_ts_ns", flat=True))
     assert btc == [markets["last_ns"]["TEST-BTC"], landed["TEST-BTC"]]
     assert client.exists(redis_keys.detect_pending("TEST-BTC")) == 0
+
+
+@pytest.mark.django_db
+def test_a_batch_asks_for_one_task_per_group_of_symbols_and_a_symbol_stays_in_its_group(redis_clean, monkeypatch, settings):
+    from celery import current_app
+
+    from ingestion.services import request_detection
+
+    settings.DETECT_TASK_GROUPS = 2
+    sent: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, args=None, kwargs=None, **kw: sent.append((name, args[0])))
+    symbols = [f"SYM-{i}" for i in range(40)]
+
+    assert request_detection(symbols) == symbols
+    assert len(sent) == 2 and {name for name, _ in sent} == {DETECT_SYMBOLS_TASK}
+    first = [set(group) for _, group in sent]
+    assert first[0] | first[1] == set(symbols) and not first[0] & first[1]
+
+    # Coalesced per symbol: only the symbols whose pass started (flag cleared) are asked for again, in the same groups.
+    redis_clean.delete(*(redis_keys.detect_pending(s) for s in symbols[:10]))
+    sent.clear()
+    assert request_detection(symbols) == symbols[:10]
+    for _, group in sent:
+        assert any(set(group) <= g for g in first)
+    assert sorted(s for _, group in sent for s in group) == sorted(symbols[:10])
 
 
 # --- the shared window reads ---------------------------------------------------------------------

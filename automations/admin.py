@@ -23,14 +23,32 @@ from audit.admin_tools import (
 from audit.models import AuditEvent
 from automations.models import Automation, L2Snapshot, Signal, SignalTransition
 
-_EDITABLE = ("strategy", "parameters", "mode", "approval_threshold", "require_approval", "allowed_regimes",
-             "signal_expiry_seconds", "four_eyes", "snapshot_levels", "symbol")
+_EDITABLE = (
+    "strategy",
+    "parameters",
+    "mode",
+    "approval_threshold",
+    "require_approval",
+    "allowed_regimes",
+    "signal_expiry_seconds",
+    "four_eyes",
+    "snapshot_levels",
+    "symbol",
+)
 
 
 @admin.register(Automation)
 class AutomationAdmin(ReasonRequiredAdminMixin, FastChangelistMixin, admin.ModelAdmin):
-    list_display = ("name", "symbol", "strategy", "status", "mode", "approval_threshold", "approved_trade_count",
-                    "automatic_trade_count")
+    list_display = (
+        "name",
+        "symbol",
+        "strategy",
+        "status",
+        "mode",
+        "approval_threshold",
+        "approved_trade_count",
+        "automatic_trade_count",
+    )
     list_filter = ("status", "mode", "strategy")
     search_fields = ("name", "symbol")
     readonly_fields = ("status", "approved_trade_count", "automatic_trade_count", "last_changed_by", "created_at", "updated_at")
@@ -44,15 +62,33 @@ class AutomationAdmin(ReasonRequiredAdminMixin, FastChangelistMixin, admin.Model
             if not changes:
                 return
             original = Automation.objects.get(pk=obj.pk)
-            result = call_service(self, request, "automations.services.automation_update", automation=original,
-                                  actor=request.user, reason=reason, changes=changes)
+            result = call_service(
+                self,
+                request,
+                "automations.services.automation_update",
+                automation=original,
+                actor=request.user,
+                reason=reason,
+                changes=changes,
+            )
         else:
-            options = {name: form.cleaned_data[name] for name in _EDITABLE
-                       if name in form.cleaned_data and name not in ("strategy", "parameters", "symbol")}
-            result = call_service(self, request, "automations.services.automation_create", actor=request.user,
-                                  reason=reason, name=form.cleaned_data["name"], symbol=form.cleaned_data["symbol"],
-                                  strategy=form.cleaned_data["strategy"], parameters=form.cleaned_data["parameters"],
-                                  **options)
+            options = {
+                name: form.cleaned_data[name]
+                for name in _EDITABLE
+                if name in form.cleaned_data and name not in ("strategy", "parameters", "symbol")
+            }
+            result = call_service(
+                self,
+                request,
+                "automations.services.automation_create",
+                actor=request.user,
+                reason=reason,
+                name=form.cleaned_data["name"],
+                symbol=form.cleaned_data["symbol"],
+                strategy=form.cleaned_data["strategy"],
+                parameters=form.cleaned_data["parameters"],
+                **options,
+            )
         if result is not None:
             obj.pk = result.pk
             obj._state.adding = False
@@ -98,21 +134,27 @@ class SignalAdmin(FastChangelistMixin, ExportMixin, ReadOnlyAdminMixin, admin.Mo
     """Signals; opening one shows its full story (context, snapshot, regime, approval, order, fills, audit)."""
 
     list_display = ("id", "created_at", "automation", "symbol", "side", "quantity", "limit_price", "status", "needs_approval")
-    list_filter = ("status", "side", "needs_approval", "automation", _CREATED_FROM,
-                   _CREATED_TO)
+    list_filter = ("status", "side", "needs_approval", "automation", _CREATED_FROM, _CREATED_TO)
     list_select_related = ("automation",)
     search_fields = ("=id", "symbol")
     ordering = ("-id",)
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         signal = self.get_object(request, object_id)
         if signal is None or not self.has_view_permission(request, signal):
             return super().change_view(request, object_id, form_url, extra_context)
-        return TemplateResponse(request, "audit/signal_story.html", {
-            **self.admin_site.each_context(request), "opts": self.model._meta, "title": f"Signal {signal.pk}: full story",
-            **signal_story(signal),
-        })
+        return TemplateResponse(
+            request,
+            "audit/signal_story.html",
+            {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "title": f"Signal {signal.pk}: full story",
+                **signal_story(signal),
+            },
+        )
 
 
 def _related(obj: Any, name: str) -> Any:

@@ -83,8 +83,11 @@ class AutomationOutputSerializer(serializers.Serializer):
 
 
 class _ReasonInput(serializers.Serializer):
-    reason = serializers.CharField(max_length=2000, trim_whitespace=True,
-                                   error_messages={"blank": "a reason is required", "required": "a reason is required"})
+    reason = serializers.CharField(
+        max_length=2000,
+        trim_whitespace=True,
+        error_messages={"blank": "a reason is required", "required": "a reason is required"},
+    )
 
 
 class _ConfigFields(serializers.Serializer):
@@ -124,14 +127,18 @@ class AutomationCreateApi(APIView):
         parameters = serializers.DictField(required=False, default=dict)
         approval_threshold = serializers.IntegerField(min_value=0, max_value=1_000_000, default=10)
         require_approval = serializers.BooleanField(default=False)
-        allowed_regimes = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
-                                                required=False, default=dict)
+        allowed_regimes = serializers.DictField(
+            child=serializers.ListField(child=serializers.CharField()), required=False, default=dict
+        )
         signal_expiry_seconds = serializers.IntegerField(min_value=1, max_value=86_400, default=120)
         four_eyes = serializers.BooleanField(default=False)
         snapshot_levels = serializers.IntegerField(min_value=1, max_value=services.MAX_SNAPSHOT_LEVELS, default=20)
 
-    @extend_schema(operation_id="automations_create", request=InputSerializer,
-                   responses={201: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR})
+    @extend_schema(
+        operation_id="automations_create",
+        request=InputSerializer,
+        responses={201: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR},
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -152,8 +159,11 @@ class AutomationUpdateApi(APIView):
                 if name != "reason":
                     field.required = False
 
-    @extend_schema(operation_id="automations_update", request=InputSerializer,
-                   responses={200: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR, 404: _ERROR})
+    @extend_schema(
+        operation_id="automations_update",
+        request=InputSerializer,
+        responses={200: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR, 404: _ERROR},
+    )
     def post(self, request: Request, automation_id: int) -> Response:
         automation = _automation_or_404(automation_id)
         data = self.InputSerializer(data=request.data)
@@ -168,8 +178,11 @@ class AutomationPauseApi(APIView):
     permission_classes = [CanOperate]
     InputSerializer = _ReasonInput
 
-    @extend_schema(operation_id="automations_pause", request=_ReasonInput,
-                   responses={200: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR, 404: _ERROR, 409: _ERROR})
+    @extend_schema(
+        operation_id="automations_pause",
+        request=_ReasonInput,
+        responses={200: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR, 404: _ERROR, 409: _ERROR},
+    )
     def post(self, request: Request, automation_id: int) -> Response:
         automation = _automation_or_404(automation_id)
         data = self.InputSerializer(data=request.data)
@@ -182,8 +195,11 @@ class AutomationResumeApi(APIView):
     permission_classes = [CanOperate]
     InputSerializer = _ReasonInput
 
-    @extend_schema(operation_id="automations_resume", request=_ReasonInput,
-                   responses={200: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR, 404: _ERROR, 409: _ERROR})
+    @extend_schema(
+        operation_id="automations_resume",
+        request=_ReasonInput,
+        responses={200: AutomationOutputSerializer, 400: _ERROR, 403: _ERROR, 404: _ERROR, 409: _ERROR},
+    )
     def post(self, request: Request, automation_id: int) -> Response:
         automation = _automation_or_404(automation_id)
         data = self.InputSerializer(data=request.data)
@@ -247,24 +263,39 @@ class SignalListApi(APIView):
         operation_id="signals_list",
         parameters=[
             OpenApiParameter("status", str, description="Comma-separated statuses."),
-            OpenApiParameter("automation", int), OpenApiParameter("symbol", str),
+            OpenApiParameter("automation", int),
+            OpenApiParameter("symbol", str),
             OpenApiParameter("since", str, description="ISO-8601 creation time lower bound."),
             OpenApiParameter("since_seq", int, description="Re-sync: signals changed after this push sequence."),
-            OpenApiParameter("limit", int), OpenApiParameter("offset", int),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
         ],
-        responses={200: inline_serializer("SignalPage", {
-            "count": serializers.IntegerField(), "next": serializers.CharField(allow_null=True),
-            "previous": serializers.CharField(allow_null=True), "last_seq": serializers.IntegerField(),
-            "results": SignalOutputSerializer(many=True),
-        }), 400: _ERROR},
+        responses={
+            200: inline_serializer(
+                "SignalPage",
+                {
+                    "count": serializers.IntegerField(),
+                    "next": serializers.CharField(allow_null=True),
+                    "previous": serializers.CharField(allow_null=True),
+                    "last_seq": serializers.IntegerField(),
+                    "results": SignalOutputSerializer(many=True),
+                },
+            ),
+            400: _ERROR,
+        },
     )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         f = filters.validated_data
         last_seq = selectors.push_sequence_current()
-        qs = selectors.signals_filtered(status=f.get("status"), automation_id=f.get("automation"), symbol=f.get("symbol"),
-                                        since=f.get("since"), since_seq=f.get("since_seq"))
+        qs = selectors.signals_filtered(
+            status=f.get("status"),
+            automation_id=f.get("automation"),
+            symbol=f.get("symbol"),
+            since=f.get("since"),
+            since_seq=f.get("since_seq"),
+        )
         paginator = LimitOffsetPagination()
         page = paginator.paginate_queryset(qs, request, view=self)
         response = paginator.get_paginated_response([selectors.signal_payload(s) for s in page])
@@ -275,10 +306,20 @@ class SignalListApi(APIView):
 class SignalDetailApi(APIView):
     permission_classes = [CanRead]
 
-    @extend_schema(operation_id="signals_read", responses={200: inline_serializer("SignalDetail", {
-        "signal": SignalOutputSerializer(), "snapshot": serializers.DictField(allow_null=True),
-        "transitions": serializers.ListField(child=serializers.DictField()),
-    }), 404: _ERROR})
+    @extend_schema(
+        operation_id="signals_read",
+        responses={
+            200: inline_serializer(
+                "SignalDetail",
+                {
+                    "signal": SignalOutputSerializer(),
+                    "snapshot": serializers.DictField(allow_null=True),
+                    "transitions": serializers.ListField(child=serializers.DictField()),
+                },
+            ),
+            404: _ERROR,
+        },
+    )
     def get(self, request: Request, signal_id: int) -> Response:
         signal = Signal.objects.select_related("automation", "snapshot").filter(pk=signal_id).first()
         if signal is None:
@@ -286,8 +327,14 @@ class SignalDetailApi(APIView):
         snapshot: dict[str, Any] | None = None
         if signal.snapshot is not None:
             stored = signal.snapshot
-            snapshot = {"id": stored.pk, "ts": stored.ts.isoformat(), "levels": stored.levels, "sha256": stored.sha256,
-                        "storage": stored.storage, "archive_ref": stored.archive_ref}
+            snapshot = {
+                "id": stored.pk,
+                "ts": stored.ts.isoformat(),
+                "levels": stored.levels,
+                "sha256": stored.sha256,
+                "storage": stored.storage,
+                "archive_ref": stored.archive_ref,
+            }
             try:
                 book = snapshot_load(stored)
                 snapshot["bids"] = [[str(p), str(s)] for p, s in book.bids]
@@ -297,8 +344,14 @@ class SignalDetailApi(APIView):
                 # Show the trader the stored facts and the problem, not a 500.
                 snapshot.update(bids=[], asks=[], verified=False, error=str(exc))
         transitions = [
-            {"at": t.at.isoformat(), "from": t.from_status, "to": t.to_status, "actor": t.actor_label,
-             "reason": t.reason, "sequence": t.sequence}
+            {
+                "at": t.at.isoformat(),
+                "from": t.from_status,
+                "to": t.to_status,
+                "actor": t.actor_label,
+                "reason": t.reason,
+                "sequence": t.sequence,
+            }
             for t in signal.transitions.all()
         ]
         return Response({"signal": selectors.signal_payload(signal), "snapshot": snapshot, "transitions": transitions})

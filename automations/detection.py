@@ -182,10 +182,22 @@ def _active_automations(symbol: str, fingerprint: tuple[Any, ...]) -> list[Autom
     hit = _automations_cache.get(symbol)
     if hit is not None and hit[0] == fingerprint:
         return hit[1]
-    rows = list(Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE).only(
-        "id", "symbol", "strategy", "parameters", "status", "allowed_regimes", "snapshot_levels",
-        "signal_expiry_seconds", "updated_at", "name",
-    ).order_by("id"))
+    rows = list(
+        Automation.objects.filter(symbol=symbol, status=Automation.Status.ACTIVE)
+        .only(
+            "id",
+            "symbol",
+            "strategy",
+            "parameters",
+            "status",
+            "allowed_regimes",
+            "snapshot_levels",
+            "signal_expiry_seconds",
+            "updated_at",
+            "name",
+        )
+        .order_by("id")
+    )
     if len(_automations_cache) > 10_000:
         _automations_cache.clear()
     _automations_cache[symbol] = (fingerprint, rows)
@@ -260,39 +272,66 @@ def _route(plan: _Plan, intent: Intent, batch: _Batch) -> str | None:
     market_ts = datetime.fromtimestamp(batch.market_ts_ns / 1e9, tz=UTC)
     try:
         with transaction.atomic():
-            state = (Automation.objects.filter(pk=automation.pk)
-                     .values("status", "approved_trade_count", "approval_threshold", "require_approval").first())
+            state = (
+                Automation.objects.filter(pk=automation.pk)
+                .values("status", "approved_trade_count", "approval_threshold", "require_approval")
+                .first()
+            )
             # Paused since the batch started (by a person or a breaker): no signal.
             if state is None or state["status"] != Automation.Status.ACTIVE:
                 return None
             needs_approval = state["require_approval"] or state["approved_trade_count"] < state["approval_threshold"]
             signal = signal_create(
-                automation=automation, side=str(intent.side), quantity=intent.quantity, limit_price=intent.limit_price,
-                reason=intent.reason, actor_label=ACTOR,
-                features=_finite_dict({**batch.base_features, **intent.features}), regime=batch.regime_dict,
-                bid=batch.bid, ask=batch.ask, mid=batch.mid, spread_bps=batch.spread_bps,
-                market_ts=market_ts, market_ts_ns=batch.market_ts_ns, snapshot=snapshot, needs_approval=needs_approval,
+                automation=automation,
+                side=str(intent.side),
+                quantity=intent.quantity,
+                limit_price=intent.limit_price,
+                reason=intent.reason,
+                actor_label=ACTOR,
+                features=_finite_dict({**batch.base_features, **intent.features}),
+                regime=batch.regime_dict,
+                bid=batch.bid,
+                ask=batch.ask,
+                mid=batch.mid,
+                spread_bps=batch.spread_bps,
+                market_ts=market_ts,
+                market_ts_ns=batch.market_ts_ns,
+                snapshot=snapshot,
+                needs_approval=needs_approval,
             )
             if not allowed:
-                signal_transition(signal=signal, to_status=Signal.Status.FILTERED, actor_label=ACTOR,
-                                  reason=f"regime not allowed: {why}")
+                signal_transition(
+                    signal=signal, to_status=Signal.Status.FILTERED, actor_label=ACTOR, reason=f"regime not allowed: {why}"
+                )
                 return Signal.Status.FILTERED
             breach = _signal_rate_check(automation)
             if breach is not None:
-                signal_transition(signal=signal, to_status=Signal.Status.FILTERED, actor_label=ACTOR,
-                                  reason=f"signal-rate limit: {breach.message}")
+                signal_transition(
+                    signal=signal,
+                    to_status=Signal.Status.FILTERED,
+                    actor_label=ACTOR,
+                    reason=f"signal-rate limit: {breach.message}",
+                )
                 return Signal.Status.FILTERED
             if needs_approval:
-                why_gate = ("the automation requires approval for every trade" if state["require_approval"] else
-                            f"approval needed: {state['approved_trade_count']} of the first "
-                            f"{state['approval_threshold']} trades approved")
+                why_gate = (
+                    "the automation requires approval for every trade"
+                    if state["require_approval"]
+                    else f"approval needed: {state['approved_trade_count']} of the first "
+                    f"{state['approval_threshold']} trades approved"
+                )
                 signal_transition(signal=signal, to_status=Signal.Status.PENDING_APPROVAL, actor_label=ACTOR, reason=why_gate)
                 return Signal.Status.PENDING_APPROVAL
-            signal_transition(signal=signal, to_status=Signal.Status.QUEUED, actor_label=ACTOR,
-                              reason=f"automatic: {state['approved_trade_count']} trades approved "
-                                     f"(threshold {state['approval_threshold']})")
+            signal_transition(
+                signal=signal,
+                to_status=Signal.Status.QUEUED,
+                actor_label=ACTOR,
+                reason=f"automatic: {state['approved_trade_count']} trades approved (threshold {state['approval_threshold']})",
+            )
             # The counter is excluded from history, and F() keeps it atomic across detect workers.
-            Automation.objects.filter(pk=automation.pk).update(automatic_trade_count=F("automatic_trade_count") + 1)  # history-ok: counter
+            Automation.objects.filter(pk=automation.pk).update(  # history-ok: counter
+                automatic_trade_count=F("automatic_trade_count") + 1
+            )
             signal_id = signal.pk
             transaction.on_commit(lambda: current_app.send_task(ORDER_EXECUTE_TASK, args=[signal_id]))
             return Signal.Status.QUEUED
@@ -332,8 +371,11 @@ def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | N
     # One read of the gating state of every automation of the pass, in the transaction (as ``_route`` reads it).
     states = {row["id"]: row for row in Automation.objects.filter(pk__in=ids).values(*_STATE_FIELDS)}
     # The same quote already produced these signals (a re-run after a crash): skipped, like ``_route``'s IntegrityError.
-    done = set(Signal.objects.filter(automation_id__in=ids, market_ts_ns__in={b.market_ts_ns for _p, _i, b in work})
-               .values_list("automation_id", "market_ts_ns", "side"))
+    done = set(
+        Signal.objects.filter(automation_id__in=ids, market_ts_ns__in={b.market_ts_ns for _p, _i, b in work}).values_list(
+            "automation_id", "market_ts_ns", "side"
+        )
+    )
     statuses: list[str | None] = []
     routed: list[RoutedSignal] = []
     for plan, intent, batch in work:
@@ -357,24 +399,40 @@ def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | N
             states.update({row["id"]: row for row in Automation.objects.filter(pk__in=ids).values(*_STATE_FIELDS)})
         elif needs_approval:
             to_status = Signal.Status.PENDING_APPROVAL
-            status_reason = ("the automation requires approval for every trade" if state["require_approval"] else
-                             f"approval needed: {state['approved_trade_count']} of the first "
-                             f"{state['approval_threshold']} trades approved")
+            status_reason = (
+                "the automation requires approval for every trade"
+                if state["require_approval"]
+                else f"approval needed: {state['approved_trade_count']} of the first "
+                f"{state['approval_threshold']} trades approved"
+            )
         else:
             to_status = Signal.Status.QUEUED
-            status_reason = (f"automatic: {state['approved_trade_count']} trades approved "
-                             f"(threshold {state['approval_threshold']})")
-        routed.append(RoutedSignal(
-            automation=automation, side=str(intent.side), quantity=intent.quantity, limit_price=intent.limit_price,
-            reason=intent.reason, to_status=to_status, status_reason=status_reason,
-            context={
-                "features": _finite_dict({**batch.base_features, **intent.features}), "regime": batch.regime_dict,
-                "bid": batch.bid, "ask": batch.ask, "mid": batch.mid, "spread_bps": batch.spread_bps,
-                "market_ts": datetime.fromtimestamp(batch.market_ts_ns / 1e9, tz=UTC),
-                "market_ts_ns": batch.market_ts_ns, "snapshot": batch.snapshot(automation.snapshot_levels),
-                "needs_approval": needs_approval,
-            },
-        ))
+            status_reason = (
+                f"automatic: {state['approved_trade_count']} trades approved (threshold {state['approval_threshold']})"
+            )
+        routed.append(
+            RoutedSignal(
+                automation=automation,
+                side=str(intent.side),
+                quantity=intent.quantity,
+                limit_price=intent.limit_price,
+                reason=intent.reason,
+                to_status=to_status,
+                status_reason=status_reason,
+                context={
+                    "features": _finite_dict({**batch.base_features, **intent.features}),
+                    "regime": batch.regime_dict,
+                    "bid": batch.bid,
+                    "ask": batch.ask,
+                    "mid": batch.mid,
+                    "spread_bps": batch.spread_bps,
+                    "market_ts": datetime.fromtimestamp(batch.market_ts_ns / 1e9, tz=UTC),
+                    "market_ts_ns": batch.market_ts_ns,
+                    "snapshot": batch.snapshot(automation.snapshot_levels),
+                    "needs_approval": needs_approval,
+                },
+            )
+        )
         statuses.append(to_status)
     signals = signals_create_routed(signals=routed, actor_label=ACTOR)
     queued = [signal for signal in signals if signal.status == Signal.Status.QUEUED]
@@ -382,7 +440,9 @@ def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | N
     per_automation = Counter(signal.automation_id for signal in queued)
     for count in sorted(set(per_automation.values())):
         ids_with_count = sorted(pk for pk, n in per_automation.items() if n == count)
-        Automation.objects.filter(pk__in=ids_with_count).update(automatic_trade_count=F("automatic_trade_count") + count)  # history-ok: counter
+        Automation.objects.filter(pk__in=ids_with_count).update(  # history-ok: counter
+            automatic_trade_count=F("automatic_trade_count") + count
+        )
     signal_ids = [signal.pk for signal in queued]
     if signal_ids:
         transaction.on_commit(lambda: [current_app.send_task(ORDER_EXECUTE_TASK, args=[pk]) for pk in signal_ids])
@@ -390,8 +450,9 @@ def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | N
 
 
 def _empty_trades() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object" if c == "side" else ("int64" if c == "ts_ns" else "float64"))
-                         for c in TRADE_COLUMNS})
+    return pd.DataFrame(
+        {c: pd.Series(dtype="object" if c == "side" else ("int64" if c == "ts_ns" else "float64")) for c in TRADE_COLUMNS}
+    )
 
 
 @dataclass
@@ -449,8 +510,9 @@ class _SymbolLock:
         self.released(reply)
 
 
-def _lock_and_read_many(client: Any, locks: dict[str, _SymbolLock], symbols: list[str], *, clear_pending: bool,
-                        deadline: float) -> tuple[dict[str, _Reads], list[str]]:
+def _lock_and_read_many(
+    client: Any, locks: dict[str, _SymbolLock], symbols: list[str], *, clear_pending: bool, deadline: float
+) -> tuple[dict[str, _Reads], list[str]]:
     """Clear the pending flags, take the locks and read the Redis keys of ``symbols`` in one round trip.
 
     Returns the reads of the symbols whose lock was taken and the symbols
@@ -481,8 +543,9 @@ def _lock_and_read_many(client: Any, locks: dict[str, _SymbolLock], symbols: lis
             got, seen_raw, book_raw, quote_raw = replies[index * width + width - 4 : (index + 1) * width]
             if got:
                 locks[symbol].held = True
-                acquired[symbol] = _Reads(last_seen={k.decode(): int(v) for k, v in seen_raw.items()},
-                                          book_raw=book_raw, quote_raw=quote_raw)
+                acquired[symbol] = _Reads(
+                    last_seen={k.decode(): int(v) for k, v in seen_raw.items()}, book_raw=book_raw, quote_raw=quote_raw
+                )
             else:
                 busy.append(symbol)
         clear_pending = False
@@ -572,8 +635,9 @@ def _fingerprints(rows: list[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
-def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str, _Reads],
-                 results: dict[str, DetectResult]) -> None:
+def _detect_many(
+    client: Any, locks: dict[str, _SymbolLock], acquired: dict[str, _Reads], results: dict[str, DetectResult]
+) -> None:
     started, cpu = time.perf_counter(), [time.process_time()]
 
     def cpu_lap() -> float:
@@ -581,19 +645,24 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
         cpu.append(time.process_time())
         return (cpu[-1] - cpu[-2]) * 1e3
 
-    passes = [_SymbolPass(symbol=symbol, reads=reads, result=results[symbol],
-                          sized=_window_needs.get(symbol, (REGIME_QUOTES, 0)))
-              for symbol, reads in acquired.items()]
+    passes = [
+        _SymbolPass(symbol=symbol, reads=reads, result=results[symbol], sized=_window_needs.get(symbol, (REGIME_QUOTES, 0)))
+        for symbol, reads in acquired.items()
+    ]
     # 1. One PostgreSQL round trip: the automations' fingerprints of every
     # symbol and the quote and trade windows, sized from each symbol's last
     # pass. The window cache moves only the rows ingested since this worker's
     # last pass on the symbol, and checks in the same statement that nothing
     # landed behind its tail (see ingestion.selectors).
-    requests = [market.WindowRequest(symbol=p.symbol, quotes=p.sized[0], trades=TRADE_ROWS if p.sized[1] else 0,
-                                     trades_span_ns=p.sized[1])
-                for p in passes]
+    requests = [
+        market.WindowRequest(
+            symbol=p.symbol, quotes=p.sized[0], trades=TRADE_ROWS if p.sized[1] else 0, trades_span_ns=p.sized[1]
+        )
+        for p in passes
+    ]
     requests[0] = dataclasses.replace(
-        requests[0], extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, list(acquired)])])
+        requests[0], extra=[(_FINGERPRINT_SQL, [*[Automation.Status.ACTIVE.value] * 3, list(acquired)])]
+    )
     windows = market.windows_read_many(requests)
     fingerprints = _fingerprints(windows[0].extra[0])
     if len(_window_needs) > 10_000:
@@ -616,14 +685,16 @@ def _detect_many(client: Any, locks: dict[str, _SymbolLock], acquired: dict[str,
         more_quotes = need_quotes if need_quotes != p.sized[0] else 0
         more_trades = TRADE_ROWS if lookback_ns > p.sized[1] or (lookback_ns and w.trades is None) else 0
         if more_quotes or more_trades:
-            again.append(market.WindowRequest(symbol=p.symbol, quotes=more_quotes, trades=more_trades,
-                                              trades_span_ns=lookback_ns))
+            again.append(
+                market.WindowRequest(symbol=p.symbol, quotes=more_quotes, trades=more_trades, trades_span_ns=lookback_ns)
+            )
     if again:
         by_symbol = {p.symbol: p for p in passes}
         for request, w in zip(again, market.windows_read_many(again), strict=True):
             old = by_symbol[request.symbol].windows
             by_symbol[request.symbol].windows = market.Windows(
-                quotes=w.quotes if request.quotes else old.quotes, trades=w.trades if request.trades else old.trades,
+                quotes=w.quotes if request.quotes else old.quotes,
+                trades=w.trades if request.trades else old.trades,
                 extra=old.extra,
             )
     load_ms = (time.perf_counter() - started) * 1e3
@@ -721,15 +792,20 @@ def _evaluate_symbol(p: _SymbolPass) -> list[tuple[_Plan, Intent, _Batch]]:
     bid, ask = features.last_bid_decimal(), features.last_ask_decimal()
     valid_book = bid > 0 and ask > 0
     batch = _Batch(
-        symbol=p.symbol, regime=regime, regime_dict=regime.as_dict(),
+        symbol=p.symbol,
+        regime=regime,
+        regime_dict=regime.as_dict(),
         base_features={
-            "microprice": float(features.microprice[-1]), "tob_imbalance": float(features.tob_imbalance[-1]),
+            "microprice": float(features.microprice[-1]),
+            "tob_imbalance": float(features.tob_imbalance[-1]),
             "l2_imbalance": features.l2_imbalance(10),
         },
-        bid=bid if valid_book else None, ask=ask if valid_book else None,
+        bid=bid if valid_book else None,
+        ask=ask if valid_book else None,
         mid=(bid + ask) / 2 if valid_book else None,
         spread_bps=float(features.spread_bps[-1]) if math.isfinite(float(features.spread_bps[-1])) else None,
-        market_ts_ns=market_ts_ns, book=book,
+        market_ts_ns=market_ts_ns,
+        book=book,
     )
     p.batch = batch
 

@@ -34,13 +34,18 @@ class Automation(models.Model):
     approved_trade_count = models.PositiveIntegerField(default=0)
     automatic_trade_count = models.PositiveIntegerField(default=0)
     allowed_regimes = models.JSONField(
-        default=dict, blank=True,
+        default=dict,
+        blank=True,
         help_text='Regimes this automation may trade in, e.g. {"volatility": ["low", "normal"]}; empty allows all.',
     )
     signal_expiry_seconds = models.PositiveIntegerField(default=120)
-    four_eyes = models.BooleanField(default=False, help_text="The approver cannot be the last person who changed this automation.")
+    four_eyes = models.BooleanField(
+        default=False, help_text="The approver cannot be the last person who changed this automation."
+    )
     snapshot_levels = models.PositiveSmallIntegerField(default=20)
-    last_changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    last_changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -122,7 +127,9 @@ class Signal(models.Model):
     spread_bps = models.FloatField(null=True, blank=True)
     market_ts = models.DateTimeField(null=True, blank=True, help_text="Venue time of the data the signal was computed on.")
     market_ts_ns = models.BigIntegerField(
-        null=True, blank=True, help_text="The same venue time in ns: with the automation and side it makes a signal unique.",
+        null=True,
+        blank=True,
+        help_text="The same venue time in ns: with the automation and side it makes a signal unique.",
     )
     snapshot = models.ForeignKey(L2Snapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="signals")
     created_at = models.DateTimeField(db_index=True)
@@ -145,7 +152,8 @@ class Signal(models.Model):
             # between commit and the Redis write, a flushed Redis): one quote
             # never yields two signals of the same side for one automation.
             models.UniqueConstraint(
-                fields=["automation", "market_ts_ns", "side"], condition=models.Q(market_ts_ns__isnull=False),
+                fields=["automation", "market_ts_ns", "side"],
+                condition=models.Q(market_ts_ns__isnull=False),
                 name="signal_once_per_market_data",
             ),
         ]

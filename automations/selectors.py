@@ -57,18 +57,40 @@ def signal_payload(signal: Signal) -> SignalPayload:
     """A JSON-ready view of a signal, the same for the push and the HTTP re-sync."""
     automation = signal.automation
     return SignalPayload(
-        id=signal.pk, automation_id=signal.automation_id, automation_name=automation.name, symbol=signal.symbol,
-        side=signal.side, quantity=_dec(signal.quantity) or "0", limit_price=_dec(signal.limit_price) or "0",
-        reason=signal.reason, status=signal.status, status_reason=signal.status_reason,
-        needs_approval=signal.needs_approval, bid=_dec(signal.bid), ask=_dec(signal.ask), mid=_dec(signal.mid),
-        spread_bps=signal.spread_bps, regime=signal.regime or {}, features=signal.features or {},
-        market_ts=_iso(signal.market_ts), created_at=_iso(signal.created_at) or "", expires_at=_iso(signal.expires_at),
-        decided_at=_iso(signal.decided_at), snapshot_id=signal.snapshot_id, sequence=signal.sequence,
+        id=signal.pk,
+        automation_id=signal.automation_id,
+        automation_name=automation.name,
+        symbol=signal.symbol,
+        side=signal.side,
+        quantity=_dec(signal.quantity) or "0",
+        limit_price=_dec(signal.limit_price) or "0",
+        reason=signal.reason,
+        status=signal.status,
+        status_reason=signal.status_reason,
+        needs_approval=signal.needs_approval,
+        bid=_dec(signal.bid),
+        ask=_dec(signal.ask),
+        mid=_dec(signal.mid),
+        spread_bps=signal.spread_bps,
+        regime=signal.regime or {},
+        features=signal.features or {},
+        market_ts=_iso(signal.market_ts),
+        created_at=_iso(signal.created_at) or "",
+        expires_at=_iso(signal.expires_at),
+        decided_at=_iso(signal.decided_at),
+        snapshot_id=signal.snapshot_id,
+        sequence=signal.sequence,
     )
 
 
-def signals_filtered(*, status: str | None = None, automation_id: int | None = None, symbol: str | None = None,
-                     since: datetime | None = None, since_seq: int | None = None) -> QuerySet[Signal]:
+def signals_filtered(
+    *,
+    status: str | None = None,
+    automation_id: int | None = None,
+    symbol: str | None = None,
+    since: datetime | None = None,
+    since_seq: int | None = None,
+) -> QuerySet[Signal]:
     """Signals matching the filters, newest first (by sequence when re-syncing, else by id)."""
     qs = Signal.objects.select_related("automation")
     if status:

@@ -76,8 +76,9 @@ def signal_push(message: dict[str, Any]) -> None:
     push(SIGNALS_GROUP, message)
 
 
-def _apply_transition(signal: Signal, to_status: str, *, actor_label: str, reason: str, actor: Any, now: datetime,
-                      insert: bool = False) -> Signal:
+def _apply_transition(
+    signal: Signal, to_status: str, *, actor_label: str, reason: str, actor: Any, now: datetime, insert: bool = False
+) -> Signal:
     """Record one transition of a signal the caller holds locked (or just inserted)."""
     from_status = signal.status
     seq = push_sequence_next()
@@ -92,10 +93,15 @@ def _apply_transition(signal: Signal, to_status: str, *, actor_label: str, reaso
         signal.save(force_insert=True)
     else:
         signal.save(update_fields=fields)
-    SignalTransition.objects.create(signal=signal, at=now, from_status=from_status, to_status=to_status,
-                                    actor_label=actor_label, reason=reason, sequence=seq)
+    SignalTransition.objects.create(
+        signal=signal, at=now, from_status=from_status, to_status=to_status, actor_label=actor_label, reason=reason, sequence=seq
+    )
     audit_event_record(
-        kind=AuditEvent.Kind.SIGNAL_STATE, actor=actor, actor_label=actor_label, subject=signal, reason=reason,
+        kind=AuditEvent.Kind.SIGNAL_STATE,
+        actor=actor,
+        actor_label=actor_label,
+        subject=signal,
+        reason=reason,
         data={"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
     )
     message = {"type": "signal", "seq": seq, "signal": signal_payload(signal)}
@@ -103,8 +109,9 @@ def _apply_transition(signal: Signal, to_status: str, *, actor_label: str, reaso
     return signal
 
 
-def signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str = "", actor: Any = None,
-                      locked: bool = False) -> Signal:
+def signal_transition(
+    *, signal: Signal, to_status: str, actor_label: str, reason: str = "", actor: Any = None, locked: bool = False
+) -> Signal:
     """Move ``signal`` to ``to_status`` if the state machine allows it; raise DomainError otherwise.
 
     The row is locked first and the legality judged on the locked state, so
@@ -124,14 +131,15 @@ def signal_transition(*, signal: Signal, to_status: str, actor_label: str, reaso
         if locked:
             raise RuntimeError("signal_transition(locked=True) outside a transaction: no row lock can be held")
         with transaction.atomic():
-            return _signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason,
-                                      actor=actor, held=False)
-    return _signal_transition(signal=signal, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor,
-                              held=locked)
+            return _signal_transition(
+                signal=signal, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor, held=False
+            )
+    return _signal_transition(
+        signal=signal, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor, held=locked
+    )
 
 
-def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str, actor: Any,
-                       held: bool) -> Signal:
+def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reason: str, actor: Any, held: bool) -> Signal:
     locked = signal if held else Signal.objects.select_for_update().get(pk=signal.pk)
     if locked is not signal and Signal.automation.is_cached(signal) and signal.automation_id == locked.automation_id:
         # The caller already holds the automation: the push payload reuses it.
@@ -139,12 +147,9 @@ def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reas
     now = timezone.now()
     allowed = ALLOWED_TRANSITIONS.get(locked.status, frozenset())
     if to_status not in allowed:
-        raise DomainError(
-            f"signal {locked.pk} cannot go from {locked.status} to {to_status}", code="illegal_transition"
-        )
+        raise DomainError(f"signal {locked.pk} cannot go from {locked.status} to {to_status}", code="illegal_transition")
     if to_status == S.APPROVED and locked.expires_at is not None and locked.expires_at <= now:
-        raise DomainError(f"signal {locked.pk} expired at {locked.expires_at.isoformat()}; it cannot be approved",
-                          code="expired")
+        raise DomainError(f"signal {locked.pk} expired at {locked.expires_at.isoformat()}; it cannot be approved", code="expired")
     with transaction.atomic(savepoint=False):
         _apply_transition(locked, to_status, actor_label=actor_label, reason=reason, actor=actor, now=now)
     if locked is not signal:
@@ -154,8 +159,16 @@ def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reas
 
 
 @transaction.atomic
-def signal_create(*, automation: Automation, side: str, quantity: Decimal, limit_price: Decimal, reason: str,
-                  actor_label: str = "worker-detect", **context: Any) -> Signal:
+def signal_create(
+    *,
+    automation: Automation,
+    side: str,
+    quantity: Decimal,
+    limit_price: Decimal,
+    reason: str,
+    actor_label: str = "worker-detect",
+    **context: Any,
+) -> Signal:
     """Insert a new signal (status ``new``) with its context and record its birth.
 
     ``context`` holds the optional Signal fields (features, regime, bid, ask,
@@ -165,8 +178,16 @@ def signal_create(*, automation: Automation, side: str, quantity: Decimal, limit
     now = timezone.now()
     context.setdefault("created_at", now)
     context.setdefault("expires_at", context["created_at"] + timedelta(seconds=automation.signal_expiry_seconds))
-    signal = Signal(automation=automation, symbol=automation.symbol, side=side, quantity=quantity,
-                    limit_price=limit_price, reason=reason, status="", **context)
+    signal = Signal(
+        automation=automation,
+        symbol=automation.symbol,
+        side=side,
+        quantity=quantity,
+        limit_price=limit_price,
+        reason=reason,
+        status="",
+        **context,
+    )
     return _apply_transition(signal, S.NEW, actor_label=actor_label, reason=reason, actor=None, now=now, insert=True)
 
 
@@ -230,33 +251,68 @@ def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> lis
         context = dict(item.context)
         context.setdefault("created_at", now)
         context.setdefault("expires_at", context["created_at"] + timedelta(seconds=item.automation.signal_expiry_seconds))
-        signal = Signal(automation=item.automation, symbol=item.automation.symbol, side=item.side,
-                        quantity=item.quantity, limit_price=item.limit_price, reason=item.reason,
-                        status=item.to_status, status_reason=item.status_reason, sequence=moved_seq,
-                        decided_at=now if item.to_status in _DECIDING else None, **context)
+        signal = Signal(
+            automation=item.automation,
+            symbol=item.automation.symbol,
+            side=item.side,
+            quantity=item.quantity,
+            limit_price=item.limit_price,
+            reason=item.reason,
+            status=item.to_status,
+            status_reason=item.status_reason,
+            sequence=moved_seq,
+            decided_at=now if item.to_status in _DECIDING else None,
+            **context,
+        )
         rows.append(signal)
         births.append({"seq": born_seq})
     Signal.objects.bulk_create(rows)
     transitions = []
     for signal, item, birth in zip(rows, signals, births, strict=True):
-        transitions.append(SignalTransition(signal=signal, at=now, from_status="", to_status=S.NEW,
-                                            actor_label=actor_label, reason=item.reason, sequence=birth["seq"]))
-        transitions.append(SignalTransition(signal=signal, at=now, from_status=S.NEW, to_status=item.to_status,
-                                            actor_label=actor_label, reason=item.status_reason, sequence=signal.sequence))
+        transitions.append(
+            SignalTransition(
+                signal=signal,
+                at=now,
+                from_status="",
+                to_status=S.NEW,
+                actor_label=actor_label,
+                reason=item.reason,
+                sequence=birth["seq"],
+            )
+        )
+        transitions.append(
+            SignalTransition(
+                signal=signal,
+                at=now,
+                from_status=S.NEW,
+                to_status=item.to_status,
+                actor_label=actor_label,
+                reason=item.status_reason,
+                sequence=signal.sequence,
+            )
+        )
     SignalTransition.objects.bulk_create(transitions)
     for signal, item, birth in zip(rows, signals, births, strict=True):
-        for from_status, to_status, reason, seq in (("", S.NEW, item.reason, birth["seq"]),
-                                                    (S.NEW, item.to_status, item.status_reason, signal.sequence)):
+        for from_status, to_status, reason, seq in (
+            ("", S.NEW, item.reason, birth["seq"]),
+            (S.NEW, item.to_status, item.status_reason, signal.sequence),
+        ):
             audit_event_record(
-                kind=AuditEvent.Kind.SIGNAL_STATE, actor=None, actor_label=actor_label, subject=signal, reason=reason,
+                kind=AuditEvent.Kind.SIGNAL_STATE,
+                actor=None,
+                actor_label=actor_label,
+                subject=signal,
+                reason=reason,
                 data={"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
             )
         # The birth message shows the signal as it was at birth, like signal_create's.
         born = signal_payload(signal)
         born.update(status=S.NEW, status_reason=item.reason, sequence=birth["seq"], decided_at=None)
         moved = signal_payload(signal)
-        for message in ({"type": "signal", "seq": birth["seq"], "signal": born},
-                        {"type": "signal", "seq": signal.sequence, "signal": moved}):
+        for message in (
+            {"type": "signal", "seq": birth["seq"], "signal": born},
+            {"type": "signal", "seq": signal.sequence, "signal": moved},
+        ):
             transaction.on_commit(lambda message=message: signal_push(message))
     return rows
 
@@ -272,7 +328,8 @@ def signals_expire(*, now: datetime | None = None, limit: int = 500) -> int:
     expired = 0
     ids = list(
         Signal.objects.filter(status__in=[S.PENDING_APPROVAL, S.QUEUED, S.APPROVED], expires_at__lte=now)
-        .order_by("id").values_list("id", flat=True)[:limit]
+        .order_by("id")
+        .values_list("id", flat=True)[:limit]
     )
     for signal_id in ids:
         with transaction.atomic():
@@ -282,8 +339,14 @@ def signals_expire(*, now: datetime | None = None, limit: int = 500) -> int:
             if locked.expires_at is None or locked.expires_at > now:
                 continue
             age = (now - locked.created_at).total_seconds()
-            _apply_transition(locked, S.EXPIRED, actor_label="signal-expiry", actor=None, now=now,
-                              reason=f"not acted on within {locked.automation.signal_expiry_seconds} s (age {age:.0f} s)")
+            _apply_transition(
+                locked,
+                S.EXPIRED,
+                actor_label="signal-expiry",
+                actor=None,
+                now=now,
+                reason=f"not acted on within {locked.automation.signal_expiry_seconds} s (age {age:.0f} s)",
+            )
             expired += 1
     return expired
 
@@ -292,8 +355,17 @@ def signals_expire(*, now: datetime | None = None, limit: int = 500) -> int:
 
 # The mode (paper/live) is not here: switching it is execution's OTP-gated
 # operation, and new automations always start in paper mode.
-_EDITABLE = ("name", "strategy", "parameters", "approval_threshold", "require_approval", "allowed_regimes",
-             "signal_expiry_seconds", "four_eyes", "snapshot_levels")
+_EDITABLE = (
+    "name",
+    "strategy",
+    "parameters",
+    "approval_threshold",
+    "require_approval",
+    "allowed_regimes",
+    "signal_expiry_seconds",
+    "four_eyes",
+    "snapshot_levels",
+)
 
 
 def _require_reason(reason: str) -> str:
@@ -344,8 +416,17 @@ def _json_value(value: Any) -> Any:
 
 
 @transaction.atomic
-def automation_create(*, actor: Any, reason: str, name: str, symbol: str, strategy: str, parameters: dict[str, Any],
-                      actor_label: str = "", **options: Any) -> Automation:
+def automation_create(
+    *,
+    actor: Any,
+    reason: str,
+    name: str,
+    symbol: str,
+    strategy: str,
+    parameters: dict[str, Any],
+    actor_label: str = "",
+    **options: Any,
+) -> Automation:
     """Create an automation, paused; it trades only after an explicit resume."""
     reason = _require_reason(reason)
     unknown = set(options) - set(_EDITABLE)
@@ -363,15 +444,20 @@ def automation_create(*, actor: Any, reason: str, name: str, symbol: str, strate
     with acting_as(user, reason, label=_actor_label(actor, actor_label)):
         automation.save()
     audit_event_record(
-        kind=AuditEvent.Kind.CONFIG_CHANGE, actor=actor, actor_label=_actor_label(actor, actor_label), subject=automation,
-        reason=reason, data={"action": "create", "values": {k: _json_value(getattr(automation, k)) for k in ("symbol", *_EDITABLE)}},
+        kind=AuditEvent.Kind.CONFIG_CHANGE,
+        actor=actor,
+        actor_label=_actor_label(actor, actor_label),
+        subject=automation,
+        reason=reason,
+        data={"action": "create", "values": {k: _json_value(getattr(automation, k)) for k in ("symbol", *_EDITABLE)}},
     )
     return automation
 
 
 @transaction.atomic
-def automation_update(*, automation: Automation, actor: Any, reason: str, changes: dict[str, Any],
-                      actor_label: str = "") -> Automation:
+def automation_update(
+    *, automation: Automation, actor: Any, reason: str, changes: dict[str, Any], actor_label: str = ""
+) -> Automation:
     """Change editable fields of an automation; the symbol and status are not editable here."""
     reason = _require_reason(reason)
     unknown = set(changes) - set(_EDITABLE)
@@ -380,8 +466,9 @@ def automation_update(*, automation: Automation, actor: Any, reason: str, change
     locked = Automation.objects.select_for_update().get(pk=automation.pk)
     current = {name: getattr(locked, name) for name in _EDITABLE}
     proposed = _validated({**current, **changes})
-    diff = {name: [_json_value(current[name]), _json_value(proposed[name])]
-            for name in _EDITABLE if proposed[name] != current[name]}
+    diff = {
+        name: [_json_value(current[name]), _json_value(proposed[name])] for name in _EDITABLE if proposed[name] != current[name]
+    }
     if not diff:
         raise DomainError("nothing to change", code="no_change", status_code=400)
     if "name" in diff and Automation.objects.filter(name=proposed["name"]).exclude(pk=locked.pk).exists():
@@ -394,13 +481,27 @@ def automation_update(*, automation: Automation, actor: Any, reason: str, change
     with acting_as(user, reason, label=_actor_label(actor, actor_label)):
         locked.save()
     label = _actor_label(actor, actor_label)
-    audit_event_record(kind=AuditEvent.Kind.CONFIG_CHANGE, actor=actor, actor_label=label, subject=locked,
-                       reason=reason, data={"action": "update", "changes": diff})
+    audit_event_record(
+        kind=AuditEvent.Kind.CONFIG_CHANGE,
+        actor=actor,
+        actor_label=label,
+        subject=locked,
+        reason=reason,
+        data={"action": "update", "changes": diff},
+    )
     return locked
 
 
-def _set_status(automation: Automation, *, to_status: str, allowed_from: tuple[str, ...], actor: Any, actor_label: str,
-                reason: str, action: str) -> Automation:
+def _set_status(
+    automation: Automation,
+    *,
+    to_status: str,
+    allowed_from: tuple[str, ...],
+    actor: Any,
+    actor_label: str,
+    reason: str,
+    action: str,
+) -> Automation:
     reason = _require_reason(reason)
     locked = Automation.objects.select_for_update().get(pk=automation.pk)
     if locked.status not in allowed_from:
@@ -411,16 +512,29 @@ def _set_status(automation: Automation, *, to_status: str, allowed_from: tuple[s
     locked._change_reason = reason
     with acting_as(user, reason, label=_actor_label(actor, actor_label)):
         locked.save(update_fields=["status", "updated_at"])
-    audit_event_record(kind=AuditEvent.Kind.AUTOMATION_STATE, actor=actor, actor_label=_actor_label(actor, actor_label),
-                       subject=locked, reason=reason, data={"action": action, "from": previous, "to": to_status})
+    audit_event_record(
+        kind=AuditEvent.Kind.AUTOMATION_STATE,
+        actor=actor,
+        actor_label=_actor_label(actor, actor_label),
+        subject=locked,
+        reason=reason,
+        data={"action": action, "from": previous, "to": to_status},
+    )
     automation.status = locked.status
     return locked
 
 
 @transaction.atomic
 def automation_pause(*, automation: Automation, reason: str, actor: Any = None, actor_label: str = "") -> Automation:
-    return _set_status(automation, to_status=Automation.Status.PAUSED, allowed_from=(Automation.Status.ACTIVE,),
-                       actor=actor, actor_label=actor_label, reason=reason, action="pause")
+    return _set_status(
+        automation,
+        to_status=Automation.Status.PAUSED,
+        allowed_from=(Automation.Status.ACTIVE,),
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason,
+        action="pause",
+    )
 
 
 @transaction.atomic
@@ -429,14 +543,22 @@ def automation_resume(*, automation: Automation, reason: str, actor: Any = None,
     from risk.models import RiskState
 
     if RiskState.objects.filter(automation_id=automation.pk, tripped=True).exists():
-        raise DomainError(f"automation {automation.name} has a tripped breaker; a risk officer must reset it first",
-                          code="breaker_tripped")
-    return _set_status(automation, to_status=Automation.Status.ACTIVE,
-                       allowed_from=(Automation.Status.PAUSED, Automation.Status.HALTED),
-                       actor=actor, actor_label=actor_label, reason=reason, action="resume")
+        raise DomainError(
+            f"automation {automation.name} has a tripped breaker; a risk officer must reset it first", code="breaker_tripped"
+        )
+    return _set_status(
+        automation,
+        to_status=Automation.Status.ACTIVE,
+        allowed_from=(Automation.Status.PAUSED, Automation.Status.HALTED),
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason,
+        action="resume",
+    )
 
 
 # --- snapshot coverage ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SnapshotCoverage:
@@ -455,7 +577,8 @@ def snapshot_missing_ratio(*, window: timedelta = timedelta(hours=1), now: datet
 
     now = now or timezone.now()
     counts = Signal.objects.filter(created_at__gt=now - window, created_at__lte=now).aggregate(
-        total=Count("id"), missing=Count("id", filter=Q(snapshot__isnull=True)),
+        total=Count("id"),
+        missing=Count("id", filter=Q(snapshot__isnull=True)),
     )
     return SnapshotCoverage(window_s=int(window.total_seconds()), total=counts["total"], missing=counts["missing"])
 
@@ -472,7 +595,9 @@ def alert_raise(*, kind: str, severity: str, subject: str, message: str, dedup_k
 
 
 @transaction.atomic
-def snapshot_coverage_check(*, now: datetime | None = None, threshold: float = SNAPSHOT_MISSING_ALERT_RATIO) -> list[SnapshotCoverage]:
+def snapshot_coverage_check(
+    *, now: datetime | None = None, threshold: float = SNAPSHOT_MISSING_ALERT_RATIO
+) -> list[SnapshotCoverage]:
     """Compute the missing-snapshot share over the last hour and day; alert for each above ``threshold``."""
     now = now or timezone.now()
     results = []
@@ -482,10 +607,13 @@ def snapshot_coverage_check(*, now: datetime | None = None, threshold: float = S
         if coverage.ratio > threshold:
             label = "hour" if window == timedelta(hours=1) else "day"
             alert_raise(
-                kind="l2_snapshot_missing", severity="warning",
+                kind="l2_snapshot_missing",
+                severity="warning",
                 subject=f"{coverage.ratio:.1%} of signals lack an L2 snapshot (last {label})",
-                message=(f"{coverage.missing} of {coverage.total} signals in the last {label} have no order-book snapshot; "
-                         f"the limit is {threshold:.0%}. Check the ingest worker's book publishing."),
+                message=(
+                    f"{coverage.missing} of {coverage.total} signals in the last {label} have no order-book snapshot; "
+                    f"the limit is {threshold:.0%}. Check the ingest worker's book publishing."
+                ),
                 dedup_key=f"l2_snapshot_missing:{label}:{now:%Y%m%d%H}",
             )
     return results

@@ -152,8 +152,9 @@ def _write_file(path: Path, lines: list[bytes]) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def snapshots_archive(*, older_than_days: int = HOT_RETENTION_DAYS, now: datetime | None = None,
-                      actor_label: str = "snapshot-retention") -> ArchiveResult:
+def snapshots_archive(
+    *, older_than_days: int = HOT_RETENTION_DAYS, now: datetime | None = None, actor_label: str = "snapshot-retention"
+) -> ArchiveResult:
     """Move hot snapshots older than ``older_than_days`` to archive files.
 
     1. Select hot rows with ``ts`` before the cutoff, in chunks, grouped by UTC day.
@@ -187,10 +188,21 @@ def snapshots_archive(*, older_than_days: int = HOT_RETENTION_DAYS, now: datetim
                 snapshot_decode(bytes(row["data"]), row["sha256"])
             rel = f"{day}/l2-{run}-{rows[0]['id']}.jsonl"
             lines = [
-                (json.dumps({
-                    "id": row["id"], "symbol": row["symbol"], "ts": row["ts"].isoformat(), "levels": row["levels"],
-                    "sha256": row["sha256"], "data": base64.b64encode(bytes(row["data"])).decode(),
-                }, sort_keys=True, separators=(",", ":")) + "\n").encode()
+                (
+                    json.dumps(
+                        {
+                            "id": row["id"],
+                            "symbol": row["symbol"],
+                            "ts": row["ts"].isoformat(),
+                            "levels": row["levels"],
+                            "sha256": row["sha256"],
+                            "data": base64.b64encode(bytes(row["data"])).decode(),
+                        },
+                        sort_keys=True,
+                        separators=(",", ":"),
+                    )
+                    + "\n"
+                ).encode()
                 for row in rows
             ]
             file_hash = _write_file(root / rel, lines)
@@ -199,13 +211,23 @@ def snapshots_archive(*, older_than_days: int = HOT_RETENTION_DAYS, now: datetim
                 count = L2Snapshot.objects.filter(id__in=ids, storage=L2Snapshot.Storage.HOT).update(
                     storage=L2Snapshot.Storage.ARCHIVE,
                     archive_ref=Concat(models.Value(f"{rel}#"), Cast("id", models.CharField())),
-                    archived_at=now, data=None,
+                    archived_at=now,
+                    data=None,
                 )
                 audit_event_record(
-                    kind=AuditEvent.Kind.SYSTEM, actor_label=actor_label, subject_type="automations.l2snapshot",
-                    subject_id=f"{ids[0]}-{ids[-1]}", reason=f"L2 snapshots older than {older_than_days} days archived",
-                    data={"action": "snapshots_archive", "file": rel, "file_sha256": file_hash, "count": count,
-                          "ids": ids, "cutoff": cutoff.isoformat()},
+                    kind=AuditEvent.Kind.SYSTEM,
+                    actor_label=actor_label,
+                    subject_type="automations.l2snapshot",
+                    subject_id=f"{ids[0]}-{ids[-1]}",
+                    reason=f"L2 snapshots older than {older_than_days} days archived",
+                    data={
+                        "action": "snapshots_archive",
+                        "file": rel,
+                        "file_sha256": file_hash,
+                        "count": count,
+                        "ids": ids,
+                        "cutoff": cutoff.isoformat(),
+                    },
                 )
             moved += count
             files.append({"file": rel, "sha256": file_hash, "count": count})

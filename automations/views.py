@@ -51,9 +51,18 @@ class OTPLoginView(auth_views.LoginView):
 def trader_page(request: HttpRequest) -> HttpResponse:
     roles = user_roles(request.user)
     automations = [
-        {"id": a.id, "name": a.name, "symbol": a.symbol, "strategy": a.strategy, "status": a.status, "mode": a.mode,
-         "approved_trade_count": a.approved_trade_count, "automatic_trade_count": a.automatic_trade_count,
-         "approval_threshold": a.approval_threshold, "pending_count": a.pending_count}
+        {
+            "id": a.id,
+            "name": a.name,
+            "symbol": a.symbol,
+            "strategy": a.strategy,
+            "status": a.status,
+            "mode": a.mode,
+            "approved_trade_count": a.approved_trade_count,
+            "automatic_trade_count": a.automatic_trade_count,
+            "approval_threshold": a.approval_threshold,
+            "pending_count": a.pending_count,
+        }
         for a in selectors.automations_with_counts()
     ]
     bootstrap = {

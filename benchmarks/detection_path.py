@@ -100,13 +100,35 @@ class Market:
             bid, ask = self.mid_ticks - half, self.mid_ticks + half
             Market.seq += 1
             ts = datetime.fromtimestamp(self.ts_ns / 1e9, tz=UTC)
-            quotes.append((STREAM, Market.seq, self.symbol, ts, ts, f"{bid / 100:.2f}", f"{self.rng.uniform(0.1, 5):.3f}",
-                           f"{ask / 100:.2f}", f"{self.rng.uniform(0.1, 5):.3f}"))
+            quotes.append(
+                (
+                    STREAM,
+                    Market.seq,
+                    self.symbol,
+                    ts,
+                    ts,
+                    f"{bid / 100:.2f}",
+                    f"{self.rng.uniform(0.1, 5):.3f}",
+                    f"{ask / 100:.2f}",
+                    f"{self.rng.uniform(0.1, 5):.3f}",
+                )
+            )
             if self.rng.random() < 0.3:
                 side = self.rng.choice(("buy", "sell"))
                 price = ask if side == "buy" else bid
-                trades.append((STREAM, Market.seq, self.symbol, ts, ts, f"{price / 100:.2f}", f"{self.rng.uniform(0.01, 1):.3f}",
-                               side, f"{self.symbol}-{Market.seq}"))
+                trades.append(
+                    (
+                        STREAM,
+                        Market.seq,
+                        self.symbol,
+                        ts,
+                        ts,
+                        f"{price / 100:.2f}",
+                        f"{self.rng.uniform(0.01, 1):.3f}",
+                        side,
+                        f"{self.symbol}-{Market.seq}",
+                    )
+                )
         self.last = (bid, ask)
         return quotes, trades
 
@@ -116,13 +138,27 @@ class Market:
     def publish_to(self, client) -> None:
         """Write the book and the latest quote (to a client or a pipeline: two SETs)."""
         bid, ask = self.last
-        book = {"symbol": self.symbol, "ts_ns": self.ts_ns,
-                "bids": [[f"{(bid - i) / 100:.2f}", f"{1 + i * 0.5:.3f}"] for i in range(50)],
-                "asks": [[f"{(ask + i) / 100:.2f}", f"{1 + i * 0.5:.3f}"] for i in range(50)]}
+        book = {
+            "symbol": self.symbol,
+            "ts_ns": self.ts_ns,
+            "bids": [[f"{(bid - i) / 100:.2f}", f"{1 + i * 0.5:.3f}"] for i in range(50)],
+            "asks": [[f"{(ask + i) / 100:.2f}", f"{1 + i * 0.5:.3f}"] for i in range(50)],
+        }
         client.set(redis_keys.book(self.symbol), json.dumps(book))
-        client.set(redis_keys.quote(self.symbol), json.dumps({
-            "symbol": self.symbol, "source_ts_ns": self.ts_ns, "recv_ts_ns": time.time_ns(),
-            "bid": book["bids"][0][0], "bid_size": "1", "ask": book["asks"][0][0], "ask_size": "1"}))
+        client.set(
+            redis_keys.quote(self.symbol),
+            json.dumps(
+                {
+                    "symbol": self.symbol,
+                    "source_ts_ns": self.ts_ns,
+                    "recv_ts_ns": time.time_ns(),
+                    "bid": book["bids"][0][0],
+                    "bid_size": "1",
+                    "ask": book["asks"][0][0],
+                    "ask_size": "1",
+                }
+            ),
+        )
 
 
 def detection_groups(symbols: list[str]) -> list[list[str]]:
@@ -136,13 +172,16 @@ def detection_groups(symbols: list[str]) -> list[list[str]]:
 def copy_rows(quotes: list[tuple], trades: list[tuple]) -> None:
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        with raw.copy("COPY ingestion_quote (raw_stream, raw_seq, symbol, source_ts, recv_ts, bid, bid_size, ask, ask_size)"
-                      " FROM STDIN") as copy:
+        with raw.copy(
+            "COPY ingestion_quote (raw_stream, raw_seq, symbol, source_ts, recv_ts, bid, bid_size, ask, ask_size) FROM STDIN"
+        ) as copy:
             for row in quotes:
                 copy.write_row(row)
         if trades:
-            with raw.copy("COPY ingestion_trade (raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id)"
-                          " FROM STDIN") as copy:
+            with raw.copy(
+                "COPY ingestion_trade (raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id)"
+                " FROM STDIN"
+            ) as copy:
                 for row in trades:
                     copy.write_row(row)
 
@@ -152,19 +191,34 @@ def automation_rows(prefix: str, symbols: list[str], count: int, rng: random.Ran
     for i in range(count):
         kind = i % 3
         if kind == 0:
-            name, raw = "microprice_reversion", {"quantity": "0.01", "window": rng.choice((20, 50, 100, 200)),
-                                                 "entry_z": round(rng.uniform(2.5, 6.0), 2)}
+            name, raw = (
+                "microprice_reversion",
+                {"quantity": "0.01", "window": rng.choice((20, 50, 100, 200)), "entry_z": round(rng.uniform(2.5, 6.0), 2)},
+            )
         elif kind == 1:
             name, raw = "imbalance_breakout", {"quantity": "0.01", "lookback": rng.choice((50, 100, 200))}
         else:
-            name, raw = "trade_flow_momentum", {"quantity": "0.01", "window_ms": rng.choice((1000, 5000)),
-                                                "min_trades": rng.choice((20, 50, 100)), "min_flow_ratio": round(rng.uniform(0.5, 0.95), 2)}
+            name, raw = (
+                "trade_flow_momentum",
+                {
+                    "quantity": "0.01",
+                    "window_ms": rng.choice((1000, 5000)),
+                    "min_trades": rng.choice((20, 50, 100)),
+                    "min_flow_ratio": round(rng.uniform(0.5, 0.95), 2),
+                },
+            )
         strategy = get_strategy(name)
-        rows.append(Automation(
-            name=f"{prefix}-{i}", symbol=symbols[i % len(symbols)], strategy=name,
-            parameters=strategy.params_as_json(strategy.validate_params(raw)), status=Automation.Status.ACTIVE,
-            approval_threshold=0, snapshot_levels=20,
-        ))
+        rows.append(
+            Automation(
+                name=f"{prefix}-{i}",
+                symbol=symbols[i % len(symbols)],
+                strategy=name,
+                parameters=strategy.params_as_json(strategy.validate_params(raw)),
+                status=Automation.Status.ACTIVE,
+                approval_threshold=0,
+                snapshot_levels=20,
+            )
+        )
     return rows
 
 
@@ -206,9 +260,17 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
         elapsed = (time.perf_counter() - started) * 1e3
         cpu_ms, pg_ms = (time.process_time() - cpu0) * 1e3, (backend_cpu_s(backend_pid) - pg0) * 1e3
         if cycle > 0:  # The first cycle warms caches and connections.
-            cycles.append({"ms": elapsed, "cpu_ms": cpu_ms, "pg_ms": pg_ms, "signals": signals, "signal_ms": signal_ms,
-                           "evaluate_ms": evaluate_ms,
-                           "max_lag_ms": max(lags) if lags else None})
+            cycles.append(
+                {
+                    "ms": elapsed,
+                    "cpu_ms": cpu_ms,
+                    "pg_ms": pg_ms,
+                    "signals": signals,
+                    "signal_ms": signal_ms,
+                    "evaluate_ms": evaluate_ms,
+                    "max_lag_ms": max(lags) if lags else None,
+                }
+            )
     Automation.objects.filter(name__startswith=f"bench-{PID}-{label}").update(status=Automation.Status.PAUSED)
     cycle_ms = statistics.median(c["ms"] for c in cycles)
     no_signal_ms = statistics.median(c["ms"] - c["signal_ms"] for c in cycles)
@@ -219,8 +281,11 @@ def scenario(label: str, n_automations: int, n_symbols: int) -> dict:
     parallel = min(WORKERS, n_symbols)
     worker_ms_per_cycle = cycle_ms / parallel
     return {
-        "automations": n_automations, "symbols": n_symbols, "ticks_per_cycle": per_symbol_ticks * n_symbols,
-        "cycle_ms_median": round(cycle_ms, 2), "cycle_ms_max": round(max(c["ms"] for c in cycles), 2),
+        "automations": n_automations,
+        "symbols": n_symbols,
+        "ticks_per_cycle": per_symbol_ticks * n_symbols,
+        "cycle_ms_median": round(cycle_ms, 2),
+        "cycle_ms_max": round(max(c["ms"] for c in cycles), 2),
         "no_signal_ms_median": round(no_signal_ms, 2),
         # CPU of this process and of its PostgreSQL backend per cycle: steadier than wall time on a shared machine.
         "cpu_ms_median": round(statistics.median(c["cpu_ms"] for c in cycles), 2),
@@ -381,9 +446,18 @@ def consume(queue: str, child: subprocess.Popen | None) -> dict:
         done_ns = time.time_ns()
         lags.extend((done_ns / 1e9, (done_ns - int(oldest_ns)) / 1e6) for oldest_ns in oldest if oldest_ns is not None)
     return {
-        "lags": lags, "passes": passes, "signals": signals, "signal_ms": signal_ms, "busy_s": busy_s,
-        "symbols_detected": symbols_detected, "backlog_max": backlog_max, "phase_ms": phase_ms, "first": first,
-        "wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0, "pg_cpu_s": backend_cpu_s(backend_pid) - pg0,
+        "lags": lags,
+        "passes": passes,
+        "signals": signals,
+        "signal_ms": signal_ms,
+        "busy_s": busy_s,
+        "symbols_detected": symbols_detected,
+        "backlog_max": backlog_max,
+        "phase_ms": phase_ms,
+        "first": first,
+        "wall_s": time.perf_counter() - wall0,
+        "cpu_s": time.process_time() - cpu0,
+        "pg_cpu_s": backend_cpu_s(backend_pid) - pg0,
     }
 
 
@@ -412,7 +486,8 @@ def lag_scenario(seconds: float) -> dict:
     client.delete(queue)
     child = subprocess.Popen(
         [sys.executable, __file__, "--ingest-child", STREAM, label, str(n_symbols), str(seconds), str(PID)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     helpers = [
         subprocess.Popen([sys.executable, __file__, "--detect-child", queue], stdout=subprocess.PIPE, text=True)
@@ -450,21 +525,35 @@ def lag_scenario(seconds: float) -> dict:
         return round(values[min(len(values) - 1, int(p * len(values)))], 1) if values else None
 
     return {
-        "automations": n_automations, "symbols": n_symbols, "ticks_per_s": int(TICKS_PER_CYCLE / CYCLE_S),
-        "seconds": seconds, "tasks": LAG_TASKS, "task_groups": LAG_GROUPS, "detect_workers": LAG_WORKERS, "ingest": child_out,
-        "passes": passes, "passes_per_s": round(passes / wall, 1),
+        "automations": n_automations,
+        "symbols": n_symbols,
+        "ticks_per_s": int(TICKS_PER_CYCLE / CYCLE_S),
+        "seconds": seconds,
+        "tasks": LAG_TASKS,
+        "task_groups": LAG_GROUPS,
+        "detect_workers": LAG_WORKERS,
+        "ingest": child_out,
+        "passes": passes,
+        "passes_per_s": round(passes / wall, 1),
         "symbols_per_pass_mean": round(symbols_detected / passes, 1) if passes else None,
-        "detect_busy_fraction": round(busy_s / wall / LAG_WORKERS, 3), "detect_cpu_fraction": round(cpu / wall / LAG_WORKERS, 3),
+        "detect_busy_fraction": round(busy_s / wall / LAG_WORKERS, 3),
+        "detect_cpu_fraction": round(cpu / wall / LAG_WORKERS, 3),
         # CPU of the detect processes and of their PostgreSQL backends: what a quiet 2-core machine must supply.
         "detect_cpu_ms_per_pass": round(cpu * 1e3 / passes, 2) if passes else None,
         "pg_backend_cpu_ms_per_pass": round(pg_cpu * 1e3 / passes, 2) if passes else None,
         "cpu_ms_per_symbol_pass": round((cpu + pg_cpu) * 1e3 / symbols_detected, 3) if symbols_detected else None,
         "ms_per_pass_mean": round(busy_s * 1e3 / passes, 2) if passes else None,
-        "signals": sum(r["signals"] for r in runs), "signal_ms_total": round(signal_ms, 1),
+        "signals": sum(r["signals"] for r in runs),
+        "signal_ms_total": round(signal_ms, 1),
         "ms_per_pass_without_signals": round((busy_s * 1e3 - signal_ms) / passes, 2) if passes else None,
-        "lag_ms_p50": pct(0.5), "lag_ms_p95": pct(0.95), "lag_ms_p99": pct(0.99), "lag_ms_max": round(lags[-1], 1) if lags else None,
+        "lag_ms_p50": pct(0.5),
+        "lag_ms_p95": pct(0.95),
+        "lag_ms_p99": pct(0.99),
+        "lag_ms_max": round(lags[-1], 1) if lags else None,
         "lag_under_1s_fraction": round(sum(1 for x in lags if x < 1000) / len(lags), 3) if lags else None,
-        "steady_lag_ms_p50": pct(0.5, warm), "steady_lag_ms_p95": pct(0.95, warm), "steady_lag_ms_p99": pct(0.99, warm),
+        "steady_lag_ms_p50": pct(0.5, warm),
+        "steady_lag_ms_p95": pct(0.95, warm),
+        "steady_lag_ms_p99": pct(0.99, warm),
         "steady_lag_under_1s_fraction": round(sum(1 for x in warm if x < 1000) / len(warm), 3) if warm else None,
         "queue_backlog_max": max(r["backlog_max"] for r in runs),
         # Mean per pass of each phase the task reports (timings_ms), signals included.
@@ -479,14 +568,31 @@ def main() -> None:
             results["lag_1000_automations_100_symbols"] = lag_scenario(float(os.environ.get("BENCH_LAG_S", "20")))
         else:
             only = os.environ.get("BENCH_SCENARIOS", "").split(",")
-            for label, n, symbols in (("a1", 1, 1), ("a10", 10, 1), ("a100", 100, 1), ("a1000", 1000, 1), ("a1000s100", 1000, 100)):
+            for label, n, symbols in (
+                ("a1", 1, 1),
+                ("a10", 10, 1),
+                ("a100", 100, 1),
+                ("a1000", 1000, 1),
+                ("a1000s100", 1000, 100),
+            ):
                 if only != [""] and label not in only:
                     continue
                 results[f"{n}_automations_{symbols}_symbols"] = scenario(label, n, symbols)
     finally:
         cleanup()
-    print(json.dumps({"benchmark": "detection_path", "cycles": CYCLES, "cycle_s": CYCLE_S, "workers": WORKERS,
-                      "execute_tasks_captured": len(sent), "scenarios": results}, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "detection_path",
+                "cycles": CYCLES,
+                "cycle_s": CYCLE_S,
+                "workers": WORKERS,
+                "execute_tasks_captured": len(sent),
+                "scenarios": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,11 @@ def make_user(username: str, group: str | None = None, *, otp: bool = True) -> U
 
 def make_automation(name: str = "auto-1", symbol: str = "TEST-BTC", **fields) -> Automation:
     values = {
-        "strategy": "microprice_reversion", "parameters": {"quantity": "0.01"}, "status": Automation.Status.ACTIVE,
-        "approval_threshold": 0, "signal_expiry_seconds": 120,
+        "strategy": "microprice_reversion",
+        "parameters": {"quantity": "0.01"},
+        "status": Automation.Status.ACTIVE,
+        "approval_threshold": 0,
+        "signal_expiry_seconds": 120,
     }
     values.update(fields)
     strategy = get_strategy(values["strategy"])
@@ -50,8 +53,17 @@ def insert_quotes(symbol: str, rows: list[tuple[int, str, str, str, str]], strea
             "INSERT INTO ingestion_quote (raw_stream, raw_seq, symbol, source_ts, recv_ts, bid, bid_size, ask, ask_size)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             [
-                (stream, start + i + 1, symbol, datetime.fromtimestamp(ts / 1e9, tz=UTC),
-                 datetime.fromtimestamp(ts / 1e9, tz=UTC), bid, bsz, ask, asz)
+                (
+                    stream,
+                    start + i + 1,
+                    symbol,
+                    datetime.fromtimestamp(ts / 1e9, tz=UTC),
+                    datetime.fromtimestamp(ts / 1e9, tz=UTC),
+                    bid,
+                    bsz,
+                    ask,
+                    asz,
+                )
                 for i, (ts, bid, bsz, ask, asz) in enumerate(rows)
             ],
         )
@@ -59,15 +71,31 @@ def insert_quotes(symbol: str, rows: list[tuple[int, str, str, str, str]], strea
 
 def publish_market(client, symbol: str, book: BookSnapshot) -> None:
     """Write the Redis keys the ingest worker writes: latest quote and top of book."""
-    client.set(redis_keys.book(symbol), json.dumps({
-        "symbol": symbol, "ts_ns": book.ts_ns,
-        "bids": [[str(p), str(s)] for p, s in book.bids], "asks": [[str(p), str(s)] for p, s in book.asks],
-    }))
-    client.set(redis_keys.quote(symbol), json.dumps({
-        "symbol": symbol, "source_ts_ns": book.ts_ns, "recv_ts_ns": book.ts_ns,
-        "bid": str(book.bids[0][0]), "bid_size": str(book.bids[0][1]),
-        "ask": str(book.asks[0][0]), "ask_size": str(book.asks[0][1]),
-    }))
+    client.set(
+        redis_keys.book(symbol),
+        json.dumps(
+            {
+                "symbol": symbol,
+                "ts_ns": book.ts_ns,
+                "bids": [[str(p), str(s)] for p, s in book.bids],
+                "asks": [[str(p), str(s)] for p, s in book.asks],
+            }
+        ),
+    )
+    client.set(
+        redis_keys.quote(symbol),
+        json.dumps(
+            {
+                "symbol": symbol,
+                "source_ts_ns": book.ts_ns,
+                "recv_ts_ns": book.ts_ns,
+                "bid": str(book.bids[0][0]),
+                "bid_size": str(book.bids[0][1]),
+                "ask": str(book.asks[0][0]),
+                "ask_size": str(book.asks[0][1]),
+            }
+        ),
+    )
 
 
 def make_book(symbol: str = "TEST-BTC", ts_ns: int = BASE_NS, levels: int = 30) -> BookSnapshot:
@@ -111,7 +139,11 @@ def sent_tasks(monkeypatch):
     # Only the order tasks matter here; risk's own tasks (alerts, trips) are its business.
     from celery import current_app
 
-    monkeypatch.setattr(current_app, "send_task", lambda name, args=None, kwargs=None, **kw: sent.append((name, args, kwargs)) if name.startswith("execution.") else None)
+    monkeypatch.setattr(
+        current_app,
+        "send_task",
+        lambda name, args=None, kwargs=None, **kw: sent.append((name, args, kwargs)) if name.startswith("execution.") else None,
+    )
     return sent
 
 

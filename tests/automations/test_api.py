@@ -14,8 +14,14 @@ from tests.automations.conftest import make_automation, make_book, make_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.automations.urls")]
 
-VALID = {"name": "mr-1", "symbol": "TEST-BTC", "strategy": "microprice_reversion", "parameters": {"quantity": "0.5"},
-         "approval_threshold": 3, "reason": "new strategy trial"}
+VALID = {
+    "name": "mr-1",
+    "symbol": "TEST-BTC",
+    "strategy": "microprice_reversion",
+    "parameters": {"quantity": "0.5"},
+    "approval_threshold": 3,
+    "reason": "new strategy trial",
+}
 
 
 def client_for(role: str | None, *, verified: bool = True, username: str | None = None) -> APIClient:
@@ -45,16 +51,19 @@ def test_it_lets_a_risk_officer_create_an_automation_paused_with_history_and_aud
     assert event.reason == "new strategy trial" and event.actor_label == "u-risk_officer-True"
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({**VALID, "reason": ""}, "reason"),
-    ({k: v for k, v in VALID.items() if k != "reason"}, "reason"),
-    ({**VALID, "strategy": "nope"}, "unknown strategy"),
-    ({**VALID, "parameters": {"quantity": "-1"}}, "quantity"),
-    ({**VALID, "parameters": {}}, "quantity: is required"),
-    ({**VALID, "allowed_regimes": {"weather": ["sunny"]}}, "weather"),
-    ({**VALID, "snapshot_levels": 500}, "snapshot_levels"),
-    ({**VALID, "signal_expiry_seconds": 0}, "signal_expiry_seconds"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({**VALID, "reason": ""}, "reason"),
+        ({k: v for k, v in VALID.items() if k != "reason"}, "reason"),
+        ({**VALID, "strategy": "nope"}, "unknown strategy"),
+        ({**VALID, "parameters": {"quantity": "-1"}}, "quantity"),
+        ({**VALID, "parameters": {}}, "quantity: is required"),
+        ({**VALID, "allowed_regimes": {"weather": ["sunny"]}}, "weather"),
+        ({**VALID, "snapshot_levels": 500}, "snapshot_levels"),
+        ({**VALID, "signal_expiry_seconds": 0}, "signal_expiry_seconds"),
+    ],
+)
 def test_it_refuses_bad_configuration_with_a_400_and_a_message(body, message):
     client = client_for("risk_officer")
 
@@ -69,8 +78,9 @@ def test_it_updates_with_a_reason_and_records_the_diff():
     automation = make_automation(name="mr-1", approval_threshold=5)
     client = client_for("admin")
 
-    response = client.post(f"/api/automations/{automation.pk}/update",
-                           {"approval_threshold": 7, "reason": "more gating"}, format="json")
+    response = client.post(
+        f"/api/automations/{automation.pk}/update", {"approval_threshold": 7, "reason": "more gating"}, format="json"
+    )
 
     assert response.status_code == 200, response.json()
     assert response.json()["approval_threshold"] == 7
@@ -81,13 +91,16 @@ def test_it_updates_with_a_reason_and_records_the_diff():
     assert missing.status_code == 400
 
 
-@pytest.mark.parametrize(("role", "read", "operate", "configure"), [
-    ("viewer", 200, 403, 403),
-    ("compliance", 200, 403, 403),
-    ("trader", 200, 200, 403),
-    ("risk_officer", 200, 200, 201),
-    (None, 403, 403, 403),
-])
+@pytest.mark.parametrize(
+    ("role", "read", "operate", "configure"),
+    [
+        ("viewer", 200, 403, 403),
+        ("compliance", 200, 403, 403),
+        ("trader", 200, 200, 403),
+        ("risk_officer", 200, 200, 201),
+        (None, 403, 403, 403),
+    ],
+)
 def test_it_checks_roles_per_operation(role, read, operate, configure):
     automation = make_automation(name="a-1")
     client = client_for(role)
@@ -135,8 +148,9 @@ def test_it_answers_404_and_400_never_500_on_bad_ids_and_filters():
 
 
 def _signal(automation, **context):
-    return signal_create(automation=automation, side="buy", quantity=Decimal("1"), limit_price=Decimal("100.1"),
-                         reason="t", **context)
+    return signal_create(
+        automation=automation, side="buy", quantity=Decimal("1"), limit_price=Decimal("100.1"), reason="t", **context
+    )
 
 
 def test_it_filters_signals_and_shows_the_snapshot_levels_in_the_detail():
@@ -178,5 +192,13 @@ def test_it_lists_every_operation_in_the_openapi_schema():
     client = client_for("viewer")
     schema = client.get("/api/schema/", {"format": "json"}).json()
     ops = {op["operationId"] for path in schema["paths"].values() for op in path.values() if isinstance(op, dict)}
-    assert {"automations_list", "automations_create", "automations_read", "automations_update", "automations_pause",
-            "automations_resume", "signals_list", "signals_read"} <= ops
+    assert {
+        "automations_list",
+        "automations_create",
+        "automations_read",
+        "automations_update",
+        "automations_pause",
+        "automations_resume",
+        "signals_list",
+        "signals_read",
+    } <= ops

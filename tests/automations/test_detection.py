@@ -276,8 +276,10 @@ def test_an_automation_added_later_that_reads_trade_flow_sees_the_trades_on_its_
         cursor.executemany(
             "INSERT INTO ingestion_trade (raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id)"
             " VALUES ('test', %s, %s, to_timestamp(%s), to_timestamp(%s), '100.05', '0.5', 'buy', %s)",
-            [(i, market["symbol"], (market["last_ns"] - i * 10**6) / 1e9, (market["last_ns"] - i * 10**6) / 1e9, f"t{i}")
-             for i in range(1, 4)],
+            [
+                (i, market["symbol"], (market["last_ns"] - i * 10**6) / 1e9, (market["last_ns"] - i * 10**6) / 1e9, f"t{i}")
+                for i in range(1, 4)
+            ],
         )
     try:
         make_automation(name="quotes-only")

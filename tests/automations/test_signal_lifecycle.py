@@ -16,28 +16,44 @@ pytestmark = pytest.mark.django_db
 
 S = Signal.Status
 LEGAL = [
-    (S.NEW, S.FILTERED), (S.NEW, S.PENDING_APPROVAL), (S.NEW, S.QUEUED),
-    (S.PENDING_APPROVAL, S.APPROVED), (S.PENDING_APPROVAL, S.REJECTED), (S.PENDING_APPROVAL, S.EXPIRED),
-    (S.QUEUED, S.ORDERED), (S.QUEUED, S.FAILED), (S.QUEUED, S.EXPIRED),
-    (S.APPROVED, S.ORDERED), (S.APPROVED, S.FAILED), (S.APPROVED, S.EXPIRED),
-    (S.ORDERED, S.FILLED), (S.ORDERED, S.FAILED),
+    (S.NEW, S.FILTERED),
+    (S.NEW, S.PENDING_APPROVAL),
+    (S.NEW, S.QUEUED),
+    (S.PENDING_APPROVAL, S.APPROVED),
+    (S.PENDING_APPROVAL, S.REJECTED),
+    (S.PENDING_APPROVAL, S.EXPIRED),
+    (S.QUEUED, S.ORDERED),
+    (S.QUEUED, S.FAILED),
+    (S.QUEUED, S.EXPIRED),
+    (S.APPROVED, S.ORDERED),
+    (S.APPROVED, S.FAILED),
+    (S.APPROVED, S.EXPIRED),
+    (S.ORDERED, S.FILLED),
+    (S.ORDERED, S.FAILED),
 ]
 LEGAL_SET = set(LEGAL)
 ILLEGAL = [(a, b) for a in S.values for b in S.values if (a, b) not in LEGAL_SET]
 
 # The shortest legal path from new to each state, to put a signal there honestly.
 PATH = {
-    S.NEW: [], S.FILTERED: [S.FILTERED], S.PENDING_APPROVAL: [S.PENDING_APPROVAL], S.QUEUED: [S.QUEUED],
-    S.APPROVED: [S.PENDING_APPROVAL, S.APPROVED], S.REJECTED: [S.PENDING_APPROVAL, S.REJECTED],
-    S.EXPIRED: [S.PENDING_APPROVAL, S.EXPIRED], S.ORDERED: [S.QUEUED, S.ORDERED],
-    S.FILLED: [S.QUEUED, S.ORDERED, S.FILLED], S.FAILED: [S.QUEUED, S.FAILED],
+    S.NEW: [],
+    S.FILTERED: [S.FILTERED],
+    S.PENDING_APPROVAL: [S.PENDING_APPROVAL],
+    S.QUEUED: [S.QUEUED],
+    S.APPROVED: [S.PENDING_APPROVAL, S.APPROVED],
+    S.REJECTED: [S.PENDING_APPROVAL, S.REJECTED],
+    S.EXPIRED: [S.PENDING_APPROVAL, S.EXPIRED],
+    S.ORDERED: [S.QUEUED, S.ORDERED],
+    S.FILLED: [S.QUEUED, S.ORDERED, S.FILLED],
+    S.FAILED: [S.QUEUED, S.FAILED],
 }
 
 
 def new_signal(automation=None, **context):
     automation = automation or make_automation()
-    return signal_create(automation=automation, side="buy", quantity=Decimal("0.01"), limit_price=Decimal("100.1"),
-                         reason="test", **context)
+    return signal_create(
+        automation=automation, side="buy", quantity=Decimal("0.01"), limit_price=Decimal("100.1"), reason="test", **context
+    )
 
 
 def signal_in(status):
@@ -118,7 +134,11 @@ def test_it_gives_each_change_a_larger_push_sequence():
     second = signal.sequence
     signal_transition(signal=signal, to_status=S.REJECTED, actor_label="test")
     assert first < second < signal.sequence
-    assert list(SignalTransition.objects.filter(signal=signal).values_list("sequence", flat=True)) == [first, second, signal.sequence]
+    assert list(SignalTransition.objects.filter(signal=signal).values_list("sequence", flat=True)) == [
+        first,
+        second,
+        signal.sequence,
+    ]
 
 
 def test_a_transition_on_a_row_the_caller_holds_locked_skips_the_second_read() -> None:

@@ -77,8 +77,9 @@ def test_it_archives_old_snapshots_and_still_reads_them_back(archive_dir):
 def _signals(automation, count, *, with_snapshot):
     snapshot = snapshot_create(book=make_book(), levels=5) if with_snapshot else None
     for _ in range(count):
-        signal_create(automation=automation, side="buy", quantity=Decimal("1"), limit_price=Decimal("100"),
-                      reason="t", snapshot=snapshot)
+        signal_create(
+            automation=automation, side="buy", quantity=Decimal("1"), limit_price=Decimal("100"), reason="t", snapshot=snapshot
+        )
 
 
 def test_it_computes_the_share_of_signals_without_a_snapshot():

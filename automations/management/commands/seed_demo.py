@@ -63,7 +63,9 @@ class Command(BaseCommand):
         self.stdout.write("\nDemo logins (password / TOTP secret / otpauth URI):")
         for username, user in users.items():
             device = TOTPDevice.objects.get(user=user, name="default")
-            self.stdout.write(f"  {username:<11} role={ROLES[username]:<13} password={creds.get(username, '(set before; not kept here)')}")
+            self.stdout.write(
+                f"  {username:<11} role={ROLES[username]:<13} password={creds.get(username, '(set before; not kept here)')}"
+            )
             self.stdout.write(f"              totp secret={totp_secret_base32(device)}")
             self.stdout.write(f"              {device.config_url}")
 
@@ -72,8 +74,11 @@ class Command(BaseCommand):
             spec = DEFAULT_SYMBOLS.get(symbol)
             Instrument.objects.get_or_create(
                 symbol=symbol,
-                defaults={"venue": "sim", "tick_size": spec.tick_size if spec else Decimal("0.01"),
-                          "lot_size": spec.lot_size if spec else Decimal("0.01")},
+                defaults={
+                    "venue": "sim",
+                    "tick_size": spec.tick_size if spec else Decimal("0.01"),
+                    "lot_size": spec.lot_size if spec else Decimal("0.01"),
+                },
             )
 
     def _users(self, creds: dict[str, str]) -> dict[str, Any]:
@@ -85,8 +90,11 @@ class Command(BaseCommand):
                 password = creds.get(username) or secrets.token_urlsafe(12)
                 creds[username] = password
                 user = user_model.objects.create_user(
-                    username=username, password=password, email=f"{username}@first-principle.local",
-                    is_staff=role in {"admin", "compliance", "risk_officer"}, is_superuser=role == "admin",
+                    username=username,
+                    password=password,
+                    email=f"{username}@first-principle.local",
+                    is_staff=role in {"admin", "compliance", "risk_officer"},
+                    is_superuser=role == "admin",
                 )
             group, _ = Group.objects.get_or_create(name=role)
             user.groups.add(group)
@@ -99,8 +107,13 @@ class Command(BaseCommand):
             if symbol not in settings.FEED_SYMBOLS or Automation.objects.filter(name=name).exists():
                 continue
             automation = Automation(
-                name=name, symbol=symbol, strategy=strategy, parameters=_json_params(validate_params(strategy, params)),
-                status=Automation.Status.ACTIVE, mode=Automation.Mode.PAPER, approval_threshold=10,
+                name=name,
+                symbol=symbol,
+                strategy=strategy,
+                parameters=_json_params(validate_params(strategy, params)),
+                status=Automation.Status.ACTIVE,
+                mode=Automation.Mode.PAPER,
+                approval_threshold=10,
                 last_changed_by=actor,
             )
             automation._change_reason = "demo seed"  # type: ignore[attr-defined]

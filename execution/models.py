@@ -63,6 +63,10 @@ class Fill(models.Model):
     modelled_slippage_bps = models.FloatField(null=True, blank=True)
     realized_slippage_bps = models.FloatField(null=True, blank=True)
     realized_pnl = models.DecimalField(max_digits=30, decimal_places=12, default=0)
+    # The automation's position once this fill was booked (fills are booked in id order, one automation at a
+    # time): the next fill starts from here instead of replaying every fill. Null on fills booked before.
+    position_after = models.DecimalField(max_digits=30, decimal_places=12, null=True, blank=True)
+    avg_price_after = models.DecimalField(max_digits=30, decimal_places=12, null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

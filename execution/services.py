@@ -70,6 +70,7 @@ FINAL = (OS.FILLED, OS.CANCELLED, OS.REJECTED, OS.FAILED)
 DEFAULT_APPROVAL_COLLAR_BPS = Decimal(os.environ.get("FP_APPROVAL_COLLAR_BPS", "100"))
 SLIPPAGE_GAP_RATIO = 0.5
 _ADVISORY_BASE = 0x46505F4F52440000  # "FP_ORD" followed by the signal id (one order per signal).
+_POSITION_LOCK_BASE = 0x46505F504F530000  # "FP_POS" followed by the automation id.
 
 
 # ---------------------------------------------------------------------------
@@ -568,13 +569,28 @@ _STATUS_FROM_BROKER = {
 }
 
 
-def _automation_position(automation_id: int, exclude_order_id: int | None = None) -> Position:
+def _automation_position(automation_id: int) -> Position:
+    """The automation's position after its latest booked fill; call it under ``_position_lock``.
+
+    One row: each fill stores the position it left. Fills booked before that
+    column existed are replayed once, in booking (id) order.
+    """
+    fills = Fill.objects.filter(order__automation_id=automation_id)
+    latest = fills.order_by("-id").values_list("position_after", "avg_price_after").first()
+    if latest is None:
+        return Position()
+    if latest[0] is not None and latest[1] is not None:
+        return Position(latest[0], latest[1])
     position = Position()
-    fills = (Fill.objects.filter(order__automation_id=automation_id).exclude(order_id=exclude_order_id)
-             .order_by("filled_at", "id").values_list("order__side", "quantity", "price", "fee"))
-    for side, quantity, price, _fee in fills:
+    for side, quantity, price in fills.order_by("id").values_list("order__side", "quantity", "price"):
         position, _ = position_apply(position, side=side, quantity=quantity, price=price)
     return position
+
+
+def _position_lock(automation_id: int) -> None:
+    """Book one automation's fills one transaction at a time (until this transaction ends)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_POSITION_LOCK_BASE + automation_id])
 
 
 def order_settle(*, order_id: int, broker_order: BrokerOrder, answered_at: datetime | None = None) -> Order:
@@ -591,9 +607,9 @@ def order_settle(*, order_id: int, broker_order: BrokerOrder, answered_at: datet
         known = set(order.fills.values_list("broker_fill_id", flat=True))
         new_fills = [f for f in broker_order.fills if f.fill_id not in known]
         if new_fills:
+            # The position already holds this order's earlier fills (they were booked when they came).
+            _position_lock(order.automation_id)
             position = _automation_position(order.automation_id)
-            for f in order.fills.order_by("id"):
-                position, _ = position_apply(position, side=order.side, quantity=f.quantity, price=f.price)
             for f in new_fills:
                 position, pnl = position_apply(position, side=order.side, quantity=f.quantity, price=f.price, fee=f.fee)
                 realized = None
@@ -601,7 +617,8 @@ def order_settle(*, order_id: int, broker_order: BrokerOrder, answered_at: datet
                     realized = float(slippage_bps(Side(order.side), f.price, Decimal(order.arrival_mid)))
                 Fill.objects.create(order=order, price=f.price, quantity=f.quantity, fee=f.fee, filled_at=f.filled_at,
                                     broker_fill_id=f.fill_id, modelled_slippage_bps=order.modelled_slippage_bps,
-                                    realized_slippage_bps=realized, realized_pnl=pnl)
+                                    realized_slippage_bps=realized, realized_pnl=pnl,
+                                    position_after=position.quantity, avg_price_after=position.avg_price)
         order.broker_order_id = broker_order.broker_order_id or order.broker_order_id
         order.filled_qty = broker_order.filled_qty
         order.avg_fill_price = broker_order.avg_price

@@ -10,7 +10,7 @@ from django.db import connection
 
 from automations.models import Signal
 from execution import services
-from execution.brokers import BrokerOrderStatus, OrderRequest
+from execution.brokers import BrokerFill, BrokerOrder, BrokerOrderStatus, OrderRequest
 from execution.brokers.paper import PaperBroker
 from execution.models import Fill, Order
 from execution.simulation import slippage_bps
@@ -190,3 +190,58 @@ def test_a_new_order_is_born_claimed_and_stamped_when_the_broker_answered(market
     settled = services._order_submit_locked(order, claimed=True)
     assert settled.status == OS.FILLED
     assert order.created_at <= settled.submitted_at <= settled.closed_at
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def _fills_so_far(order: Order, *fills: tuple[str, str, str]) -> BrokerOrder:
+    from django.utils import timezone
+
+    booked = tuple(BrokerFill(fill_id, Decimal(price), Decimal(qty), Decimal(0), timezone.now())
+                   for fill_id, price, qty in fills)
+    filled = sum((f.quantity for f in booked), Decimal(0))
+    done = filled == order.quantity
+    return BrokerOrder(client_order_id=order.client_order_id, broker_order_id=f"b-{order.pk}", symbol=order.symbol,
+                       side=order.side, quantity=order.quantity, limit_price=order.limit_price,
+                       status=BrokerOrderStatus.FILLED if done else BrokerOrderStatus.PARTIALLY_FILLED,
+                       filled_qty=filled, avg_price=booked[-1].price, fills=booked)
+
+
+@pytest.mark.django_db
+def test_a_partly_filled_order_books_its_later_fills_on_the_position_it_left(market):
+    """Short 1 at 100, then a buy of 1 filled 0.4 at 99 and, later, 0.6 at 98: PnL 0.4 + 1.2, flat at the end.
+
+    The second settlement once counted the order's first fill twice (short 0.2 instead of 0.6 left),
+    booking 0.4 instead of 1.2 on the second fill.
+    """
+    automation = make_automation()
+    sell = Order.objects.create(signal=make_signal(automation, status=S.QUEUED, side="sell"), automation=automation,
+                                client_order_id="fp-pnl-1", broker="paper", symbol="TEST-BTC", side="sell",
+                                quantity=Decimal(1), limit_price=Decimal(100), status=OS.SUBMITTED, created_at=_now())
+    services.order_settle(order_id=sell.pk, broker_order=_fills_so_far(sell, ("s1", "100", "1")))
+    buy = Order.objects.create(signal=make_signal(automation, status=S.QUEUED), automation=automation,
+                               client_order_id="fp-pnl-2", broker="paper", symbol="TEST-BTC", side="buy",
+                               quantity=Decimal(1), limit_price=Decimal(101), status=OS.SUBMITTED, created_at=_now())
+    services.order_settle(order_id=buy.pk, broker_order=_fills_so_far(buy, ("b1", "99", "0.4")))
+    services.order_settle(order_id=buy.pk, broker_order=_fills_so_far(buy, ("b1", "99", "0.4"), ("b2", "98", "0.6")))
+    pnl = dict(Fill.objects.filter(order=buy).values_list("broker_fill_id", "realized_pnl"))
+    assert pnl == {"b1": Decimal("0.4"), "b2": Decimal("1.2")}
+    last = Fill.objects.filter(order__automation=automation).latest("id")
+    assert last.position_after == 0
+    assert services._automation_position(automation.pk).quantity == 0
+
+
+@pytest.mark.django_db
+def test_fills_booked_before_positions_were_stored_are_replayed_once(market):
+    automation = make_automation()
+    sell = Order.objects.create(signal=make_signal(automation, status=S.QUEUED, side="sell"), automation=automation,
+                                client_order_id="fp-pnl-3", broker="paper", symbol="TEST-BTC", side="sell",
+                                quantity=Decimal(2), limit_price=Decimal(100), status=OS.SUBMITTED, created_at=_now())
+    services.order_settle(order_id=sell.pk, broker_order=_fills_so_far(sell, ("s1", "100", "2")))
+    Fill.objects.filter(order=sell).update(position_after=None, avg_price_after=None)  # As if booked before 0003.
+    position = services._automation_position(automation.pk)
+    assert (position.quantity, position.avg_price) == (Decimal(-2), Decimal(100))

@@ -7,8 +7,11 @@ own, on ``DATABASE_URL`` / ``REDIS_URL`` (a migrated database).
 Per sample: a pending signal is created; a trader (signed in over HTTP with
 password + TOTP) POSTs ``/api/signals/<id>/approve`` with a fresh code; the
 clock starts just before the POST and stops at the order's ``submitted_at``
-(stamped by the worker when the broker's answer is recorded; same host
-clock). ``http_ms`` is the approve request alone. django-otp accepts a time
+(stamped by the worker when the broker's answer arrived; same host clock).
+``http_ms`` is the approve request alone. The first ``BENCH_WARMUP`` (3)
+approvals warm the fresh processes and are not counted; samples are
+``BENCH_GAP_S`` (0.2 s) apart so each click finds the worker done with the
+previous order (``BENCH_GAP_S=0`` for back-to-back approvals). django-otp accepts a time
 step once per device, so each sample uses its own trader (sign-in uses the
 current step, the approval the next one).
 
@@ -49,6 +52,12 @@ from trading.embedded import database_url  # noqa: E402
 from trading.redis_client import redis_client  # noqa: E402
 
 SAMPLES = int(os.environ.get("BENCH_SAMPLES", "30"))
+# The first approvals of a fresh web process and worker pay one-off costs (lazy imports, first connections,
+# first query compilations): run, not counted.
+WARMUP = int(os.environ.get("BENCH_WARMUP", "3"))
+# Pause between one order submitted and the next click: the worker has finished settling the previous order
+# (a trader does not approve every few milliseconds). BENCH_GAP_S=0 measures back-to-back approvals instead.
+GAP_S = float(os.environ.get("BENCH_GAP_S", "0.2"))
 SYMBOL = "BENCH-APPR"
 
 
@@ -101,7 +110,7 @@ def main() -> None:
     automation.approval_threshold = 1_000_000
     automation._change_reason = "approval latency benchmark"
     automation.save()
-    traders = [make_user(f"bench-appr-{run}-{i}", "trader") for i in range(SAMPLES)]
+    traders = [make_user(f"bench-appr-{run}-{i}", "trader") for i in range(WARMUP + SAMPLES)]
 
     db = connection.settings_dict
     env = {**os.environ, "DATABASE_URL": database_url(db),
@@ -121,6 +130,9 @@ def main() -> None:
         time.sleep(3)  # Let the worker finish starting (it consumes nothing until then).
         cpu0 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
         for i, (session, device) in enumerate(sessions):
+            if i == WARMUP:
+                cpu0 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
+            time.sleep(GAP_S)
             signal = make_signal(automation, limit_price="100.10")
             code = totp_next(device)
             headers = {"X-CSRFToken": session.cookies.get("csrftoken", ""), "Referer": base}
@@ -140,6 +152,7 @@ def main() -> None:
             else:
                 raise SystemExit(f"signal {signal.pk}: no order submitted within 10 s")
         cpu1 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
+        total_ms, http_ms = total_ms[WARMUP:], http_ms[WARMUP:]
     finally:
         for proc in (web, worker):
             proc.terminate()
@@ -147,6 +160,8 @@ def main() -> None:
     assert Signal.objects.filter(automation=automation, status=Signal.Status.FILLED).count() >= len(total_ms)
     print(json.dumps({
         "samples": len(total_ms),
+        "warmup_samples_dropped": WARMUP,
+        "gap_between_samples_s": GAP_S,
         "approve_to_submitted_median_ms": round(statistics.median(total_ms), 1),
         "approve_to_submitted_p99_ms": round(_percentile(total_ms, 0.99), 1),
         "approve_to_submitted_max_ms": round(max(total_ms), 1),

@@ -108,6 +108,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    # Last: makes the whole chain run in one thread under ASGI (see trading.middleware).
+    "trading.middleware.SyncRequestStack",
 ]
 
 AUTHENTICATION_BACKENDS = [

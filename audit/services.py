@@ -75,23 +75,7 @@ def audit_event_record(
                       subject_id=subject_id, reason=reason, data=data)
     user = f["user"]
     with connection.cursor() as cursor:
-        prev_hash = _chain_head_cached()
-        if prev_hash is None:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-            # A statement of its own after the lock: its snapshot then sees the event the previous holder committed.
-            cursor.execute(_HEAD_SQL)
-            row = cursor.fetchone()
-            prev_hash = row[0] if row else GENESIS_HASH
-        at = timezone.now()
-        digest = audit_event_hash(
-            prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
-            kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"],
-            data=f["data"],
-        )
-        cursor.execute(_INSERT_SQL + " RETURNING id", [at, user.pk if user else None, f["label"], f["kind"],
-                                                       f["subject_type"], f["subject_id"], f["reason"],
-                                                       json.dumps(f["data"]), prev_hash, digest])
-        event_id = cursor.fetchone()[0]
+        event_id, at, prev_hash, digest = _chain_append(cursor, f, prev_hash=_chain_head_cached())
     _chain_head_remember(digest)
     event = AuditEvent(
         id=event_id, at=at, actor=user, actor_label=f["label"], kind=f["kind"], subject_type=f["subject_type"],
@@ -104,7 +88,31 @@ def audit_event_record(
 _TABLE = AuditEvent._meta.db_table
 _HEAD_SQL = f"SELECT hash FROM {_TABLE} ORDER BY id DESC LIMIT 1"  # noqa: S608 - model table name
 _INSERT_SQL = (f"INSERT INTO {_TABLE} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608 - model table name
-               "subject_id, reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
+               "subject_id, reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
+               "RETURNING id")
+
+
+def _chain_append(cursor: Any, f: dict[str, Any], *, prev_hash: str | None = None) -> tuple[int, Any, str, str]:
+    """Append event fields ``f`` to the chain on ``cursor``'s open transaction: (id, at, prev_hash, hash).
+
+    Without ``prev_hash`` (the head this transaction already holds), take the
+    chain lock, then read the head in a statement of its own, so its snapshot
+    sees the event the previous holder committed.
+    """
+    if prev_hash is None:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+        cursor.execute(_HEAD_SQL)
+        row = cursor.fetchone()
+        prev_hash = row[0] if row else GENESIS_HASH
+    user = f["user"]
+    at = timezone.now()
+    digest = audit_event_hash(
+        prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
+        kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"], data=f["data"],
+    )
+    cursor.execute(_INSERT_SQL, [at, user.pk if user else None, f["label"], f["kind"], f["subject_type"],
+                                 f["subject_id"], f["reason"], json.dumps(f["data"]), prev_hash, digest])
+    return cursor.fetchone()[0], at, prev_hash, digest
 
 
 class _ChainHead:
@@ -171,21 +179,7 @@ def audit_event_record_autonomous(**kwargs: Any) -> bool:
         other.set_autocommit(False)
         with other.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '2s'")
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
-            cursor.execute(_HEAD_SQL)
-            row = cursor.fetchone()
-            prev_hash = row[0] if row else GENESIS_HASH
-            at = timezone.now()
-            digest = audit_event_hash(
-                prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
-                kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"],
-                data=f["data"],
-            )
-            cursor.execute(
-                _INSERT_SQL,
-                [at, user.pk if user else None, f["label"], f["kind"], f["subject_type"], f["subject_id"], f["reason"],
-                 json.dumps(f["data"]), prev_hash, digest],
-            )
+            _chain_append(cursor, f)
         other.commit()
         return True
     except Exception:

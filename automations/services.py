@@ -96,6 +96,14 @@ def _apply_transition(
     SignalTransition.objects.create(
         signal=signal, at=now, from_status=from_status, to_status=to_status, actor_label=actor_label, reason=reason, sequence=seq
     )
+    _transition_announce(signal, signal_payload(signal), from_status=from_status, to_status=to_status, reason=reason,
+                         seq=seq, actor=actor, actor_label=actor_label)
+    return signal
+
+
+def _transition_announce(signal: Signal, payload: dict[str, Any], *, from_status: str, to_status: str, reason: str,
+                         seq: int, actor: Any, actor_label: str) -> None:
+    """A recorded transition's audit event (in the caller's transaction) and its numbered push (on commit)."""
     audit_event_record(
         kind=AuditEvent.Kind.SIGNAL_STATE,
         actor=actor,
@@ -104,9 +112,15 @@ def _apply_transition(
         reason=reason,
         data={"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
     )
-    message = {"type": "signal", "seq": seq, "signal": signal_payload(signal)}
+    message = {"type": "signal", "seq": seq, "signal": payload}
     transaction.on_commit(lambda: signal_push(message))
-    return signal
+
+
+def _signal_times(automation: Automation, context: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """``context`` with ``created_at`` (now) and ``expires_at`` (the automation's expiry later) unless given."""
+    context.setdefault("created_at", now)
+    context.setdefault("expires_at", context["created_at"] + timedelta(seconds=automation.signal_expiry_seconds))
+    return context
 
 
 def signal_transition(
@@ -176,8 +190,6 @@ def signal_create(
     expires_at, needs_approval).
     """
     now = timezone.now()
-    context.setdefault("created_at", now)
-    context.setdefault("expires_at", context["created_at"] + timedelta(seconds=automation.signal_expiry_seconds))
     signal = Signal(
         automation=automation,
         symbol=automation.symbol,
@@ -186,7 +198,7 @@ def signal_create(
         limit_price=limit_price,
         reason=reason,
         status="",
-        **context,
+        **_signal_times(automation, context, now),
     )
     return _apply_transition(signal, S.NEW, actor_label=actor_label, reason=reason, actor=None, now=now, insert=True)
 
@@ -244,13 +256,10 @@ def signals_create_routed(*, signals: list[RoutedSignal], actor_label: str = "wo
 def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> list[Signal]:
     now = timezone.now()
     numbers = push_sequence_next_many(2 * len(signals))
+    # Two numbers per signal, in order: its birth, then its move.
+    born_seqs, moved_seqs = numbers[0::2], numbers[1::2]
     rows: list[Signal] = []
-    births: list[dict[str, Any]] = []
-    for index, item in enumerate(signals):
-        born_seq, moved_seq = numbers[2 * index], numbers[2 * index + 1]
-        context = dict(item.context)
-        context.setdefault("created_at", now)
-        context.setdefault("expires_at", context["created_at"] + timedelta(seconds=item.automation.signal_expiry_seconds))
+    for item, moved_seq in zip(signals, moved_seqs, strict=True):
         signal = Signal(
             automation=item.automation,
             symbol=item.automation.symbol,
@@ -262,13 +271,12 @@ def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> lis
             status_reason=item.status_reason,
             sequence=moved_seq,
             decided_at=now if item.to_status in _DECIDING else None,
-            **context,
+            **_signal_times(item.automation, dict(item.context), now),
         )
         rows.append(signal)
-        births.append({"seq": born_seq})
     Signal.objects.bulk_create(rows)
     transitions = []
-    for signal, item, birth in zip(rows, signals, births, strict=True):
+    for signal, item, born_seq in zip(rows, signals, born_seqs, strict=True):
         transitions.append(
             SignalTransition(
                 signal=signal,
@@ -277,7 +285,7 @@ def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> lis
                 to_status=S.NEW,
                 actor_label=actor_label,
                 reason=item.reason,
-                sequence=birth["seq"],
+                sequence=born_seq,
             )
         )
         transitions.append(
@@ -292,28 +300,14 @@ def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> lis
             )
         )
     SignalTransition.objects.bulk_create(transitions)
-    for signal, item, birth in zip(rows, signals, births, strict=True):
-        for from_status, to_status, reason, seq in (
-            ("", S.NEW, item.reason, birth["seq"]),
-            (S.NEW, item.to_status, item.status_reason, signal.sequence),
-        ):
-            audit_event_record(
-                kind=AuditEvent.Kind.SIGNAL_STATE,
-                actor=None,
-                actor_label=actor_label,
-                subject=signal,
-                reason=reason,
-                data={"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
-            )
+    for signal, item, born_seq in zip(rows, signals, born_seqs, strict=True):
         # The birth message shows the signal as it was at birth, like signal_create's.
         born = signal_payload(signal)
-        born.update(status=S.NEW, status_reason=item.reason, sequence=birth["seq"], decided_at=None)
-        moved = signal_payload(signal)
-        for message in (
-            {"type": "signal", "seq": birth["seq"], "signal": born},
-            {"type": "signal", "seq": signal.sequence, "signal": moved},
-        ):
-            transaction.on_commit(lambda message=message: signal_push(message))
+        born.update(status=S.NEW, status_reason=item.reason, sequence=born_seq, decided_at=None)
+        _transition_announce(signal, born, from_status="", to_status=S.NEW, reason=item.reason, seq=born_seq,
+                             actor=None, actor_label=actor_label)
+        _transition_announce(signal, signal_payload(signal), from_status=S.NEW, to_status=item.to_status,
+                             reason=item.status_reason, seq=signal.sequence, actor=None, actor_label=actor_label)
     return rows
 
 

@@ -22,6 +22,7 @@ from automations.models import Automation
 from ingestion.types import Side
 from risk import rules
 from risk.models import BreakerTrip, KillSwitch, RiskState
+from risk.selectors import LIMIT_FIELDS
 from risk.services import (
     _risk_lock,
     _rules_state,
@@ -36,20 +37,7 @@ from tests.risk.conftest import make_automation
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_eager")]
 D = Decimal
-NO_LIMITS = dict.fromkeys(
-    (
-        "max_signals_per_hour",
-        "max_daily_loss",
-        "max_drawdown",
-        "max_open_orders",
-        "max_order_qty",
-        "max_order_notional",
-        "price_collar_bps",
-        "max_orders_per_minute",
-        "max_consecutive_losses",
-        "max_slippage_breaches_per_day",
-    )
-)
+NO_LIMITS = dict.fromkeys(LIMIT_FIELDS)
 
 
 @dataclass

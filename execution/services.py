@@ -33,11 +33,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from celery import current_app
 from django.db import connection, transaction
-from django.db.models import Exists
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -48,16 +48,19 @@ from execution.accounting import Position, position_apply
 from execution.brokers import BrokerError, BrokerOrder, BrokerOrderStatus, BrokerRejected, OrderRequest, broker_for_mode
 from execution.gating import gating_required, signal_order_hash
 from execution.models import Approval, BrokerAccount, Fill, Order
+from execution.rows import RowLoader, insert_params, insert_sql, mark_saved
 from execution.selectors import slippage_gap
 from execution.simulation import OrderSpec, expected_slippage_bps, slippage_bps
 from ingestion import selectors as market
-from ingestion.types import Side
+from ingestion.types import BookSnapshot, Side
 from risk import rules
-from risk.models import KillSwitch
+from risk.models import KillSwitch, RiskLimit
 from risk.selectors import RISK_OFFICER_GROUP, TRADER_GROUP, kill_switch_engaged, risk_limits_for, user_in_group
+from trading import redis_keys
 from trading.api import DomainError
 from trading.permissions import user_roles
 from trading.queues import ORDER_EXECUTE_TASK
+from trading.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -352,10 +355,15 @@ def _fault_hook(point: str) -> None:
         os._exit(137)
 
 
-def _execution_refusal(signal: Signal, automation: Automation, now: datetime) -> tuple[str, str] | None:
+_UNREAD: Any = object()
+
+
+def _execution_refusal(signal: Signal, automation: Automation, now: datetime,
+                       approval_hash: str | None = _UNREAD) -> tuple[str, str] | None:
     """Why this signal must not become an order, as (signal status to move to, reason); None to go ahead.
 
-    ``automation.kill_switch_on`` is read with the automation (one round trip) when the caller annotated it.
+    ``automation.kill_switch_on`` is read with the automation (one round trip) when the caller annotated it;
+    ``approval_hash`` is the order hash of the signal's approval (None: there is none) when the caller read it.
     """
     engaged = getattr(automation, "kill_switch_on", None)
     if engaged if engaged is not None else kill_switch_engaged():
@@ -365,16 +373,70 @@ def _execution_refusal(signal: Signal, automation: Automation, now: datetime) ->
     if signal.expires_at is not None and signal.expires_at <= now:
         return S.EXPIRED, f"expired at {signal.expires_at.isoformat()} before it could be executed"
     if signal.status == S.APPROVED:
-        approval = Approval.objects.filter(signal=signal, decision="approve").first()
-        if approval is None:
+        if approval_hash is _UNREAD:
+            approval = Approval.objects.filter(signal=signal, decision="approve").first()
+            approval_hash = None if approval is None else approval.order_hash
+        if approval_hash is None:
             return S.FAILED, "approved status without an approval record: refused"
-        if approval.order_hash != signal_order_hash(signal):
+        if approval_hash != signal_order_hash(signal):
             return S.FAILED, "the order no longer matches what was approved (order hash differs): refused"
         return None
     if signal.needs_approval or gating_required(automation):
         return S.FAILED, (f"this trade needs a trader's approval ({automation.approved_trade_count} of the first "
                           f"{automation.approval_threshold} approved) and has none: refused")
     return None
+
+
+_SIGNAL_ROWS = RowLoader(Signal, "s")
+_AUTOMATION_ROWS = RowLoader(Automation, "a")
+_ORDER_ROWS = RowLoader(Order, "o")
+
+
+@cache
+def _decide_sql() -> str:
+    """Lock the signal, then (a statement of its own, so its snapshot is taken once the lock is held) read it
+    with its automation, the kill switch, its order's id and its approval's order hash: one round trip."""
+    signal, automation = Signal._meta.db_table, Automation._meta.db_table
+    return (
+        f'SELECT 1 FROM "{signal}" WHERE "id" = %s FOR UPDATE; '  # noqa: S608 - model table names
+        f"SELECT {_SIGNAL_ROWS.columns}, {_AUTOMATION_ROWS.columns}, "
+        f'EXISTS (SELECT 1 FROM "{KillSwitch._meta.db_table}" k WHERE k."id" = 1 AND k."engaged"), '
+        f'(SELECT o."id" FROM "{Order._meta.db_table}" o WHERE o."signal_id" = s."id"), '
+        f'(SELECT ap."order_hash" FROM "{Approval._meta.db_table}" ap WHERE ap."signal_id" = s."id" '
+        "AND ap.\"decision\" = 'approve' ORDER BY ap.\"id\" LIMIT 1) "
+        f'FROM "{signal}" s JOIN "{automation}" a ON a."id" = s."automation_id" WHERE s."id" = %s'
+    )
+
+
+def _signal_read_locked(signal_id: int) -> tuple[Signal, Automation, bool, int | None, str | None] | None:
+    """(signal with its automation, kill switch engaged, order id or None, approval hash or None), the signal
+    row locked until the transaction ends; None when there is no such signal."""
+    with connection.cursor() as cursor:
+        cursor.execute(_decide_sql(), [signal_id, signal_id])
+        cursor.cursor.nextset()
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    signal = _SIGNAL_ROWS.load(row)
+    automation = _AUTOMATION_ROWS.load(row, _SIGNAL_ROWS.width)
+    signal.automation = automation  # The push payload names the automation: no second read of its row.
+    kill_switch_on, order_id, approval_hash = row[_SIGNAL_ROWS.width + _AUTOMATION_ROWS.width:]
+    return signal, automation, bool(kill_switch_on), order_id, approval_hash
+
+
+def _market_read(symbol: str) -> tuple[Decimal | None, BookSnapshot | None]:
+    """The current mid (latest quote) and the top 50 levels of the book: one Redis round trip."""
+    raw_quote, raw_book = redis_client().mget(redis_keys.quote(symbol), redis_keys.book(symbol))
+    quote = market.quote_from_json(raw_quote)
+    mid = None if quote is None or quote.bid <= 0 or quote.ask <= 0 else (quote.bid + quote.ask) / 2
+    return mid, market.book_from_json(raw_book, 50)
+
+
+def _order_insert(order: Order) -> Order:
+    """``order.save(force_insert=True)``, as one hand-written statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(insert_sql(Order), insert_params(order))
+        return mark_saved(order, cursor.fetchone()[0])
 
 
 def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
@@ -384,29 +446,31 @@ def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
     ``submitting`` (claimed by this worker) and goes to the broker right after
     this commit: no separate claim round trip on the way to the venue. An order
     that already exists comes back as it is (a redelivered or repeated task).
+
+    Round trips: the signal locked and read with everything the decision needs
+    (``_decide_sql``), the market (Redis), the pre-trade check, the order's
+    insert, then the signal's transition and the audit events.
     """
     with transaction.atomic():
-        signal = Signal.objects.select_for_update().filter(pk=signal_id).first()
-        if signal is None:
+        found = _signal_read_locked(signal_id)
+        if found is None:
             logger.warning("execute: no signal %s (forged or replayed message?)", signal_id)
             return None, False
-        existing = Order.objects.filter(signal_id=signal_id).first()
-        if existing is not None:
-            return existing, False
+        signal, automation, kill_switch_on, order_id, approval_hash = found
+        if order_id is not None:
+            return Order.objects.get(pk=order_id), False
         if signal.status not in (S.QUEUED, S.APPROVED):
             logger.info("execute: signal %s is %s; nothing to do", signal_id, signal.status)
             return None, False
-        automation = (Automation.objects.annotate(kill_switch_on=Exists(KillSwitch.objects.filter(pk=1, engaged=True)))
-                      .get(pk=signal.automation_id))
-        signal.automation = automation  # The push payload names the automation: no second read of its row.
+        automation.kill_switch_on = kill_switch_on
         now = timezone.now()
-        refusal = _execution_refusal(signal, automation, now)
+        refusal = _execution_refusal(signal, automation, now, approval_hash)
         if refusal is not None:
             to_status, reason = refusal
             signal_transition(signal=signal, to_status=to_status, actor_label=ACTOR, reason=reason, locked=True)
             return None, False
-        mid = _current_mid(signal.symbol)
-        modelled = _modelled_slippage(signal)
+        mid, book = _market_read(signal.symbol)
+        modelled = _modelled_slippage(signal, book)
         breaches = pretrade_check_call(automation_id=automation.pk, side=signal.side, quantity=signal.quantity,
                                        limit_price=signal.limit_price, mid=mid)
         order = Order(
@@ -419,12 +483,12 @@ def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
             order.status = OS.REJECTED
             order.status_reason = f"risk: {reason}"
             order.closed_at = now
-            order.save(force_insert=True)
+            _order_insert(order)
             signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, reason=f"refused by risk: {reason}",
                               locked=True)
         else:
             order.status = OS.SUBMITTING
-            order.save(force_insert=True)
+            _order_insert(order)
             signal_transition(signal=signal, to_status=S.ORDERED, actor_label=ACTOR, locked=True,
                               reason=f"order {order.client_order_id} created")
         audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
@@ -440,10 +504,9 @@ def pretrade_check_call(**kwargs: Any) -> list[Any]:
     return pretrade_check(**kwargs)
 
 
-def _modelled_slippage(signal: Signal) -> float | None:
+def _modelled_slippage(signal: Signal, book: BookSnapshot | None) -> float | None:
     from execution.brokers.paper import paper_fill_params
 
-    book = market.book_snapshot(signal.symbol, n=50)
     if book is None:
         return None
     spec = OrderSpec(side=Side(signal.side), quantity=Decimal(signal.quantity), limit_price=Decimal(signal.limit_price),
@@ -593,32 +656,96 @@ def _position_lock(automation_id: int) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_POSITION_LOCK_BASE + automation_id])
 
 
+@cache
+def _settle_read_sql(with_position: bool) -> str:
+    """Lock the order and read it with its automation's slippage threshold; its booked fill ids; with
+    ``with_position``, the automation's booking lock and then its position after its latest fill.
+
+    One round trip, one statement per step: each statement takes its snapshot after the locks before it are
+    held, so the fills and the position read are those of the last holder's commit.
+    """
+    order, fill, limit = Order._meta.db_table, Fill._meta.db_table, RiskLimit._meta.db_table
+    sql = (
+        f"SELECT {_ORDER_ROWS.columns}, "  # noqa: S608 - model table names
+        f'(SELECT l."slippage_breach_bps" FROM "{limit}" l WHERE l."automation_id" = o."automation_id") '
+        f'FROM "{order}" o WHERE o."id" = %(order)s FOR UPDATE; '
+        f'SELECT "broker_fill_id" FROM "{fill}" WHERE "order_id" = %(order)s'
+    )
+    if with_position:
+        sql += (
+            f'; SELECT pg_advisory_xact_lock({_POSITION_LOCK_BASE} + o."automation_id") '  # noqa: S608
+            f'FROM "{order}" o WHERE o."id" = %(order)s; '
+            f'SELECT f."position_after", f."avg_price_after" FROM "{fill}" f JOIN "{order}" o ON o."id" = f."order_id" '
+            f'WHERE o."automation_id" = (SELECT "automation_id" FROM "{order}" WHERE "id" = %(order)s) '
+            'ORDER BY f."id" DESC LIMIT 1'
+        )
+    return sql
+
+
+_ORDER_SETTLE_FIELDS = ("broker_order_id", "filled_qty", "avg_fill_price", "submitted_at", "status", "status_reason",
+                        "closed_at")
+
+
+@cache
+def _order_update_sql() -> str:
+    fields = [Order._meta.get_field(name) for name in _ORDER_SETTLE_FIELDS]
+    assignments = ", ".join(f'"{f.column}" = %s' for f in fields)
+    return f'UPDATE "{Order._meta.db_table}" SET {assignments} WHERE "id" = %s'  # noqa: S608 - model table name
+
+
+def _order_update_params(order: Order) -> list[Any]:
+    return [*(Order._meta.get_field(name).get_db_prep_save(getattr(order, name), connection)
+              for name in _ORDER_SETTLE_FIELDS), order.pk]
+
+
 def order_settle(*, order_id: int, broker_order: BrokerOrder, answered_at: datetime | None = None) -> Order:
     """Record the broker's view of an order: new fills, status, and on a final state, close it.
 
     ``answered_at``: when the broker's answer to the submission arrived, the
     order's ``submitted_at`` (else the time of this call).
+
+    Round trips (``_settle_read_sql``): the order locked and read with what the
+    booking needs, then the new fills and the order's new state written
+    together, then, on a final state, the close (``_order_close``).
     """
     with transaction.atomic():
-        order = Order.objects.select_for_update().get(pk=order_id)
+        with_position = bool(broker_order.fills)
+        with connection.cursor() as cursor:
+            cursor.execute(_settle_read_sql(with_position), {"order": order_id})
+            row = cursor.fetchone()
+            if row is None:
+                raise Order.DoesNotExist(f"no order {order_id}")
+            order = _ORDER_ROWS.load(row)
+            threshold = row[_ORDER_ROWS.width]
+            cursor.cursor.nextset()
+            known = {fill_id for (fill_id,) in cursor.fetchall()}
+            latest = None
+            if with_position:
+                cursor.cursor.nextset()
+                cursor.cursor.nextset()
+                latest = cursor.fetchone()
         if order.status in FINAL:
             return order
         now = timezone.now()
-        known = set(order.fills.values_list("broker_fill_id", flat=True))
         new_fills = [f for f in broker_order.fills if f.fill_id not in known]
+        fills: list[Fill] = []
         if new_fills:
             # The position already holds this order's earlier fills (they were booked when they came).
-            _position_lock(order.automation_id)
-            position = _automation_position(order.automation_id)
+            if latest is None:
+                position = Position()
+            elif latest[0] is not None and latest[1] is not None:
+                position = Position(latest[0], latest[1])
+            else:
+                position = _automation_position(order.automation_id)  # Fills from before positions were stored.
             for f in new_fills:
                 position, pnl = position_apply(position, side=order.side, quantity=f.quantity, price=f.price, fee=f.fee)
                 realized = None
                 if order.arrival_mid:
                     realized = float(slippage_bps(Side(order.side), f.price, Decimal(order.arrival_mid)))
-                Fill.objects.create(order=order, price=f.price, quantity=f.quantity, fee=f.fee, filled_at=f.filled_at,
-                                    broker_fill_id=f.fill_id, modelled_slippage_bps=order.modelled_slippage_bps,
-                                    realized_slippage_bps=realized, realized_pnl=pnl,
-                                    position_after=position.quantity, avg_price_after=position.avg_price)
+                fills.append(Fill(order=order, price=f.price, quantity=f.quantity, fee=f.fee, filled_at=f.filled_at,
+                                  broker_fill_id=f.fill_id, modelled_slippage_bps=order.modelled_slippage_bps,
+                                  realized_slippage_bps=realized, realized_pnl=pnl,
+                                  position_after=position.quantity, avg_price_after=position.avg_price))
         order.broker_order_id = broker_order.broker_order_id or order.broker_order_id
         order.filled_qty = broker_order.filled_qty
         order.avg_fill_price = broker_order.avg_price
@@ -627,10 +754,22 @@ def order_settle(*, order_id: int, broker_order: BrokerOrder, answered_at: datet
         changed = status != order.status or new_fills
         order.status = status
         order.status_reason = broker_order.reason or ""
-        order.save(update_fields=["broker_order_id", "filled_qty", "avg_fill_price", "submitted_at", "status",
-                                  "status_reason"])
         if status in FINAL:
-            _order_close(order, now)
+            order.closed_at = now
+        with connection.cursor() as cursor:
+            # The new fills and the order's new state: one round trip.
+            sql, params = _order_update_sql(), _order_update_params(order)
+            if fills:
+                sql = f"{insert_sql(Fill, len(fills))}; {sql}"
+                params = [*(value for fill in fills for value in insert_params(fill)), *params]
+            cursor.execute(sql, params)
+            if fills:
+                for fill, (fill_pk,) in zip(fills, cursor.fetchall(), strict=True):
+                    mark_saved(fill, fill_pk)
+        if status in FINAL:
+            # Every fill of the order, in booking order: the earlier ones are read only when there were some.
+            all_fills = list(order.fills.all()) if known else fills
+            _order_close(order, now, fills=all_fills, threshold=threshold, closed_saved=True)
         elif changed:
             audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order,
                                data={"status": status, "client_order_id": order.client_order_id,
@@ -651,37 +790,74 @@ def order_finalize(*, order_id: int, status: str, reason: str) -> Order:
         return order
 
 
-def _order_close(order: Order, now: datetime) -> None:
-    """A final state: release the risk reservation with the order's PnL, settle the signal, watch slippage."""
+@cache
+def _signal_lock_sql() -> str:
+    """Lock a signal, then read it with its automation (a statement of its own, after the lock): one round trip."""
+    signal, automation = Signal._meta.db_table, Automation._meta.db_table
+    return (
+        f'SELECT 1 FROM "{signal}" WHERE "id" = %s FOR UPDATE; '  # noqa: S608 - model table names
+        f"SELECT {_SIGNAL_ROWS.columns}, {_AUTOMATION_ROWS.columns} "
+        f'FROM "{signal}" s JOIN "{automation}" a ON a."id" = s."automation_id" WHERE s."id" = %s'
+    )
+
+
+def _signal_lock(signal_id: int) -> Signal:
+    """The signal, locked until the transaction ends, with its automation (for the push payload)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_signal_lock_sql(), [signal_id, signal_id])
+        cursor.cursor.nextset()
+        row = cursor.fetchone()
+    if row is None:
+        raise Signal.DoesNotExist(f"no signal {signal_id}")
+    signal = _SIGNAL_ROWS.load(row)
+    signal.automation = _AUTOMATION_ROWS.load(row, _SIGNAL_ROWS.width)
+    return signal
+
+
+def _order_close(order: Order, now: datetime, *, fills: list[Fill] | None = None, threshold: Any = _UNREAD,
+                 closed_saved: bool = False) -> None:
+    """A final state: release the risk reservation with the order's PnL, settle the signal, watch slippage.
+
+    ``fills`` (every fill of the order) and ``threshold`` (the automation's
+    slippage breach limit in bps, None without a limit row) when the caller
+    read them; ``closed_saved`` when the caller wrote ``closed_at`` already.
+    The slippage watch runs once this commits: it only reads, and raises an
+    alert in a transaction of its own when the gap is too wide.
+    """
     from risk.services import order_closed
 
     order.closed_at = now
-    order.save(update_fields=["closed_at"])
-    fills = list(order.fills.all())
+    if not closed_saved:
+        order.save(update_fields=["closed_at"])
+    if fills is None:
+        fills = list(order.fills.all())
     pnl = sum((f.realized_pnl for f in fills), Decimal(0))
     breach = False
-    _, _, limit_row = risk_limits_for(order.automation_id)
-    threshold = float(limit_row.slippage_breach_bps) if limit_row is not None else 50.0
+    if threshold is _UNREAD:
+        _, _, limit_row = risk_limits_for(order.automation_id)
+        threshold = None if limit_row is None else limit_row.slippage_breach_bps
+    threshold_bps = float(threshold) if threshold is not None else 50.0
     realized = [f.realized_slippage_bps for f in fills if f.realized_slippage_bps is not None]
     if realized and order.modelled_slippage_bps is not None:
         weights = [float(f.quantity) for f in fills if f.realized_slippage_bps is not None]
         avg_realized = sum(r * w for r, w in zip(realized, weights, strict=True)) / sum(weights)
-        breach = avg_realized - order.modelled_slippage_bps > threshold
+        breach = avg_realized - order.modelled_slippage_bps > threshold_bps
     order_closed(automation_id=order.automation_id, realized_pnl=pnl, slippage_breach=breach, actor_label=ACTOR)
-    signal = Signal.objects.get(pk=order.signal_id)
+    signal = _signal_lock(order.signal_id)
     if signal.status == S.ORDERED:
         if order.filled_qty > 0:
             note = "" if order.status == OS.FILLED else f" ({order.status}: {order.status_reason})"
             reason = f"filled {order.filled_qty.normalize():f} at {order.avg_fill_price}{note}"
-            signal_transition(signal=signal, to_status=S.FILLED, actor_label=ACTOR, reason=reason)
+            signal_transition(signal=signal, to_status=S.FILLED, actor_label=ACTOR, reason=reason, locked=True)
         else:
-            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR,
+            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, locked=True,
                               reason=f"order {order.status}: {order.status_reason}")
     audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
                        data={"status": order.status, "client_order_id": order.client_order_id,
                              "filled_qty": str(order.filled_qty), "realized_pnl": str(pnl), "slippage_breach": breach})
     if fills:
-        _slippage_gap_watch(order.automation_id)
+        automation_id = order.automation_id
+        transaction.on_commit(lambda: _slippage_gap_watch(automation_id), robust=True)
 
 
 def _slippage_gap_watch(automation_id: int) -> None:

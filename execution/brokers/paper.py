@@ -45,6 +45,7 @@ from execution.brokers.base import (
 from execution.simulation import FillModelParams, OrderSpec, simulate_fill
 from ingestion import selectors as market
 from ingestion.types import Side
+from trading import redis_keys
 from trading.redis_client import redis_client
 
 ORDER_KEY = "fp:paper:order:{}"
@@ -105,8 +106,19 @@ def _decode(raw: bytes | str) -> BrokerOrder:
     )
 
 
+# Create an order record unless its key exists, and file it as open or final; else answer the existing record.
+_CREATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  if ARGV[2] == '1' then redis.call('SREM', KEYS[2], ARGV[3]) else redis.call('SADD', KEYS[2], ARGV[3]) end
+  return false
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
 class PaperBroker:
     name = "paper"
+    _create_script: Any = None
 
     def __init__(self, params: FillModelParams | None = None, *, sleep_latency: bool | None = None) -> None:
         self.params = params or paper_fill_params()
@@ -116,25 +128,36 @@ class PaperBroker:
     # -- the interface -------------------------------------------------------------------
 
     def submit(self, order: OrderRequest) -> BrokerOrder:
-        with self.redis.lock(LOCK_KEY.format(order.client_order_id), timeout=10, blocking_timeout=10):
-            existing = self._load(order.client_order_id)
+        """Accept (and match) a new order, or return the one already accepted under its client order id.
+
+        Two round trips and no lock: the existing record and the book in one
+        ``MGET``, then the record created only if still absent (``_CREATE``,
+        a ``SET NX`` that answers the existing record when another submission
+        of the same id got there first). Nothing else ever creates a record,
+        so the lock ``fetch_order`` and ``cancel`` take for their
+        read-modify-write is not needed here.
+        """
+        key = ORDER_KEY.format(order.client_order_id)
+        raw_existing, raw_book = self.redis.mget(key, redis_keys.book(order.symbol))
+        if raw_existing is not None:
+            return _decode(raw_existing)
+        accepted = BrokerOrder(
+            client_order_id=order.client_order_id,
+            broker_order_id=f"paper-{order.client_order_id}",
+            symbol=order.symbol, side=str(order.side), quantity=order.quantity, limit_price=order.limit_price,
+            status=BrokerOrderStatus.OPEN,
+        )
+        book = market.book_from_json(raw_book, 50)
+        if book is None or not book.bids or not book.asks:
+            rejected = _replace(accepted, status=BrokerOrderStatus.REJECTED,
+                                reason=f"paper venue has no order book for {order.symbol}")
+            existing = self._create(rejected)
             if existing is not None:
                 return existing
-            accepted = BrokerOrder(
-                client_order_id=order.client_order_id,
-                broker_order_id=f"paper-{order.client_order_id}",
-                symbol=order.symbol, side=str(order.side), quantity=order.quantity, limit_price=order.limit_price,
-                status=BrokerOrderStatus.OPEN,
-            )
-            book = market.book_snapshot(order.symbol, n=50)
-            if book is None or not book.bids or not book.asks:
-                rejected = _replace(accepted, status=BrokerOrderStatus.REJECTED,
-                                    reason=f"paper venue has no order book for {order.symbol}")
-                self._store(rejected, new=True)
-                raise BrokerRejected(rejected.reason)
-            result = self._match(accepted, book, attempt=0)
-            self._store(result, new=True)
-            return result
+            raise BrokerRejected(rejected.reason)
+        result = self._match(accepted, book, attempt=0)
+        existing = self._create(result)
+        return result if existing is None else existing
 
     def fetch_order(self, client_order_id: str, *, symbol: str = "") -> BrokerOrder | None:
         with self.redis.lock(LOCK_KEY.format(client_order_id), timeout=10, blocking_timeout=10):
@@ -180,6 +203,15 @@ class PaperBroker:
 
     def _load(self, client_order_id: str) -> BrokerOrder | None:
         raw = self.redis.get(ORDER_KEY.format(client_order_id))
+        return None if raw is None else _decode(raw)
+
+    def _create(self, order: BrokerOrder) -> BrokerOrder | None:
+        """Store a new order unless its client order id exists; None when stored, else the existing order."""
+        if self._create_script is None:
+            type(self)._create_script = self.redis.register_script(_CREATE)
+        raw = self._create_script(keys=[ORDER_KEY.format(order.client_order_id), OPEN_SET],
+                                  args=[_encode(order), "1" if order.is_final else "0", order.client_order_id],
+                                  client=self.redis)
         return None if raw is None else _decode(raw)
 
     def _store(self, order: BrokerOrder, *, new: bool = False) -> None:

@@ -73,15 +73,15 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+import psycopg
 from celery import current_app
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from redis.exceptions import NoScriptError
 
@@ -89,7 +89,7 @@ from automations.features import TRADE_COLUMNS, compute_features
 from automations.models import Automation, L2Snapshot, Signal
 from automations.regime import regime_allowed, tag_regime
 from automations.services import RoutedSignal, signal_create, signal_transition, signals_create_routed
-from automations.snapshots import snapshot_create
+from automations.snapshots import snapshot_build
 from automations.strategies import Intent, MarketWindow, Strategy, get_strategy
 from ingestion import selectors as market
 from trading import redis_keys
@@ -255,13 +255,20 @@ class _Batch:
     book: Any
     snapshots: dict[int, L2Snapshot | None] = field(default_factory=dict)
 
-    def snapshot(self, levels: int) -> L2Snapshot | None:
-        """One stored snapshot per depth per batch, shared by every signal of the batch."""
+    def snapshot(self, levels: int, *, save: bool = True) -> L2Snapshot | None:
+        """One snapshot per depth per batch, shared by every signal of the batch.
+
+        ``save=False``: built, not stored; ``signals_create_routed`` inserts it
+        with the signals (the instance then has its id, and is shared as stored).
+        """
         if self.book is None:
             return None
-        if levels not in self.snapshots:
-            self.snapshots[levels] = snapshot_create(book=self.book, levels=levels)
-        return self.snapshots[levels]
+        snapshot = self.snapshots.get(levels)
+        if snapshot is None:
+            snapshot = self.snapshots[levels] = snapshot_build(book=self.book, levels=levels)
+        if save and snapshot.pk is None:
+            snapshot.save(force_insert=True)
+        return snapshot
 
 
 def _route(plan: _Plan, intent: Intent, batch: _Batch) -> str | None:
@@ -364,20 +371,43 @@ def _route_many(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | None]:
 
 
 _STATE_FIELDS = ("id", "status", "approved_trade_count", "approval_threshold", "require_approval")
+# The gating state of the pass's automations and the signals they already have
+# for the pass's market times, in one prepared statement (it runs on every pass
+# that signals; the ORM's compilation of the two queries cost more than both).
+_STATES_SQL = (
+    f"SELECT {', '.join('a.' + f for f in _STATE_FIELDS)},"  # noqa: S608 - the models' own tables and columns.
+    " ARRAY(SELECT s.market_ts_ns FROM automations_signal s WHERE s.automation_id = a.id"
+    " AND s.market_ts_ns = ANY(%(ts)s::bigint[]) ORDER BY s.id),"
+    " ARRAY(SELECT s.side FROM automations_signal s WHERE s.automation_id = a.id"
+    " AND s.market_ts_ns = ANY(%(ts)s::bigint[]) ORDER BY s.id)"
+    f" FROM {Automation._meta.db_table} a WHERE a.id = ANY(%(ids)s::bigint[])"
+)
+
+
+def _states_and_done(ids: list[int], market_ts_ns: list[int]) -> tuple[dict[int, dict[str, Any]], set[tuple[int, int, str]]]:
+    """The automations' gating state by id, and the (automation, market time, side) keys of their existing signals."""
+    connection.ensure_connection()
+    # Django's error classes (an IntegrityError is one whatever the cursor), as its own cursors raise them.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(_STATES_SQL, {"ids": ids, "ts": market_ts_ns}, prepare=True)
+        rows = cursor.fetchall()
+    states = {row[0]: dict(zip(_STATE_FIELDS, row[:5], strict=True)) for row in rows}
+    done = {(row[0], ts, side) for row in rows for ts, side in zip(row[5], row[6], strict=True)}
+    return states, done
 
 
 def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | None]:
     ids = sorted({plan.automation.pk for plan, _intent, _batch in work})
-    # One read of the gating state of every automation of the pass, in the transaction (as ``_route`` reads it).
-    states = {row["id"]: row for row in Automation.objects.filter(pk__in=ids).values(*_STATE_FIELDS)}
-    # The same quote already produced these signals (a re-run after a crash): skipped, like ``_route``'s IntegrityError.
-    done = set(
-        Signal.objects.filter(automation_id__in=ids, market_ts_ns__in={b.market_ts_ns for _p, _i, b in work}).values_list(
-            "automation_id", "market_ts_ns", "side"
-        )
-    )
+    # One read of the gating state of every automation of the pass, in the transaction (as ``_route`` reads it),
+    # with the signals the same quotes already produced (a re-run after a crash): those are skipped, like
+    # ``_route``'s IntegrityError.
+    states, done = _states_and_done(ids, sorted({b.market_ts_ns for _p, _i, b in work}))
     statuses: list[str | None] = []
     routed: list[RoutedSignal] = []
+    # The execute tasks are sent on commit BEFORE the live pushes (registered
+    # later, with the transitions): the order step must not wait behind them.
+    signal_ids: list[int] = []
+    transaction.on_commit(lambda: [current_app.send_task(ORDER_EXECUTE_TASK, args=[pk]) for pk in signal_ids])
     for plan, intent, batch in work:
         automation = plan.automation
         state = states.get(automation.pk)
@@ -396,7 +426,7 @@ def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | N
         elif (breach := _signal_rate_check(automation)) is not None:
             to_status, status_reason = Signal.Status.FILTERED, f"signal-rate limit: {breach.message}"
             # The breaker may have paused this automation (or all of them): later signals see it.
-            states.update({row["id"]: row for row in Automation.objects.filter(pk__in=ids).values(*_STATE_FIELDS)})
+            states.update(_states_and_done(ids, [])[0])
         elif needs_approval:
             to_status = Signal.Status.PENDING_APPROVAL
             status_reason = (
@@ -428,31 +458,34 @@ def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | N
                     "spread_bps": batch.spread_bps,
                     "market_ts": datetime.fromtimestamp(batch.market_ts_ns / 1e9, tz=UTC),
                     "market_ts_ns": batch.market_ts_ns,
-                    "snapshot": batch.snapshot(automation.snapshot_levels),
+                    "snapshot": batch.snapshot(automation.snapshot_levels, save=False),
                     "needs_approval": needs_approval,
                 },
             )
         )
         statuses.append(to_status)
-    signals = signals_create_routed(signals=routed, actor_label=ACTOR)
-    queued = [signal for signal in signals if signal.status == Signal.Status.QUEUED]
-    # The counter is excluded from history, and F() keeps it atomic across detect workers.
-    per_automation = Counter(signal.automation_id for signal in queued)
-    for count in sorted(set(per_automation.values())):
-        ids_with_count = sorted(pk for pk, n in per_automation.items() if n == count)
-        Automation.objects.filter(pk__in=ids_with_count).update(  # history-ok: counter
-            automatic_trade_count=F("automatic_trade_count") + count
-        )
-    signal_ids = [signal.pk for signal in queued]
-    if signal_ids:
-        transaction.on_commit(lambda: [current_app.send_task(ORDER_EXECUTE_TASK, args=[pk]) for pk in signal_ids])
+    # The same statement adds the queued signals to the automations' automatic-trade counters
+    # (excluded from history; an increment in SQL, so atomic across detect workers).
+    signals = signals_create_routed(signals=routed, actor_label=ACTOR, count_automatic=True)
+    signal_ids.extend(signal.pk for signal in signals if signal.status == Signal.Status.QUEUED)
     return statuses
 
 
+_EMPTY_TRADES: pd.DataFrame | None = None
+
+
 def _empty_trades() -> pd.DataFrame:
-    return pd.DataFrame(
-        {c: pd.Series(dtype="object" if c == "side" else ("int64" if c == "ts_ns" else "float64")) for c in TRADE_COLUMNS}
-    )
+    """The empty trades frame of a symbol whose strategies read no trades: built once (it cost 0.7 ms a pass).
+
+    Frames handed to features and strategies are read, never written (the
+    window cache shares its frames across passes the same way).
+    """
+    global _EMPTY_TRADES
+    if _EMPTY_TRADES is None:
+        _EMPTY_TRADES = pd.DataFrame(
+            {c: pd.Series(dtype="object" if c == "side" else ("int64" if c == "ts_ns" else "float64")) for c in TRADE_COLUMNS}
+        )
+    return _EMPTY_TRADES
 
 
 @dataclass

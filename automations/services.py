@@ -24,12 +24,14 @@ Automation changes need a reason: it goes to simple-history
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from celery import current_app
 from django.db import connection, transaction
 from django.db.models import Q
@@ -38,7 +40,7 @@ from django.utils import timezone
 from audit.history import acting_as
 from audit.models import AuditEvent
 from audit.services import audit_event_record
-from automations.models import Automation, Signal, SignalTransition
+from automations.models import Automation, L2Snapshot, Signal, SignalTransition
 from automations.regime import validate_allowed_regimes
 from automations.selectors import signal_payload
 from automations.strategies import InvalidParameters, UnknownStrategy, get_strategy
@@ -96,13 +98,30 @@ def _apply_transition(
     SignalTransition.objects.create(
         signal=signal, at=now, from_status=from_status, to_status=to_status, actor_label=actor_label, reason=reason, sequence=seq
     )
-    _transition_announce(signal, signal_payload(signal), from_status=from_status, to_status=to_status, reason=reason,
-                         seq=seq, actor=actor, actor_label=actor_label)
+    _transition_announce(
+        signal,
+        signal_payload(signal),
+        from_status=from_status,
+        to_status=to_status,
+        reason=reason,
+        seq=seq,
+        actor=actor,
+        actor_label=actor_label,
+    )
     return signal
 
 
-def _transition_announce(signal: Signal, payload: dict[str, Any], *, from_status: str, to_status: str, reason: str,
-                         seq: int, actor: Any, actor_label: str) -> None:
+def _transition_announce(
+    signal: Signal,
+    payload: dict[str, Any],
+    *,
+    from_status: str,
+    to_status: str,
+    reason: str,
+    seq: int,
+    actor: Any,
+    actor_label: str,
+) -> None:
     """A recorded transition's audit event (in the caller's transaction) and its numbered push (on commit)."""
     audit_event_record(
         kind=AuditEvent.Kind.SIGNAL_STATE,
@@ -226,17 +245,25 @@ class RoutedSignal:
     context: dict[str, Any]
 
 
-def signals_create_routed(*, signals: list[RoutedSignal], actor_label: str = "worker-detect") -> list[Signal]:
+def signals_create_routed(
+    *, signals: list[RoutedSignal], actor_label: str = "worker-detect", count_automatic: bool = False
+) -> list[Signal]:
     """Create several signals and move each out of ``new``, in the caller's transaction, in few round trips.
 
     Writes exactly the rows that ``signal_create`` followed by
     ``signal_transition(to_status=...)`` writes for each signal: the Signal in
     its routed state, two ``SignalTransition`` rows (birth, then the move), two
     ``signal_state`` audit events on the hash chain (in that order, per
-    signal) and two numbered pushes on commit. The Signal rows and the
-    transitions are inserted with one statement each; the audit events go
-    through ``audit_event_record`` one by one (the chain is sequential). The
-    signals are new rows nobody else can hold, so no row lock is needed.
+    signal) and two numbered pushes on commit. The push numbers, the signals'
+    new L2 snapshots (a context's ``snapshot`` may be an unsaved
+    ``L2Snapshot``), the Signal rows and the transitions are written by ONE
+    prepared statement; the audit events go through ``audit_event_record``
+    one by one (the chain is sequential). The signals are new rows nobody
+    else can hold, so no row lock is needed.
+
+    ``count_automatic``: the same statement adds each automation's number of
+    ``queued`` signals to its ``automatic_trade_count`` (the detect worker's
+    routing; the counter is excluded from history).
 
     Raises ``DomainError`` before writing anything when a move is not a legal
     first move; an ``IntegrityError`` (a signal already exists for the same
@@ -248,18 +275,126 @@ def signals_create_routed(*, signals: list[RoutedSignal], actor_label: str = "wo
             raise DomainError(f"a new signal cannot go to {item.to_status}", code="illegal_transition")
     if not signals:
         return []
-    return _signals_create_routed(signals, actor_label)
+    return _signals_create_routed(signals, actor_label, count_automatic)
+
+
+def _json_text(value: Any) -> str:
+    # What the ORM's JSONField writes (json.dumps, no encoder).
+    return json.dumps(value)
+
+
+# One statement for every row of a batch of new signals (see _signals_create_routed):
+# the push numbers, the new L2 snapshots, the signals (in their routed state), their
+# two transitions each and, when asked, the automations' automatic-trade counters.
+# Rows are inserted in input order, so within the statement their ids ascend in that
+# order (the same assumption as Django's bulk_create); a signal's moved push number
+# (unique, from the sequence) ties its returned id to its input row.
+_SIGNAL_COLUMNS = (
+    "automation_id",
+    "symbol",
+    "side",
+    "quantity",
+    "limit_price",
+    "reason",
+    "features",
+    "regime",
+    "status",
+    "status_reason",
+    "needs_approval",
+    "bid",
+    "ask",
+    "mid",
+    "spread_bps",
+    "market_ts",
+    "market_ts_ns",
+    "snapshot_id",
+    "created_at",
+    "expires_at",
+    "decided_at",
+    "sequence",
+)
+_CREATE_ROUTED_SQL = f"""
+WITH seq AS (
+    SELECT array_agg(n ORDER BY n) AS ns
+    FROM (SELECT nextval('automations_signal_push_seq') AS n FROM generate_series(1, 2 * %(count)s::int)) q
+), snap AS (
+    INSERT INTO {L2Snapshot._meta.db_table} (symbol, ts, levels, data, sha256, storage, archive_ref, archived_at)
+    SELECT u.symbol, u.ts, u.levels, u.data, u.sha256, %(hot)s, '', NULL
+    FROM unnest(%(snap_symbol)s::text[], %(snap_ts)s::timestamptz[], %(snap_levels)s::int[], %(snap_data)s::bytea[],
+                %(snap_sha256)s::text[]) WITH ORDINALITY AS u(symbol, ts, levels, data, sha256, ord)
+    ORDER BY u.ord
+    RETURNING id
+), snap_ids AS (
+    SELECT array_agg(id ORDER BY id) AS ids FROM snap
+), input AS (
+    SELECT u.*, (SELECT ns FROM seq)[2 * u.ord - 1] AS born_seq, (SELECT ns FROM seq)[2 * u.ord] AS moved_seq
+    FROM unnest(%(automation_id)s::bigint[], %(symbol)s::text[], %(side)s::text[], %(quantity)s::numeric[],
+                %(limit_price)s::numeric[], %(reason)s::text[], %(features)s::text[], %(regime)s::text[],
+                %(status)s::text[], %(status_reason)s::text[], %(needs_approval)s::bool[], %(bid)s::numeric[],
+                %(ask)s::numeric[], %(mid)s::numeric[], %(spread_bps)s::float8[], %(market_ts)s::timestamptz[],
+                %(market_ts_ns)s::bigint[], %(snapshot_id)s::bigint[], %(snap_index)s::int[],
+                %(created_at)s::timestamptz[], %(expires_at)s::timestamptz[], %(decided_at)s::timestamptz[])
+         WITH ORDINALITY AS u(automation_id, symbol, side, quantity, limit_price, reason, features, regime, status,
+                              status_reason, needs_approval, bid, ask, mid, spread_bps, market_ts, market_ts_ns,
+                              snapshot_id, snap_index, created_at, expires_at, decided_at, ord)
+), sig AS (
+    INSERT INTO {Signal._meta.db_table} ({", ".join(_SIGNAL_COLUMNS)})
+    SELECT i.automation_id, i.symbol, i.side, i.quantity, i.limit_price, i.reason, i.features::jsonb, i.regime::jsonb,
+           i.status, i.status_reason, i.needs_approval, i.bid, i.ask, i.mid, i.spread_bps, i.market_ts, i.market_ts_ns,
+           coalesce(i.snapshot_id, (SELECT ids FROM snap_ids)[i.snap_index]), i.created_at, i.expires_at, i.decided_at,
+           i.moved_seq
+    FROM input i ORDER BY i.ord
+    RETURNING id, sequence
+), tr AS (
+    INSERT INTO {SignalTransition._meta.db_table} (signal_id, at, from_status, to_status, actor_label, reason, sequence)
+    SELECT s.id, %(now)s::timestamptz, x.from_status, x.to_status, %(actor_label)s::text, x.reason, x.seq
+    FROM sig s JOIN input i ON i.moved_seq = s.sequence
+    CROSS JOIN LATERAL (VALUES (1, '', %(new)s::text, i.reason, i.born_seq),
+                               (2, %(new)s::text, i.status, i.status_reason, i.moved_seq)) AS x(k, from_status, to_status, reason, seq)
+    ORDER BY i.ord, x.k
+), counted AS (
+    UPDATE {Automation._meta.db_table} AS a SET automatic_trade_count = a.automatic_trade_count + c.n
+    FROM (SELECT automation_id, count(*) AS n FROM input WHERE %(count_automatic)s::bool AND status = %(queued)s
+          GROUP BY automation_id) AS c
+    WHERE a.id = c.automation_id
+)
+SELECT (SELECT array_agg(id ORDER BY id) FROM sig), (SELECT ids FROM snap_ids), (SELECT ns FROM seq)
+"""  # noqa: S608 - the models' own tables and columns.
+
+
+def _execute_prepared(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    """One statement with server-side binding and a plan prepared once per connection; its first row.
+
+    Django's cursors bind on the client (every array element quoted in
+    Python, the statement planned on every call); a plain psycopg cursor on
+    the same connection runs in the same transaction.
+    """
+    connection.ensure_connection()
+    # Django's error classes (a duplicate raises django.db.IntegrityError), as its own cursors raise them.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchone()
 
 
 # No savepoint: the rows are part of the caller's transaction and fail with it.
 @transaction.atomic(savepoint=False)
-def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> list[Signal]:
+def _signals_create_routed(signals: list[RoutedSignal], actor_label: str, count_automatic: bool = False) -> list[Signal]:
+    """The rows in ONE statement (``_CREATE_ROUTED_SQL``), then the audit events in order and the pushes on commit.
+
+    A ``snapshot`` in a signal's context may be an unsaved ``L2Snapshot``: it
+    is inserted in the same statement (once, however many signals share it).
+    """
     now = timezone.now()
-    numbers = push_sequence_next_many(2 * len(signals))
-    # Two numbers per signal, in order: its birth, then its move.
-    born_seqs, moved_seqs = numbers[0::2], numbers[1::2]
     rows: list[Signal] = []
-    for item, moved_seq in zip(signals, moved_seqs, strict=True):
+    new_snapshots: dict[int, tuple[int, L2Snapshot]] = {}
+    snap_index: list[int | None] = []
+    for item in signals:
+        context = dict(item.context)
+        snapshot = context.get("snapshot")
+        index = None
+        if snapshot is not None and snapshot.pk is None:
+            index = new_snapshots.setdefault(id(snapshot), (len(new_snapshots) + 1, snapshot))[0]
+        snap_index.append(index)
         signal = Signal(
             automation=item.automation,
             symbol=item.automation.symbol,
@@ -269,45 +404,78 @@ def _signals_create_routed(signals: list[RoutedSignal], actor_label: str) -> lis
             reason=item.reason,
             status=item.to_status,
             status_reason=item.status_reason,
-            sequence=moved_seq,
             decided_at=now if item.to_status in _DECIDING else None,
-            **_signal_times(item.automation, dict(item.context), now),
+            **_signal_times(item.automation, context, now),
         )
         rows.append(signal)
-    Signal.objects.bulk_create(rows)
-    transitions = []
-    for signal, item, born_seq in zip(rows, signals, born_seqs, strict=True):
-        transitions.append(
-            SignalTransition(
-                signal=signal,
-                at=now,
-                from_status="",
-                to_status=S.NEW,
-                actor_label=actor_label,
-                reason=item.reason,
-                sequence=born_seq,
-            )
-        )
-        transitions.append(
-            SignalTransition(
-                signal=signal,
-                at=now,
-                from_status=S.NEW,
-                to_status=item.to_status,
-                actor_label=actor_label,
-                reason=item.status_reason,
-                sequence=signal.sequence,
-            )
-        )
-    SignalTransition.objects.bulk_create(transitions)
+    snaps = [snapshot for _index, snapshot in new_snapshots.values()]
+    params: dict[str, Any] = {
+        "count": len(rows),
+        "hot": L2Snapshot.Storage.HOT,
+        "new": S.NEW,
+        "queued": S.QUEUED,
+        "now": now,
+        "actor_label": actor_label,
+        "count_automatic": count_automatic,
+        "snap_symbol": [x.symbol for x in snaps],
+        "snap_ts": [x.ts for x in snaps],
+        "snap_levels": [x.levels for x in snaps],
+        "snap_data": [bytes(x.data) if x.data is not None else None for x in snaps],
+        "snap_sha256": [x.sha256 for x in snaps],
+        "snapshot_id": [r.snapshot_id if i is None else None for r, i in zip(rows, snap_index, strict=True)],
+        "snap_index": snap_index,
+        "features": [_json_text(r.features) for r in rows],
+        "regime": [_json_text(r.regime) for r in rows],
+    }
+    for name in (
+        "automation_id",
+        "symbol",
+        "side",
+        "quantity",
+        "limit_price",
+        "reason",
+        "status",
+        "status_reason",
+        "needs_approval",
+        "bid",
+        "ask",
+        "mid",
+        "spread_bps",
+        "market_ts",
+        "market_ts_ns",
+        "created_at",
+        "expires_at",
+        "decided_at",
+    ):
+        params[name] = [getattr(r, name) for r in rows]
+    signal_ids, snapshot_ids, numbers = _execute_prepared(_CREATE_ROUTED_SQL, params)
+    for snapshot, pk in zip(snaps, snapshot_ids or [], strict=True):
+        snapshot.pk = pk
+        snapshot._state.adding, snapshot._state.db = False, connection.alias
+    # Two numbers per signal, in order: its birth, then its move.
+    born_seqs, moved_seqs = numbers[0::2], numbers[1::2]
+    for signal, pk, moved_seq in zip(rows, signal_ids, moved_seqs, strict=True):
+        signal.pk, signal.sequence = pk, moved_seq
+        signal._state.adding, signal._state.db = False, connection.alias
+        if signal.snapshot is not None and signal.snapshot_id is None:
+            signal.snapshot_id = signal.snapshot.pk
     for signal, item, born_seq in zip(rows, signals, born_seqs, strict=True):
         # The birth message shows the signal as it was at birth, like signal_create's.
         born = signal_payload(signal)
         born.update(status=S.NEW, status_reason=item.reason, sequence=born_seq, decided_at=None)
-        _transition_announce(signal, born, from_status="", to_status=S.NEW, reason=item.reason, seq=born_seq,
-                             actor=None, actor_label=actor_label)
-        _transition_announce(signal, signal_payload(signal), from_status=S.NEW, to_status=item.to_status,
-                             reason=item.status_reason, seq=signal.sequence, actor=None, actor_label=actor_label)
+        _transition_announce(
+            signal, born, from_status="", to_status=S.NEW, reason=item.reason, seq=born_seq, actor=None, actor_label=actor_label
+        )
+        _transition_announce(
+            signal,
+            signal_payload(signal),
+            from_status=S.NEW,
+            to_status=item.to_status,
+            reason=item.status_reason,
+            seq=signal.sequence,
+            actor=None,
+            actor_label=actor_label,
+        )
     return rows
 
 

@@ -89,10 +89,14 @@ def snapshot_decode(data: bytes, sha256: str) -> BookSnapshot:
     )
 
 
-def snapshot_create(*, book: BookSnapshot, levels: int) -> L2Snapshot:
-    """Store the top ``levels`` of ``book`` hot, compressed and hashed."""
+def snapshot_build(*, book: BookSnapshot, levels: int) -> L2Snapshot:
+    """The hot, compressed and hashed snapshot of the top ``levels`` of ``book``, not yet saved.
+
+    ``snapshot_create`` saves it; ``automations.services.signals_create_routed``
+    inserts it in the statement that inserts its signals.
+    """
     data, digest = snapshot_encode(book, levels)
-    return L2Snapshot.objects.create(
+    return L2Snapshot(
         symbol=book.symbol,
         ts=datetime.fromtimestamp(book.ts_ns / 1e9, tz=UTC),
         levels=min(levels, max(len(book.bids), len(book.asks))),
@@ -100,6 +104,13 @@ def snapshot_create(*, book: BookSnapshot, levels: int) -> L2Snapshot:
         sha256=digest,
         storage=L2Snapshot.Storage.HOT,
     )
+
+
+def snapshot_create(*, book: BookSnapshot, levels: int) -> L2Snapshot:
+    """Store the top ``levels`` of ``book`` hot, compressed and hashed."""
+    snapshot = snapshot_build(book=book, levels=levels)
+    snapshot.save(force_insert=True)
+    return snapshot
 
 
 def _archive_root() -> Path:

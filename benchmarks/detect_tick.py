@@ -11,7 +11,7 @@ with the symbols the ingest side asked for. Only that call is measured:
 - CPU (``time.process_time``, every thread of this process, up to the
   moment the live pushes of the pass have been sent by the push sender
   thread, so they count too) and wall time per call (to its return);
-- SQL statements per call (``CaptureQueriesContext``) and Redis round trips
+- SQL statements per call (every psycopg execute and transaction command) and Redis round trips
   (packed commands sent on any connection, the Celery send included);
 - with ``--profile``, a cProfile of the measured calls (cumulative and tottime).
 
@@ -47,10 +47,10 @@ import django  # noqa: E402
 
 django.setup()
 
+import psycopg  # noqa: E402
+import psycopg._connection_base  # noqa: E402
 import redis.connection  # noqa: E402
 from celery import current_app  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 import trading.celery  # noqa: E402,F401 - the project's Celery app, as in a worker.
 from automations.models import Automation, Signal  # noqa: E402
@@ -73,6 +73,27 @@ def _counting_send(self, command, check_health=True):  # type: ignore[no-untyped
 
 
 redis.connection.AbstractConnection.send_packed_command = _counting_send  # type: ignore[method-assign]
+
+# Every statement sent to PostgreSQL, whichever cursor sends it (Django's, or a plain psycopg
+# cursor on the same connection, which CaptureQueriesContext does not see), and the
+# transaction commands psycopg sends itself (BEGIN, COMMIT).
+_statements: list[str] = []
+_execute = psycopg.Cursor.execute
+_exec_command = psycopg._connection_base.BaseConnection._exec_command
+
+
+def _counting_execute(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+    _statements.append(" ".join(str(query if isinstance(query, str | bytes) else repr(query)).split())[:150])
+    return _execute(self, query, params, **kwargs)
+
+
+def _counting_exec_command(self, command, result_format=0):  # type: ignore[no-untyped-def]
+    _statements.append(str(command)[:150])
+    return _exec_command(self, command, result_format)
+
+
+psycopg.Cursor.execute = _counting_execute  # type: ignore[method-assign]
+psycopg._connection_base.BaseConnection._exec_command = _counting_exec_command  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -121,14 +142,24 @@ def main() -> None:
     trips: list[int] = []
     signals: list[int] = []
     phases: dict[str, list[float]] = {}
+    last_statements: list[str] = []
     profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not wall (waits on the servers excluded)
     total = args.warmup + args.ticks
     for i in range(total):
         bid = base + Decimal("0.10") * i
         now_ns = time.time_ns()
         publish_market(client, make_book(symbol=SYMBOL, ts_ns=now_ns, bid=str(bid), ask=str(bid + Decimal("0.10"))))
-        payload = json.dumps({"type": "quote", "symbol": SYMBOL, "ts_ns": now_ns, "bid": str(bid), "bid_size": "10",
-                              "ask": str(bid + Decimal("0.10")), "ask_size": "1"}).encode()
+        payload = json.dumps(
+            {
+                "type": "quote",
+                "symbol": SYMBOL,
+                "ts_ns": now_ns,
+                "bid": str(bid),
+                "bid_size": "10",
+                "ask": str(bid + Decimal("0.10")),
+                "ask_size": "1",
+            }
+        ).encode()
         detect_requests.clear()
         pipeline.ingest(stream=stream, fmt="sim", records=decode_records(encode_records([(i + 1, now_ns, payload)])))
         if not detect_requests:
@@ -137,22 +168,23 @@ def main() -> None:
         flush()  # The previous tick's pushes are sent before this tick is timed.
         before_sent = len(sent_execute)
         trips0 = _round_trips[0]
-        with CaptureQueriesContext(connection) as ctx:
-            if measured and profiler:
-                profiler.enable()
-            c0, w0 = time.process_time(), time.perf_counter()
-            for symbols in detect_requests:
-                results = detect_symbols_task(symbols)
-            w1 = time.perf_counter()
-            # The live pushes of this pass are sent by this process's sender thread: their CPU counts.
-            flush()
-            c1 = time.process_time()
-            if measured and profiler:
-                profiler.disable()
+        _statements.clear()
+        if measured and profiler:
+            profiler.enable()
+        c0, w0 = time.process_time(), time.perf_counter()
+        for symbols in detect_requests:
+            results = detect_symbols_task(symbols)
+        w1 = time.perf_counter()
+        # The live pushes of this pass are sent by this process's sender thread: their CPU counts.
+        flush()
+        c1 = time.process_time()
+        if measured and profiler:
+            profiler.disable()
         if measured:
             cpu.append((c1 - c0) * 1e3)
             wall.append((w1 - w0) * 1e3)
-            queries.append(len(ctx.captured_queries))
+            queries.append(len(_statements))
+            last_statements = list(_statements)
             trips.append(_round_trips[0] - trips0)
             signals.append(len(sent_execute) - before_sent)
             for key, value in results[0]["timings_ms"].items():
@@ -162,23 +194,33 @@ def main() -> None:
     last = results[0]
     client.delete(f"{PREFIX}execute")
     made = Signal.objects.filter(automation=automation, status=Signal.Status.QUEUED).count()
-    print(json.dumps({
-        "ticks": args.ticks,
-        "cpu_ms_per_tick": {"median": round(statistics.median(cpu), 3), "mean": round(statistics.fmean(cpu), 3),
-                            "p90": round(sorted(cpu)[int(0.9 * (len(cpu) - 1))], 3)},
-        "wall_ms_per_tick": {"median": round(statistics.median(wall), 3), "p90": round(sorted(wall)[int(0.9 * (len(wall) - 1))], 3)},
-        "cpu_ms_per_phase_median": {k: round(statistics.median(v), 3) for k, v in phases.items()},
-        "sql_statements_per_tick": statistics.median(queries),
-        "redis_round_trips_per_tick": statistics.median(trips),
-        "execute_tasks_sent_per_tick": statistics.fmean(signals),
-        "last_result": {k: last[k] for k in ("automations", "evaluated", "intents", "signals")},
-        "queued_signals_total": made,
-        "load_average_1m": os.getloadavg()[0],
-    }))
-    if args.ticks and queries:
+    print(
+        json.dumps(
+            {
+                "ticks": args.ticks,
+                "cpu_ms_per_tick": {
+                    "median": round(statistics.median(cpu), 3),
+                    "mean": round(statistics.fmean(cpu), 3),
+                    "p90": round(sorted(cpu)[int(0.9 * (len(cpu) - 1))], 3),
+                },
+                "wall_ms_per_tick": {
+                    "median": round(statistics.median(wall), 3),
+                    "p90": round(sorted(wall)[int(0.9 * (len(wall) - 1))], 3),
+                },
+                "cpu_ms_per_phase_median": {k: round(statistics.median(v), 3) for k, v in phases.items()},
+                "sql_statements_per_tick": statistics.median(queries),
+                "redis_round_trips_per_tick": statistics.median(trips),
+                "execute_tasks_sent_per_tick": statistics.fmean(signals),
+                "last_result": {k: last[k] for k in ("automations", "evaluated", "intents", "signals")},
+                "queued_signals_total": made,
+                "load_average_1m": os.getloadavg()[0],
+            }
+        )
+    )
+    if last_statements:
         print("statements of the last tick:")
-        for q in ctx.captured_queries:
-            print("  ", q["sql"][:160])
+        for sql in last_statements:
+            print("  ", sql)
     if profiler:
         for key in args.sort.split(","):
             out = io.StringIO()

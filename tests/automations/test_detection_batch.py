@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -14,7 +14,7 @@ from automations import detection
 from automations.detection import detect_symbols
 from automations.models import Automation, L2Snapshot, Signal, SignalTransition
 from automations.services import RoutedSignal, signal_create, signal_transition, signals_create_routed
-from automations.snapshots import snapshot_load
+from automations.snapshots import snapshot_build, snapshot_create, snapshot_load
 from automations.tasks import detect_symbols_task
 from ingestion import selectors
 from tests.automations.conftest import BASE_NS, AlwaysBuy, insert_quotes, make_automation, make_book, publish_market
@@ -222,6 +222,99 @@ def test_batched_creation_refuses_an_illegal_first_move_before_writing_anything(
         )
     assert Signal.objects.count() == 0
     assert SignalTransition.objects.count() == 0
+
+
+def _routed(automation, *, to_status=S.QUEUED, **context) -> RoutedSignal:
+    return RoutedSignal(
+        automation=automation,
+        side="buy",
+        quantity=Decimal("0.01"),
+        limit_price=Decimal("100.10"),
+        reason="why",
+        to_status=to_status,
+        status_reason="routed",
+        context={"market_ts_ns": BASE_NS, **context},
+    )
+
+
+@pytest.mark.django_db
+def test_an_unsaved_snapshot_is_stored_once_with_its_signals_and_equals_snapshot_create():
+    a, b = make_automation(name="a"), make_automation(name="b")
+    book = make_book(levels=30)
+    reference = snapshot_create(book=book, levels=20)
+    shared, deeper = snapshot_build(book=book, levels=20), snapshot_build(book=book, levels=30)
+
+    signals = signals_create_routed(
+        signals=[_routed(a, snapshot=shared), _routed(b, snapshot=shared), _routed(a, snapshot=deeper, market_ts_ns=BASE_NS + 1)]
+    )
+
+    assert shared.pk is not None and deeper.pk is not None and shared.pk != deeper.pk
+    assert L2Snapshot.objects.count() == 3  # the reference, then one row per distinct unsaved snapshot
+    assert [s.snapshot_id for s in signals] == [shared.pk, shared.pk, deeper.pk]
+    assert [Signal.objects.get(pk=s.pk).snapshot_id for s in signals] == [shared.pk, shared.pk, deeper.pk]
+    stored = L2Snapshot.objects.get(pk=shared.pk)
+    fields = ("symbol", "ts", "levels", "sha256", "storage", "archive_ref", "archived_at")
+    assert {f: getattr(stored, f) for f in fields} == {f: getattr(reference, f) for f in fields}
+    assert bytes(stored.data) == bytes(reference.data)
+    assert snapshot_load(stored) == snapshot_load(reference)
+    assert L2Snapshot.objects.get(pk=deeper.pk).levels == 30
+
+
+@pytest.mark.django_db
+def test_a_saved_snapshot_is_referenced_not_stored_again():
+    automation = make_automation()
+    saved = snapshot_create(book=make_book(), levels=5)
+    [signal] = signals_create_routed(signals=[_routed(automation, snapshot=saved)])
+    assert Signal.objects.get(pk=signal.pk).snapshot_id == saved.pk
+    assert L2Snapshot.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_count_automatic_adds_each_automations_queued_signals_and_nothing_else():
+    a, b, c = make_automation(name="a"), make_automation(name="b"), make_automation(name="c")
+    signals_create_routed(
+        signals=[
+            _routed(a),
+            _routed(a, market_ts_ns=BASE_NS + 1),
+            _routed(b, to_status=S.PENDING_APPROVAL),
+            _routed(c, to_status=S.FILTERED),
+            _routed(b, market_ts_ns=BASE_NS + 2),
+        ],
+        count_automatic=True,
+    )
+    signals_create_routed(signals=[_routed(c, market_ts_ns=BASE_NS + 3)])  # not counted
+    counts = dict(Automation.objects.values_list("name", "automatic_trade_count"))
+    assert counts == {"a": 2, "b": 1, "c": 0}
+    assert not Automation.history.filter(history_type="~").exists()  # the counter stays out of history
+
+
+@pytest.mark.django_db
+def test_a_duplicate_signal_in_the_statement_raises_djangos_integrity_error_and_writes_nothing():
+    automation = make_automation()
+    signals_create_routed(signals=[_routed(automation)])
+    before = (Signal.objects.count(), SignalTransition.objects.count(), L2Snapshot.objects.count())
+    with pytest.raises(IntegrityError), transaction.atomic():
+        signals_create_routed(signals=[_routed(automation, snapshot=snapshot_build(book=make_book(), levels=5))])
+    assert (Signal.objects.count(), SignalTransition.objects.count(), L2Snapshot.objects.count()) == before
+
+
+@pytest.mark.django_db
+def test_states_and_done_equal_the_orm_reads():
+    a, b = make_automation(name="a", approval_threshold=3), make_automation(name="b", require_approval=True)
+    Automation.objects.filter(pk=b.pk).update(status=Automation.Status.PAUSED, approved_trade_count=2)  # history-ok: test
+    signals_create_routed(signals=[_routed(a), _routed(b, market_ts_ns=BASE_NS + 5)])
+    signals_create_routed(signals=[_routed(a, market_ts_ns=BASE_NS + 9)])
+    ids, times = [a.pk, b.pk], [BASE_NS, BASE_NS + 5, BASE_NS + 7]
+
+    states, done = detection._states_and_done(ids, times)
+
+    fields = detection._STATE_FIELDS
+    assert states == {row["id"]: row for row in Automation.objects.filter(pk__in=ids).values(*fields)}
+    assert done == set(
+        Signal.objects.filter(automation_id__in=ids, market_ts_ns__in=times).values_list("automation_id", "market_ts_ns", "side")
+    )
+    assert done == {(a.pk, BASE_NS, "buy"), (b.pk, BASE_NS + 5, "buy")}
+    assert detection._states_and_done(ids, [])[1] == set()
 
 
 # --- multi-symbol passes --------------------------------------------------------------------------

@@ -13,11 +13,12 @@ would (each field's ``get_db_prep_save``). The SQL is built once per model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from typing import Any, Generic, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connection
-from django.db.models import Model
+from django.db.models import DecimalField, Model
 
 M = TypeVar("M", bound=Model)
 
@@ -70,13 +71,37 @@ def insert_sql(model: type[Model], rows: int = 1) -> str:
     return f'INSERT INTO "{model._meta.db_table}" ({columns}) VALUES {", ".join([one] * rows)} RETURNING "id"'  # noqa: S608
 
 
+@cache
+def _decimal_fields(model: type[Model]) -> tuple[Any, ...]:
+    return tuple(f for f in model._meta.concrete_fields if isinstance(f, DecimalField))
+
+
+class _Quanta(dict[int, Decimal]):
+    def __missing__(self, places: int) -> Decimal:
+        self[places] = Decimal(1).scaleb(-places)
+        return self[places]
+
+
+_QUANTA = _Quanta()
+
+
 def insert_params(instance: Model) -> list[Any]:
     """The values of ``instance`` in ``insert_fields`` order, prepared as ``save()`` would prepare them."""
     return [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in insert_fields(type(instance))]
 
 
 def mark_saved(instance: M, pk: int) -> M:
-    """Give a raw-inserted instance its primary key and the state of a saved row."""
+    """Give a raw-inserted instance its primary key and the state of a saved row, its decimals as stored.
+
+    A ``numeric(p, s)`` column keeps ``s`` places (rounding half away from
+    zero), so a Decimal reads back as, say, ``-0.120150000000`` where Python
+    held ``-0.12015000``: the instance is given the stored values, as if read
+    back, so what is derived from it (sums, audit text) matches a re-read.
+    """
+    for field in _decimal_fields(type(instance)):
+        value = getattr(instance, field.attname)
+        if isinstance(value, Decimal) and value.is_finite():
+            setattr(instance, field.attname, value.quantize(_QUANTA[field.decimal_places], rounding=ROUND_HALF_UP))
     instance.pk = pk
     instance._state.adding = False
     instance._state.db = DEFAULT_DB_ALIAS

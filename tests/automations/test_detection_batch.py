@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -235,6 +236,51 @@ def _routed(automation, *, to_status=S.QUEUED, **context) -> RoutedSignal:
         status_reason="routed",
         context={"market_ts_ns": BASE_NS, **context},
     )
+
+
+@pytest.mark.django_db
+def test_the_one_statement_insert_keeps_every_value_exact_like_the_orm():
+    one, many = make_automation(name="one"), make_automation(name="many")
+    at = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    context = {
+        "features": {"z": -0.1234567890123456789, "big": 1e300, "tiny": 5e-324, "none": None, "text": 'é"\\'},
+        "regime": {"volatility": "high", "nested": {"a": [1, 2.5, "x"]}},
+        "bid": Decimal("123456789012345678.123456789012"),
+        "ask": Decimal("0.000000000001"),
+        "mid": None,
+        "spread_bps": 0.1 + 0.2,
+        "market_ts": at,
+        "market_ts_ns": 1_767_225_600_123_456_789,
+        "created_at": at,
+        "expires_at": at + timedelta(seconds=7),
+        "needs_approval": True,
+    }
+    quantity, price = Decimal("1E-12"), Decimal("99999999999999999.999999999999")
+    single = signal_create(automation=one, side="sell", quantity=quantity, limit_price=price, reason="r é", **context)
+    [batched] = signals_create_routed(
+        signals=[
+            RoutedSignal(
+                automation=many,
+                side="sell",
+                quantity=quantity,
+                limit_price=price,
+                reason="r é",
+                to_status=S.PENDING_APPROVAL,
+                status_reason="s",
+                context=dict(context),
+            )
+        ]
+    )
+    fields = [
+        f.attname
+        for f in Signal._meta.concrete_fields
+        if f.attname not in ("id", "automation_id", "status", "status_reason", "sequence")
+    ]
+    a, b = Signal.objects.get(pk=single.pk), Signal.objects.get(pk=batched.pk)
+    assert {f: getattr(a, f) for f in fields} == {f: getattr(b, f) for f in fields}
+    assert b.features["z"] == -0.1234567890123456789 and b.spread_bps == 0.1 + 0.2
+    assert b.bid == Decimal("123456789012345678.123456789012") and b.quantity == quantity and b.mid is None
+    assert b.market_ts == at and b.expires_at == at + timedelta(seconds=7)
 
 
 @pytest.mark.django_db

@@ -6,6 +6,7 @@ import os
 
 from celery import Celery
 from celery.schedules import crontab
+from celery.signals import task_postrun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trading.settings")
 
@@ -29,3 +30,16 @@ app.conf.beat_schedule = {
 
 # Heartbeats for worker processes: a thread started when the worker is ready.
 import trading.heartbeat  # noqa: E402,F401
+
+
+# Connections between tasks: the Django fixup no longer closes them around every task
+# (``CELERY_DB_REUSE_MAX``); Django's own rule applies after each task, as after a web
+# request: close a connection past CONN_MAX_AGE, or one that saw errors and is unusable.
+# Not for a task run eagerly (in a test or a caller's transaction, which must keep its connection).
+@task_postrun.connect(weak=False)
+def _close_old_connections(sender: object = None, **_kwargs: object) -> None:
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -256,6 +256,13 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "global_keyprefix": os.environ.get("CELERY_KEY_PREFIX", ""),
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes every database connection before and after each
+# task unless this is set: each task then paid a new PostgreSQL connection (a
+# backend process started, authentication, Django's connection setup).
+# With it set the fixup closes them only every this many tasks, and
+# ``trading.celery`` lets Django decide per task instead (``close_old_connections``:
+# CONN_MAX_AGE, a connection that saw errors and fails its health check).
+CELERY_DB_REUSE_MAX = _int("CELERY_DB_REUSE_MAX", 1_000_000)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # Runtime.

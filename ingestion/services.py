@@ -51,6 +51,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -62,14 +63,14 @@ import numpy as np
 import psycopg.errors
 from celery import current_app
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, ProgrammingError, connection, transaction
 from django.utils import timezone
 
 from ingestion import liquidity_store
 from ingestion.book import BinanceBookSync, BookError, BybitBookSync, OrderBook
 from ingestion.clock import ClockEstimator, ClockState
 from ingestion.liquidity import LiquidityMonitor, LiquidityState
-from ingestion.models import ClockSource, IngestedFile, Instrument, QuarantinedMessage, RawStream
+from ingestion.models import IngestedFile, Instrument, QuarantinedMessage, RawStream
 from ingestion.parsers import FORMATS, ParseError, iter_file_records, parse, tardis_columns
 from ingestion.rawstore import CorruptTailError, RawStore, RawWriter
 from ingestion.types import BookUpdate, QuoteTick, TradeTick
@@ -220,6 +221,11 @@ class _Partitions:
             )
             self.known[(table, number)] = now
 
+    def fresh(self, table: str, day_number: int) -> bool:
+        """Whether the day's partition is known to exist (created or seen within ``TTL_S``)."""
+        seen = self.known.get((table, day_number))
+        return seen is not None and time.monotonic() - seen < self.TTL_S
+
 
 # ----------------------------------------------------------------------------- books
 
@@ -359,10 +365,20 @@ class IngestPipeline:
             clock = self.clocks[stream] = ClockEstimator(alert_ms=self.clock_alert_ms)
         batch = _Batch()
         try:
-            with transaction.atomic():
-                streamed = self._parse_and_copy(stream, fmt, records, symbol, validator, result, batch)
+            if len(records) <= SMALL_BATCH:
+                # A live tick or a few: parsed outside any transaction, then (usually) stored by one
+                # autocommitted statement (``_store_small``); the transaction below only when that
+                # path does not apply or did not take the batch.
+                self._parse_batch(stream, fmt, records, symbol, validator, result, batch)
                 clock_state = _clock_update(clock, batch.samples)
-                self._store(result, batch, clock_state, stream, detect, streamed)
+                if not self._store_small(result, batch, clock_state, stream):
+                    with transaction.atomic():
+                        self._store(result, batch, clock_state, stream)
+            else:
+                with transaction.atomic():
+                    streamed = self._parse_and_copy(stream, fmt, records, symbol, validator, result, batch)
+                    clock_state = _clock_update(clock, batch.samples)
+                    self._store(result, batch, clock_state, stream, streamed)
         except Exception:
             # The batch will be redelivered: forget what the validator learned
             # from it (or the retry would see its own ticks as duplicates) and
@@ -370,9 +386,21 @@ class IngestPipeline:
             self.validators.pop(stream, None)
             self.partitions.known.clear()
             raise
+        detect_now: list[str] = []
+        if detect and result.symbols:
+            symbols = sorted(result.symbols)
+            if connection.in_atomic_block:
+                # Inside a caller's transaction: ask once that commits.
+                transaction.on_commit(lambda: request_detection(symbols))
+            else:
+                detect_now = symbols
         self._update_liquidity(batch)
-        if publish:
-            self._publish(batch)
+        pipe = self._publish(batch) if publish else None
+        if detect_now:
+            # The quote is published before detection is asked for, in the same round trip.
+            request_detection(detect_now, pipe=pipe)
+        elif pipe is not None:
+            pipe.execute()
         return result
 
     def _update_liquidity(self, batch: _Batch) -> None:
@@ -687,31 +715,86 @@ class IngestPipeline:
         batch: _Batch,
         clock_state: ClockState | None,
         stream: str,
-        detect: bool,
         streamed: bool = False,
     ) -> None:
-        with transaction.atomic():
-            if not streamed and batch.pieces:
-                with connection.cursor() as cursor:
-                    for table, columns in (("ingestion_quote", _QUOTE_COLUMNS), ("ingestion_trade", _TRADE_COLUMNS)):
-                        pieces = [piece for piece in batch.pieces if piece.table == table]
-                        if not pieces:
-                            continue
-                        self.partitions.ensure(cursor, table, {piece.day for piece in pieces})
-                        rows = "".join(piece.text for piece in pieces).splitlines(keepends=True)
-                        count = self._copy(cursor, table, columns, rows, batch)
-                        if table == "ingestion_quote":
-                            result.quotes = count
-                        else:
-                            result.trades = count
-            if batch.quarantine:
-                QuarantinedMessage.objects.bulk_create(batch.quarantine, ignore_conflicts=True)
-                result.quarantined = len(batch.quarantine)
-            if clock_state is not None:
-                self._record_clock(stream, clock_state, batch)
-            if detect and result.symbols:
-                symbols = sorted(result.symbols)
-                transaction.on_commit(lambda: request_detection(symbols))
+        """Step 4 inside the caller's transaction: the ticks (unless streamed already), quarantine, clock row."""
+        if not streamed and batch.pieces:
+            with connection.cursor() as cursor:
+                for table, columns in (("ingestion_quote", _QUOTE_COLUMNS), ("ingestion_trade", _TRADE_COLUMNS)):
+                    pieces = [piece for piece in batch.pieces if piece.table == table]
+                    if not pieces:
+                        continue
+                    self.partitions.ensure(cursor, table, {piece.day for piece in pieces})
+                    rows = "".join(piece.text for piece in pieces).splitlines(keepends=True)
+                    count = self._copy(cursor, table, columns, rows, batch)
+                    if table == "ingestion_quote":
+                        result.quotes = count
+                    else:
+                        result.trades = count
+        if batch.quarantine:
+            QuarantinedMessage.objects.bulk_create(batch.quarantine, ignore_conflicts=True)
+            result.quarantined = len(batch.quarantine)
+        if clock_state is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"{_CLOCK_UPSERT} RETURNING 1", _clock_params(stream, clock_state))
+            self._clock_alert(stream, clock_state, batch)
+
+    def _store_small(self, result: IngestResult, batch: _Batch, clock_state: ClockState | None, stream: str) -> bool:
+        """Step 4 for a small batch in ONE statement, atomic by itself; False (nothing stored) when it does not apply.
+
+        A live tick arrives alone, and a transaction (BEGIN, savepoints around the COPY, the
+        clock row, COMMIT) cost it a dozen round trips. Here the rows go in as
+        ``INSERT ... ON CONFLICT DO NOTHING`` straight into their day partitions and the clock
+        row as an upsert, both data-modifying CTEs of one autocommitted statement: it stores
+        everything or nothing, and a redelivered batch adds nothing. It applies when nothing
+        is to be quarantined, the rows are few and their partitions known to exist; a value
+        PostgreSQL refuses (a numeric overflow, a vanished partition) makes the statement fail
+        as a whole, and ``_store`` then takes the batch with its checks. Inside a caller's
+        transaction the statement runs in a savepoint, so that failure leaves it usable.
+        Same rows as ``_store`` (``tests/ingestion/test_ingest_small.py``).
+        """
+        pieces = batch.pieces
+        if batch.quarantine or sum(piece.rows for piece in pieces) > SMALL_ROWS:
+            return False
+        if not all(self.partitions.fresh(piece.table, piece.day) for piece in pieces):
+            return False
+        if not pieces and clock_state is None:
+            return True
+        ctes: list[str] = []
+        params: list[Any] = []
+        for k, piece in enumerate(pieces):
+            columns = _QUOTE_COLUMNS if piece.table == "ingestion_quote" else _TRADE_COLUMNS
+            rows = piece.text.split("\n")[:-1]  # every row ends with a newline
+            values = ",".join([_ROW_PLACEHOLDERS] * len(rows))
+            for row in rows:
+                params.extend(_copy_fields(row))
+            # Table and column names are ours; every value is a parameter.
+            ctes.append(
+                f"t{k} AS (INSERT INTO {partition_name(piece.table, piece.day)} ({columns}) VALUES {values} "  # noqa: S608
+                "ON CONFLICT DO NOTHING RETURNING 1)"
+            )
+        if clock_state is not None:
+            ctes.append(f"c AS ({_CLOCK_UPSERT} RETURNING 1)")
+            params.extend(_clock_params(stream, clock_state))
+        counts = ", ".join(f"(SELECT count(*) FROM t{k})" for k in range(len(pieces))) or "0"  # noqa: S608
+        sql = f"WITH {', '.join(ctes)} SELECT {counts}"
+        try:
+            with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                stored = cursor.fetchone()
+        except (DataError, IntegrityError, ProgrammingError) as exc:
+            logger.info("small ingest batch of %s went the checked way: %s", stream, exc)
+            if isinstance(exc, ProgrammingError):
+                self.partitions.known.clear()  # a partition dropped behind our memory
+            return False
+        for piece, count in zip(pieces, stored, strict=False):
+            if piece.table == "ingestion_quote":
+                result.quotes += count
+            else:
+                result.trades += count
+        if clock_state is not None:
+            self._clock_alert(stream, clock_state, batch)
+        return True
 
     def _copy(self, cursor: Any, table: str, columns: str, rows: list[str], batch: _Batch) -> int:
         """COPY the rows; returns how many were new. See the module docstring for the fallbacks."""
@@ -755,18 +838,8 @@ class IngestPipeline:
                 )
         return kept
 
-    def _record_clock(self, stream: str, state: ClockState, batch: _Batch) -> None:
-        ClockSource.objects.update_or_create(
-            source=stream,
-            defaults={
-                "updated_at": timezone.now(),
-                "baseline_ms": state.baseline_ms,
-                "offset_ms": state.offset_ms,
-                "jitter_ms": state.jitter_ms,
-                "samples": state.total_samples,
-                "drift_alert": state.drift_alert,
-            },
-        )
+    def _clock_alert(self, stream: str, state: ClockState, batch: _Batch) -> None:
+        """Raise the drift alert (by task name, after commit) when the offset first passes the threshold."""
         if state.drift_alert and stream not in self._drift_alerted:
             self._drift_alerted.add(stream)
             at = ns_to_datetime(batch.last_recv_ns).isoformat() if batch.last_recv_ns is not None else timezone.now().isoformat()
@@ -790,10 +863,11 @@ class IngestPipeline:
         elif not state.drift_alert:
             self._drift_alerted.discard(stream)
 
-    def _publish(self, batch: _Batch) -> None:
+    def _publish(self, batch: _Batch) -> Any:
+        """The Redis writes of step 5 queued on a pipeline, for the caller to execute (None when nothing to publish)."""
         latest = batch.latest
         if not latest and not batch.books:
-            return
+            return None
         pipe = redis_client().pipeline(transaction=False)
         for sym, quote in latest.items():
             pipe.set(
@@ -827,7 +901,7 @@ class IngestPipeline:
                     }
                 ),
             )
-        pipe.execute()
+        return pipe
 
 
 def _quarantine_row(stream: str, seq: int, symbol: str, reason: str, payload: bytes) -> QuarantinedMessage:
@@ -849,6 +923,44 @@ def _text(value: str) -> str:
 
 _QUOTE_COLUMNS = "raw_stream, raw_seq, symbol, source_ts, recv_ts, bid, bid_size, ask, ask_size"
 _TRADE_COLUMNS = "raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id"
+_ROW_PLACEHOLDERS = "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# The clock row of a source, inserted or updated in one statement (``source`` is unique).
+_CLOCK_UPSERT = (
+    "INSERT INTO ingestion_clocksource (source, updated_at, baseline_ms, offset_ms, jitter_ms, samples, drift_alert) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source) DO UPDATE SET updated_at = EXCLUDED.updated_at, "
+    "baseline_ms = EXCLUDED.baseline_ms, offset_ms = EXCLUDED.offset_ms, jitter_ms = EXCLUDED.jitter_ms, "
+    "samples = EXCLUDED.samples, drift_alert = EXCLUDED.drift_alert"
+)
+
+
+def _clock_params(stream: str, state: ClockState) -> list[Any]:
+    return [
+        stream,
+        timezone.now(),
+        state.baseline_ms,
+        state.offset_ms,
+        state.jitter_ms,
+        state.total_samples,
+        state.drift_alert,
+    ]
+
+
+_COPY_ESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+_COPY_ESCAPE_RE = re.compile(r"\\[\\tnr]")
+
+
+def _copy_fields(row: str) -> list[str]:
+    """The values of one COPY text row (the inverse of ``_copy_escape`` on each field)."""
+    fields = row.split("\t")
+    if "\\" in row:
+        fields = [_COPY_ESCAPE_RE.sub(lambda m: _COPY_ESCAPES[m.group()], f) if "\\" in f else f for f in fields]
+    return fields
+
+
+# Batches of at most this many records are parsed outside a transaction and stored by one
+# statement when they can be (``IngestPipeline._store_small``); the live feed sends ticks alone.
+SMALL_BATCH = 64
+SMALL_ROWS = 256
 
 
 # Rows per overlapped COPY: each chunk costs a COPY statement and its bookkeeping, and the first chunk's parse
@@ -971,7 +1083,7 @@ def _copy_new_only(cursor: Any, table: str, columns: str, data: str) -> int:
     return inserted
 
 
-def request_detection(symbols: Iterable[str]) -> list[str]:
+def request_detection(symbols: Iterable[str], *, pipe: Any = None) -> list[str]:
     """Ask for detection passes over the symbols that have none waiting (coalescing); the symbols asked for.
 
     One Redis round trip sets each symbol's pending flag (SET NX); the symbols
@@ -980,15 +1092,21 @@ def request_detection(symbols: Iterable[str]) -> list[str]:
     stable hash), so that each detect worker runs one pass over its share,
     the pass sharing its round trips and its signal transaction across its
     symbols. A task clears its flags when it starts, so data arriving while
-    it runs asks for exactly one more pass.
+    it runs asks for exactly one more pass. ``pipe``: a (non-transactional)
+    pipeline holding other commands already, sent in the same round trip
+    before the flags.
     """
     symbols = list(dict.fromkeys(symbols))
     if not symbols:
+        if pipe is not None:
+            pipe.execute()
         return []
-    pipe = redis_client().pipeline(transaction=False)
+    if pipe is None:
+        pipe = redis_client().pipeline(transaction=False)
     for sym in symbols:
         pipe.set(redis_keys.detect_pending(sym), "1", nx=True, ex=30)
-    sent = [sym for sym, flagged in zip(symbols, pipe.execute(), strict=True) if flagged]
+    flags = pipe.execute()[-len(symbols) :]
+    sent = [sym for sym, flagged in zip(symbols, flags, strict=True) if flagged]
     groups: dict[int, list[str]] = {}
     for sym in sent:
         groups.setdefault(zlib.crc32(sym.encode()) % settings.DETECT_TASK_GROUPS, []).append(sym)

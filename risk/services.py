@@ -2,9 +2,15 @@
 
 Locking rules (every path follows them, so no two paths can deadlock each other):
 
-1. ``RiskState`` rows are locked with ``SELECT ... FOR UPDATE`` in primary-key
-   order. The global row is always created before any automation row, so in
-   practice the global row is locked first.
+0. The counting barrier (an advisory lock, ``COUNTING_BARRIER_KEY``) comes
+   first: every path that locks ``RiskState`` rows takes it shared (inside the
+   same statement or function), ``risk_limit_set`` exclusively.
+1. ``RiskState`` rows are locked with ``SELECT ... FOR UPDATE``, the
+   automation's row before the global row, and at most one automation's row
+   per transaction. (This order lets a transaction that holds only its
+   automation's row, after a pre-trade check that left the global row alone,
+   go on to lock the global row, e.g. to book a closed order, without
+   deadlocking against a path that holds the global row.)
 2. ``Automation`` rows are only written after the risk-state rows are held.
    A caller of ``pretrade_check``/``order_closed`` must not lock the
    automation row ``FOR UPDATE`` before calling them (a plain read or the
@@ -24,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import requests
 from django.conf import settings
 from django.core.mail import send_mail
@@ -113,6 +120,40 @@ def _fmt(value: Decimal | int | float) -> str:
     return str(value)
 
 
+# The counting barrier (an advisory lock key; migration risk/0008 repeats the
+# number). Every path that locks risk-state rows takes it shared first, so it
+# comes before the global row and the automation's row in the lock order;
+# ``risk_limit_set`` takes it exclusively to change a global counting limit.
+# See ``pretrade_check`` for why.
+COUNTING_BARRIER_KEY = -4191232955067919317
+# Global limits whose state lives on the global row (counts of orders, the
+# day's record): while none is set, the pre-trade fast path neither locks nor
+# writes that row. Changing one of them takes the counting barrier exclusively.
+GLOBAL_STATEFUL_LIMITS = ("max_open_orders", "max_orders_per_minute", *TRAILING_LIMITS)
+
+
+def _fast_path_call(sql: str, params: list[Any]) -> bool:
+    """Run one risk function on the connection's psycopg handle as a server-side prepared statement.
+
+    The same connection and transaction as Django's cursor (inside an atomic
+    block the statement joins the caller's transaction; outside one it
+    commits by itself), without the per-call cost of Django's cursor wrapper
+    and of parsing and planning the statement again: the checks run once per
+    order and once per signal.
+    """
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_no_broken_transaction()
+    with connection.wrap_database_errors:
+        cursor = psycopg.Cursor(connection.connection)
+        try:
+            cursor.execute(sql, params, prepare=True)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    return bool(row and row[0])
+
+
 # ---------------------------------------------------------------------------
 # Limits
 # ---------------------------------------------------------------------------
@@ -134,6 +175,12 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
         raise DomainError("no limit to change", code="invalid", status_code=400)
     user, label = _actor_parts(actor)
     automation_id = automation.pk if automation is not None else None
+    counting_change = automation_id is None and any(name in GLOBAL_STATEFUL_LIMITS for name in values)
+    if counting_change:
+        # The counting barrier, exclusively: waits for every check in flight
+        # and holds new ones until this commits (see pretrade_check).
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [COUNTING_BARRIER_KEY])
     # history-ok: creates the empty (all-unlimited) row at most once; every change to it is a save() with a reason.
     RiskLimit.objects.bulk_create([RiskLimit(automation_id=automation_id)], ignore_conflicts=True)  # history-ok: see above
     row = RiskLimit.objects.select_for_update().get(
@@ -156,6 +203,8 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
     row.full_clean(exclude=["automation"])
     row.save()
     row.refresh_from_db()
+    if counting_change and row.max_open_orders is not None:
+        _global_open_orders_rebuild()
     after = {name: getattr(row, name) for name in values}
     audit_event_record(
         kind=AuditEvent.Kind.LIMIT_CHANGE,
@@ -166,6 +215,22 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
         data={"scope": automation.name if automation else "global", "before": before, "after": after},
     )
     return row
+
+
+def _global_open_orders_rebuild() -> None:
+    """Set the global open-order count to the sum of the automations' counts.
+
+    Run under the counting barrier held exclusively: no check or release is
+    in flight, and each automation's count is exact (every reservation and
+    release writes it under that row's lock), while the global count is kept
+    only while a global open-order limit is set (see ``pretrade_check``).
+    """
+    table = RiskState._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET open_orders = (SELECT coalesce(sum(a.open_orders), 0) FROM {table} AS a "  # noqa: S608
+            "WHERE a.automation_id IS NOT NULL) WHERE automation_id IS NULL"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -200,12 +265,17 @@ def _lock_sql() -> str:
     state_cols = ", ".join(f"s.{c}" for c in _STATE_COLUMNS)
     limit_cols = ", ".join(f"l.{c}" for c in (*LIMIT_SETTING_FIELDS, "id"))
     # The CTE is materialized and sorted before its FOR UPDATE, so the rows
-    # are locked in primary-key order (the global row first in practice):
-    # the same order every other path takes. The limits, the automation's
+    # are locked in the order every other path takes: the automation's row,
+    # then the global one. The limits, the automation's
     # status and the kill switch are plain reads joined in the same round trip.
+    # The counting barrier is taken (shared) before any row lock: the sort
+    # under the FOR UPDATE needs every joined row, so b runs first.
     return (
-        f"WITH s AS MATERIALIZED (SELECT * FROM {state} "  # noqa: S608 - model table names
-        f"WHERE automation_id IS NULL OR automation_id = %s ORDER BY id FOR UPDATE) "
+        f"WITH b AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared({COUNTING_BARRIER_KEY})), "  # noqa: S608 - model table names
+        f"s AS MATERIALIZED (SELECT st.* FROM b, {state} AS st "
+        f"WHERE st.automation_id = %s OR (st.automation_id IS NULL AND (%s = 0 OR EXISTS "
+        f"(SELECT 1 FROM {state} AS x WHERE x.automation_id = %s))) ORDER BY st.automation_id IS NULL, st.id "
+        f"FOR UPDATE OF st) "
         f"SELECT {state_cols}, {limit_cols}, a.status, "
         f"EXISTS (SELECT 1 FROM {switch} k WHERE k.id = 1 AND k.engaged) "
         f"FROM s LEFT JOIN {limit} l ON l.automation_id IS NOT DISTINCT FROM s.automation_id "
@@ -219,10 +289,13 @@ def _float_list(value: Any) -> list[float]:
 
 
 def _risk_lock(automation_id: int | None, now: datetime) -> _Locked:
-    """Lock the global and the automation's risk-state rows in pk order (creating them if missing), in one round trip.
+    """Lock the automation's and then the global risk-state row (creating them if missing), in one round trip.
 
     Returns the rows with the limits of both scopes, the automation's status
     and the kill switch, read in the same statement that takes the locks.
+    While the automation's row does not exist the statement locks nothing
+    (not even the global row, which would put it before the automation's in
+    the lock order); the rows are created and the statement runs again.
     """
     wanted = 2 if automation_id else 1
     sql = _lock_sql()
@@ -231,13 +304,13 @@ def _risk_lock(automation_id: int | None, now: datetime) -> _Locked:
 
     def load() -> list[tuple[Any, ...]]:
         with connection.cursor() as cursor:
-            cursor.execute(sql, [automation_id or 0])
+            cursor.execute(sql, [automation_id or 0] * 3)
             return cursor.fetchall()
 
     rows = load()
     if len(rows) < wanted:
-        # Insert-if-absent never blocks on an existing row; the global row is
-        # created first so that pk order puts it first for everyone.
+        # Insert-if-absent never blocks on an existing row (it waits only for
+        # a competing insert of the same row to commit).
         today = _today(now)
         RiskState.objects.bulk_create([RiskState(automation_id=None, trading_day=today)], ignore_conflicts=True)
         if automation_id:
@@ -449,16 +522,20 @@ def pretrade_check(
         mid=Decimal(mid) if mid is not None else None,
     )
     now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT risk_pretrade_reserve(%s, %s, %s, %s, %s, %s, %s)",
-            [automation_id, _today(now), now.timestamp(), order.quantity, order.limit_price, order.mid,
-             not synchronous_commit],
-        )
-        (reserved,) = cursor.fetchone()
-    if reserved:
+    if _fast_path_call(
+        _PRETRADE_RESERVE_SQL,
+        [automation_id, _today(now), now.timestamp(), order.quantity, order.limit_price, order.mid, not synchronous_commit],
+    ):
         return []
     return _pretrade_check_locked(automation_id=automation_id, order=order, actor_label=actor_label)
+
+
+# Typed parameters, so one prepared statement serves a limit or a market order (a None price) alike.
+_PRETRADE_RESERVE_SQL = (
+    "SELECT risk_pretrade_reserve(%s::bigint, %s::date, %s::double precision, %s::numeric, %s::numeric, "
+    "%s::numeric, %s::boolean)"
+)
+_SIGNAL_RECORD_SQL = "SELECT risk_signal_record(%s::bigint, %s::date, %s::double precision)"
 
 
 def commits_make_durable() -> None:
@@ -539,15 +616,51 @@ def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor
     return []
 
 
-@transaction.atomic
 def signal_rate_check(*, automation: Automation | int, actor_label: str = "worker-detect") -> rules.Breach | None:
     """The signals-per-hour breaker, in the detect worker inside the signal's transaction.
 
-    Under the risk-state locks: prune the hour window, check the global and
-    the automation's hourly limits, and record this signal's time when it
-    passes. When it does not, trip the breaker and return the breach.
+    Under the risk-state locks (global, then the automation's): prune the
+    hour window, check the global and the automation's hourly limits, and
+    record this signal's time when it passes. When it does not, trip the
+    breaker and return the breach.
+
+    Two paths, as in ``pretrade_check``: ``risk_signal_record`` (migration
+    ``risk/0008``) does all of it in one statement when both scopes pass, and
+    writes the rows exactly as the locked path would (held equal by
+    ``tests/risk/test_signal_fast_path.py``); anything else (a breach, or a
+    scope without its rows yet) goes to ``_signal_rate_check_locked``, the
+    reference, which words and trips.
     """
     automation_id = automation if isinstance(automation, int) else automation.pk
+    now = timezone.now()
+    if _signal_fast_path_ready() and _fast_path_call(_SIGNAL_RECORD_SQL, [automation_id, _today(now), now.timestamp()]):
+        return None
+    return _signal_rate_check_locked(automation_id=automation_id, actor_label=actor_label)
+
+
+_signal_fast_path: list[bool] = []
+
+
+def _signal_fast_path_ready() -> bool:
+    """Whether the database has ``risk_signal_record`` (migration risk/0008); asked once per process.
+
+    Code that runs before ``migrate`` (a rolling deploy, a database migrated
+    by an older checkout) keeps working on the locked path instead of
+    failing every signal's transaction.
+    """
+    if not _signal_fast_path:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regprocedure('risk_signal_record(bigint, date, double precision)') IS NOT NULL")
+            (ready,) = cursor.fetchone()
+        if not ready:
+            logger.warning("risk_signal_record is missing (run migrate): the signal-rate check takes the locked path")
+        _signal_fast_path.append(bool(ready))
+    return _signal_fast_path[0]
+
+
+@transaction.atomic
+def _signal_rate_check_locked(*, automation_id: int, actor_label: str) -> rules.Breach | None:
+    """The reference signal-rate check, in Python under the row locks."""
     now = timezone.now()
     locked = _risk_lock(automation_id, now)
     global_row, automation_row = locked.global_row, locked.automation_row

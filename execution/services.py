@@ -37,7 +37,7 @@ from functools import cache
 from typing import Any
 
 from celery import current_app
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -393,12 +393,16 @@ _ORDER_ROWS = RowLoader(Order, "o")
 
 
 @cache
-def _decide_sql() -> str:
+def _decide_sql(claim: bool) -> str:
     """Lock the signal, then (a statement of its own, so its snapshot is taken once the lock is held) read it
-    with its automation, the kill switch, its order's id and its approval's order hash: one round trip."""
+    with its automation, the kill switch, its order's id and its approval's order hash: one round trip.
+
+    ``claim``: first of all, try the signal's submission lock (``_Claim``).
+    """
     signal, automation = Signal._meta.db_table, Automation._meta.db_table
+    claim_sql = "SELECT pg_try_advisory_lock(%s); " if claim else ""
     return (
-        f'SELECT 1 FROM "{signal}" WHERE "id" = %s FOR UPDATE; '  # noqa: S608 - model table names
+        f'{claim_sql}SELECT 1 FROM "{signal}" WHERE "id" = %s FOR UPDATE; '  # noqa: S608 - model table names
         f"SELECT {_SIGNAL_ROWS.columns}, {_AUTOMATION_ROWS.columns}, "
         f'EXISTS (SELECT 1 FROM "{KillSwitch._meta.db_table}" k WHERE k."id" = 1 AND k."engaged"), '
         f'(SELECT o."id" FROM "{Order._meta.db_table}" o WHERE o."signal_id" = s."id"), '
@@ -408,11 +412,47 @@ def _decide_sql() -> str:
     )
 
 
-def _signal_read_locked(signal_id: int) -> tuple[Signal, Automation, bool, int | None, str | None] | None:
+class _Claim:
+    """The signal's submission lock, tried in the first round trip of the decision instead of one of its own.
+
+    It is PostgreSQL's session-level advisory lock (``_submission_lock``):
+    taken inside the decision's transaction it still outlives it. ``release``
+    gives it back; after a failure that may have come after it was taken, it
+    is given back all the same (unlocking a lock not held only warns).
+    """
+
+    def __init__(self, signal_id: int) -> None:
+        self.key = _ADVISORY_BASE + signal_id
+        self.held = False
+        self.unsure = False
+
+    def release(self) -> None:
+        if not (self.held or self.unsure):
+            return
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+        except DatabaseError:
+            # A broken connection took the lock with it.
+            logger.exception("execute: could not release the submission lock %s", self.key)
+        self.held = self.unsure = False
+
+
+def _signal_read_locked(signal_id: int, claim: _Claim | None = None
+                        ) -> tuple[Signal, Automation, bool, int | None, str | None] | None:
     """(signal with its automation, kill switch engaged, order id or None, approval hash or None), the signal
-    row locked until the transaction ends; None when there is no such signal."""
+    row locked until the transaction ends; None when there is no such signal.
+
+    With ``claim``, the submission lock is tried first and ``claim.held`` says whether it was taken.
+    """
     with connection.cursor() as cursor:
-        cursor.execute(_decide_sql(), [signal_id, signal_id])
+        if claim is None:
+            cursor.execute(_decide_sql(False), [signal_id, signal_id])
+        else:
+            claim.unsure = True
+            cursor.execute(_decide_sql(True), [claim.key, signal_id, signal_id])
+            claim.held, claim.unsure = bool(cursor.fetchone()[0]), False
+            cursor.cursor.nextset()
         cursor.cursor.nextset()
         row = cursor.fetchone()
     if row is None:
@@ -439,8 +479,12 @@ def _order_insert(order: Order) -> Order:
         return mark_saved(order, cursor.fetchone()[0])
 
 
-def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
+def _order_decide(signal_id: int, *, claim: _Claim | None = None) -> tuple[Order | None, bool]:
     """Create the signal's one Order or refuse, under the signal's row lock; return (order, created now).
+
+    With ``claim``, the signal's submission lock is tried in the same round
+    trip as the read; when another worker holds it, nothing is decided and the
+    signal's order (None if there is none yet) comes back as it is.
 
     The caller holds the signal's submission lock, so a new order is born
     ``submitting`` (claimed by this worker) and goes to the broker right after
@@ -452,7 +496,10 @@ def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
     insert, then the signal's transition and the audit events.
     """
     with transaction.atomic():
-        found = _signal_read_locked(signal_id)
+        found = _signal_read_locked(signal_id, claim)
+        if claim is not None and not claim.held:
+            logger.info("execute: signal %s is being executed by another worker", signal_id)
+            return (None if found is None or found[3] is None else Order.objects.get(pk=found[3])), False
         if found is None:
             logger.warning("execute: no signal %s (forged or replayed message?)", signal_id)
             return None, False
@@ -613,14 +660,14 @@ def order_execute(*, signal_id: int) -> Order | None:
     A second task for the same signal while the first holds the signal's
     submission lock does nothing (the first one owns the order).
     """
-    with _submission_lock(signal_id) as held:
-        if not held:
-            logger.info("execute: signal %s is being executed by another worker", signal_id)
-            return Order.objects.filter(signal_id=signal_id).first()
-        order, created = _order_decide(signal_id)
-        if order is None or order.status not in (OS.PENDING, OS.SUBMITTING):
+    claim = _Claim(signal_id)
+    try:
+        order, created = _order_decide(signal_id, claim=claim)
+        if not claim.held or order is None or order.status not in (OS.PENDING, OS.SUBMITTING):
             return order
         return _order_submit_locked(order, claimed=created)
+    finally:
+        claim.release()
 
 
 _STATUS_FROM_BROKER = {

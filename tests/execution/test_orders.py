@@ -245,3 +245,37 @@ def test_fills_booked_before_positions_were_stored_are_replayed_once(market):
     Fill.objects.filter(order=sell).update(position_after=None, avg_price_after=None)  # As if booked before 0003.
     position = services._automation_position(automation.pk)
     assert (position.quantity, position.avg_price) == (Decimal(-2), Decimal(100))
+
+
+def _lock_is_free(key: int) -> bool:
+    """Whether another connection can take the advisory lock ``key`` (and give it back)."""
+    import psycopg
+
+    from trading.embedded import database_url
+
+    with psycopg.connect(database_url(connection.settings_dict).replace("postgres://", "postgresql://"),
+                         autocommit=True) as other:
+        taken = other.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]
+        if taken:
+            other.execute("SELECT pg_advisory_unlock(%s)", [key])
+        return bool(taken)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_submission_lock_taken_with_the_decision_is_given_back_after_a_failure_and_a_success(market, monkeypatch):
+    automation = make_automation()
+    signal = make_signal(automation, status=S.QUEUED)
+    key = services._ADVISORY_BASE + signal.pk
+
+    def fails(**kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("risk is down")
+
+    checked = services.pretrade_check_call
+    monkeypatch.setattr(services, "pretrade_check_call", fails)
+    with pytest.raises(RuntimeError, match="risk is down"):
+        services.order_execute(signal_id=signal.pk)
+    assert _lock_is_free(key)
+    assert Order.objects.filter(signal=signal).count() == 0  # The decision rolled back.
+    monkeypatch.setattr(services, "pretrade_check_call", checked)
+    assert services.order_execute(signal_id=signal.pk).status == OS.FILLED
+    assert _lock_is_free(key)

@@ -294,3 +294,18 @@ def test_an_automation_added_later_that_reads_trade_flow_sees_the_trades_on_its_
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM ingestion_trade WHERE raw_stream = 'test'")
+
+
+def test_a_results_as_dict_is_what_dataclasses_asdict_gives_and_shares_no_dict():
+    import dataclasses
+
+    from automations.detection import DetectResult
+
+    result = DetectResult(
+        symbol="X", automations=2, signals={"queued": 1}, timings_ms={"total": 1.5}, market_ts_ns=5, lag_ms=0.5, error="e"
+    )
+    as_dict = result.as_dict()
+    assert as_dict == dataclasses.asdict(result)
+    as_dict["signals"]["queued"] = 9
+    as_dict["timings_ms"].clear()
+    assert result.signals == {"queued": 1} and result.timings_ms == {"total": 1.5}

@@ -62,9 +62,12 @@ from django.db import connection, connections  # noqa: E402
 
 from automations.models import Automation  # noqa: E402
 from risk.models import RiskState  # noqa: E402
-from risk.services import pretrade_check, risk_limit_set  # noqa: E402
+from risk.services import pretrade_check, risk_limit_set, signal_rate_check  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_CALLS", "300"))
+CONFIGS = [c for c in os.environ.get("BENCH_CONFIGS", "global_size_only,global_stateful").split(",") if c]
+if set(CONFIGS) - {"global_size_only", "global_stateful"}:
+    raise SystemExit("BENCH_CONFIGS: a comma-separated subset of global_size_only,global_stateful")
 WARMUP = 20
 PACE_MS = float(os.environ.get("BENCH_PACE_MS", "5"))
 MODES = [m for m in os.environ.get("BENCH_MODES", "synchronous,async").split(",") if m]
@@ -75,6 +78,12 @@ GENEROUS = {
     "price_collar_bps": Decimal("100"), "max_orders_per_minute": None, "max_daily_loss": Decimal("1000000"),
     "max_drawdown": Decimal("1000000"), "max_consecutive_losses": 1000, "max_slippage_breaches_per_day": 1000,
     "max_signals_per_hour": 1000,
+}
+# The global scope with only the limits that look at the order alone: no
+# global limit keeps state on the global row, so the fast path leaves it alone.
+GLOBAL_SIZE_ONLY = {
+    **dict.fromkeys(GENEROUS), "max_order_qty": GENEROUS["max_order_qty"],
+    "max_order_notional": GENEROUS["max_order_notional"], "price_collar_bps": GENEROUS["price_collar_bps"],
 }
 
 
@@ -141,6 +150,34 @@ def _worker(automation_id: int, calls: int, synchronous: bool, pace_s: float, ba
     connection.close()
 
 
+def _signal_case(automation_id: int) -> dict[str, float | None]:
+    """``signal_rate_check`` on its own (its own transaction), one worker: the detect hop's risk cost."""
+    _reset([automation_id])
+    RiskState.objects.filter(automation__isnull=True).update(signal_times=[])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+    times = []
+    for i in range(CALLS + WARMUP):
+        if i == WARMUP:
+            cpu0, backend0 = time.process_time(), _backend_cpu_s(backend)
+        t0 = time.perf_counter()
+        breach = signal_rate_check(automation=automation_id)
+        elapsed = time.perf_counter() - t0
+        if breach is not None:
+            raise SystemExit(f"a signal was refused: {breach.message}")
+        if i >= WARMUP:
+            times.append(elapsed * 1e3)
+    cpu1, backend1 = time.process_time(), _backend_cpu_s(backend)
+    times.sort()
+    return {
+        "median_ms": round(statistics.median(times), 3),
+        "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+        "client_cpu_ms": round((cpu1 - cpu0) / len(times) * 1e3, 3),
+        "backend_cpu_ms": None if backend0 is None or backend1 is None else round((backend1 - backend0) / len(times) * 1e3, 3),
+    }
+
+
 def _case(automation_ids: list[int], synchronous: bool, pace_s: float = 0.0) -> dict[str, float | None]:
     _reset(automation_ids)
     connections.close_all()
@@ -174,19 +211,23 @@ def _case(automation_ids: list[int], synchronous: bool, pace_s: float = 0.0) -> 
 
 
 def main() -> None:
-    risk_limit_set(actor="benchmark", reason="benchmark limits (global)", **GENEROUS)
     own = [_automation(f"bench-pretrade-{i}") for i in range(8)]
     for a in own:
         risk_limit_set(automation=a, actor="benchmark", reason="benchmark limits", **GENEROUS)
-    report: dict[str, object] = {"calls_per_worker": CALLS, "cpu_count": os.cpu_count()}
-    for mode in MODES:
-        synchronous = mode == "synchronous"
-        report[mode] = {
-            "workers_1": _case([own[0].pk], synchronous),
-            "workers_8_own_automation": _case([a.pk for a in own], synchronous),
-            "workers_8_same_automation": _case([own[0].pk] * 8, synchronous),
-            f"workers_8_paced_{PACE_MS:g}ms": _case([a.pk for a in own], synchronous, PACE_MS / 1e3),
-        }
+    report: dict[str, object] = {"calls_per_worker": CALLS, "cpu_count": os.cpu_count(),
+                                 "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    for config in CONFIGS:
+        limits = GENEROUS if config == "global_stateful" else GLOBAL_SIZE_ONLY
+        risk_limit_set(actor="benchmark", reason=f"benchmark limits (global, {config})", **limits)
+        for mode in MODES:
+            synchronous = mode == "synchronous"
+            report[f"{config}/{mode}"] = {
+                "workers_1": _case([own[0].pk], synchronous),
+                "workers_8_own_automation": _case([a.pk for a in own], synchronous),
+                "workers_8_same_automation": _case([own[0].pk] * 8, synchronous),
+                f"workers_8_paced_{PACE_MS:g}ms": _case([a.pk for a in own], synchronous, PACE_MS / 1e3),
+            }
+        report[f"{config}/signal_rate_check_1_worker"] = _signal_case(own[0].pk)
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     report["target"] = "p99 < 2 ms at 8 workers"
     _reset([a.pk for a in own])

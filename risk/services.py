@@ -34,7 +34,7 @@ import psycopg
 import requests
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -141,16 +141,22 @@ def _fast_path_call(sql: str, params: list[Any]) -> bool:
     and of parsing and planning the statement again: the checks run once per
     order and once per signal.
     """
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    with connection.wrap_database_errors:
-        cursor = psycopg.Cursor(connection.connection)
-        try:
-            cursor.execute(sql, params, prepare=True)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
+    # One look-up of this thread's wrapper: each attribute of the
+    # ``connection`` proxy is another thread-local look-up.
+    db = connections[DEFAULT_DB_ALIAS]
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_no_broken_transaction()
+    raw = db.connection
+    with db.wrap_database_errors:
+        # A plain (server-side binding) psycopg cursor, kept per connection
+        # and replaced when Django reconnects.
+        cursor = getattr(db, "_risk_fast_cursor", None)
+        if cursor is None or cursor.connection is not raw or cursor.closed:
+            cursor = psycopg.Cursor(raw)
+            db._risk_fast_cursor = cursor  # type: ignore[attr-defined]
+        cursor.execute(sql, params, prepare=True)
+        row = cursor.fetchone()
     return bool(row and row[0])
 
 

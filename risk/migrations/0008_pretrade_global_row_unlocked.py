@@ -52,8 +52,7 @@ def _passes(s: str, lim: str) -> str:
     return f"""(
             ({lim}.max_open_orders IS NULL OR {s}.open_orders < {lim}.max_open_orders)
             AND ({lim}.max_orders_per_minute IS NULL
-                 OR (SELECT count(*) FROM unnest({s}.order_times) AS t WHERE t > p_now_s - 60.0)
-                    < {lim}.max_orders_per_minute)
+                 OR risk_window_count({s}.order_times, p_now_s, 60.0) < {lim}.max_orders_per_minute)
             AND ({lim}.max_daily_loss IS NULL
                  OR -(CASE WHEN {today} THEN {s}.daily_realized_pnl ELSE 0 END) < {lim}.max_daily_loss)
             AND ({lim}.max_drawdown IS NULL
@@ -119,46 +118,38 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION risk_window_count(
+    times double precision[], p_now_s double precision, p_window_s double precision
+) RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT count(*) FROM unnest(times) AS t WHERE t > p_now_s - p_window_s
+$$;
+
 CREATE OR REPLACE FUNCTION risk_pretrade_reserve(
     p_automation bigint, p_day date, p_now_s double precision, p_qty numeric, p_limit numeric, p_mid numeric,
     p_async_commit boolean
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    a_id bigint;
-    a_passes boolean;
     r record;
     n integer := 0;
     ids bigint[] := '{{}}';
     keeps integer[] := '{{}}';
 BEGIN
     PERFORM pg_advisory_xact_lock_shared({BARRIER_KEY});
-    SELECT s.id, NOT s.tripped AND {_passes("s", "l")}
-    INTO a_id, a_passes
-    FROM risk_riskstate AS s
-    LEFT JOIN risk_risklimit AS l ON l.automation_id = s.automation_id
-    WHERE s.automation_id = p_automation
+    UPDATE risk_riskstate AS s SET {DAY_ROLL},
+        open_orders = s.open_orders + 1,
+        order_times = CASE WHEN coalesce(l.max_orders_per_minute, 0) <= 0 THEN '{{}}'::double precision[]
+                           ELSE risk_window_push(s.order_times, p_now_s, 60.0, l.max_orders_per_minute) END
+    FROM (SELECT 1) AS one LEFT JOIN risk_risklimit AS l ON l.automation_id = p_automation
+    WHERE s.automation_id = p_automation AND NOT s.tripped AND {_passes("s", "l")}
       AND NOT EXISTS (SELECT 1 FROM risk_risklimit AS gl WHERE gl.automation_id IS NULL
                       AND (gl.max_open_orders IS NOT NULL OR gl.max_orders_per_minute IS NOT NULL
                            OR gl.max_daily_loss IS NOT NULL OR gl.max_drawdown IS NOT NULL
-                           OR gl.max_consecutive_losses IS NOT NULL OR gl.max_slippage_breaches_per_day IS NOT NULL))
-    FOR UPDATE OF s;
-    IF a_id IS NOT NULL THEN
-        IF NOT a_passes THEN
-            RETURN false;
-        END IF;
-        UPDATE risk_riskstate AS s SET {DAY_ROLL},
-            open_orders = s.open_orders + 1,
-            order_times = risk_window_push(s.order_times, p_now_s, 60.0, coalesce(
-                (SELECT l.max_orders_per_minute FROM risk_risklimit AS l WHERE l.automation_id = p_automation), 0))
-        WHERE s.id = a_id
-          AND EXISTS (SELECT 1 FROM risk_riskstate AS g LEFT JOIN risk_risklimit AS l ON l.automation_id IS NULL
-                      WHERE g.automation_id IS NULL AND NOT g.tripped AND {_size_passes("l")})
-          AND NOT coalesce((SELECT k.engaged FROM risk_killswitch AS k WHERE k.id = 1), false)
-          AND EXISTS (SELECT 1 FROM automations_automation AS a WHERE a.id = p_automation AND a.status = 'active');
-        IF NOT FOUND THEN
-            RETURN false;
-        END IF;
-    ELSE
+                           OR gl.max_consecutive_losses IS NOT NULL OR gl.max_slippage_breaches_per_day IS NOT NULL
+                           OR NOT {_size_passes("gl")}))
+      AND EXISTS (SELECT 1 FROM risk_riskstate AS g WHERE g.automation_id IS NULL AND NOT g.tripped)
+      AND NOT EXISTS (SELECT 1 FROM risk_killswitch AS k WHERE k.id = 1 AND k.engaged)
+      AND EXISTS (SELECT 1 FROM automations_automation AS a WHERE a.id = p_automation AND a.status = 'active');
+    IF NOT FOUND THEN
         FOR r IN
             SELECT s.id, s.tripped, coalesce(l.max_orders_per_minute, 0) AS keep,
                 coalesce((SELECT k.engaged FROM risk_killswitch AS k WHERE k.id = 1), false) AS kill_switch_on,
@@ -209,7 +200,7 @@ BEGIN
         SELECT s.id, s.automation_id,
             coalesce(l.max_signals_per_hour, 100) AS signal_keep, coalesce(l.max_orders_per_minute, 0) AS order_keep,
             (l.max_signals_per_hour IS NULL
-             OR (SELECT count(*) FROM unnest(s.signal_times) AS t WHERE t > p_now_s - 3600.0) < l.max_signals_per_hour)
+             OR risk_window_count(s.signal_times, p_now_s, 3600.0) < l.max_signals_per_hour)
             AS passes
         FROM (SELECT * FROM risk_riskstate WHERE automation_id = p_automation OR (automation_id IS NULL
                   AND EXISTS (SELECT 1 FROM risk_riskstate AS x WHERE x.automation_id = p_automation))
@@ -245,6 +236,7 @@ $$;
 
 DROP = """
 DROP FUNCTION IF EXISTS risk_signal_record(bigint, date, double precision);
+DROP FUNCTION IF EXISTS risk_window_count(double precision[], double precision, double precision);
 DROP FUNCTION IF EXISTS risk_window_keep(double precision[], double precision, double precision, integer);
 """
 

@@ -45,6 +45,8 @@ from tests.execution.conftest import make_automation, make_book, make_signal, pu
 from trading.redis_client import redis_client  # noqa: E402
 
 ORDERS = int(os.environ.get("BENCH_ORDERS", "200"))
+# A pause between orders, as between ticks in production (caches go cold; the push thread drains meanwhile).
+GAP_S = float(os.environ.get("BENCH_GAP_S", "0"))
 WARMUP = 5
 COUNTED = 10
 
@@ -103,6 +105,8 @@ def main() -> None:
     round_trips: list[int] = []
     profiler = cProfile.Profile() if os.environ.get("BENCH_PROFILE") == "1" else None
     for signal in timed:
+        if GAP_S:
+            time.sleep(GAP_S)
         if profiler is not None:
             profiler.enable()
         marks.clear()

@@ -72,6 +72,13 @@ FINAL = (OS.FILLED, OS.CANCELLED, OS.REJECTED, OS.FAILED)
 # Without a configured collar, an approval is refused when the price moved this far from the signal's limit.
 DEFAULT_APPROVAL_COLLAR_BPS = Decimal(os.environ.get("FP_APPROVAL_COLLAR_BPS", "100"))
 SLIPPAGE_GAP_RATIO = 0.5
+# The decision's commit mode. False: it commits synchronously (the order, its reservation and the signal's
+# move are on disk when the commit returns), so the broker may be called right away. True: the pre-trade
+# check asks for an asynchronous commit (``risk.services.pretrade_check(synchronous_commit=False)``: the risk
+# rows are unlocked without waiting for the WAL flush) and ``commits_make_durable()`` runs before the broker
+# call. One worker waits for the same flush either way (plus a round trip when True); True shortens the time
+# the risk rows and the audit chain stay locked, which matters once several workers trade the same rows.
+PRETRADE_ASYNC_COMMIT = False
 _ADVISORY_BASE = 0x46505F4F52440000  # "FP_ORD" followed by the signal id (one order per signal).
 _POSITION_LOCK_BASE = 0x46505F504F530000  # "FP_POS" followed by the automation id.
 
@@ -519,7 +526,8 @@ def _order_decide(signal_id: int, *, claim: _Claim | None = None) -> tuple[Order
         mid, book = _market_read(signal.symbol)
         modelled = _modelled_slippage(signal, book)
         breaches = pretrade_check_call(automation_id=automation.pk, side=signal.side, quantity=signal.quantity,
-                                       limit_price=signal.limit_price, mid=mid)
+                                       limit_price=signal.limit_price, mid=mid,
+                                       synchronous_commit=not PRETRADE_ASYNC_COMMIT)
         order = Order(
             signal=signal, automation=automation, client_order_id=f"fp-{signal.pk}", broker=automation.mode,
             symbol=signal.symbol, side=signal.side, quantity=signal.quantity, limit_price=signal.limit_price,
@@ -549,6 +557,13 @@ def pretrade_check_call(**kwargs: Any) -> list[Any]:
     from risk.services import pretrade_check
 
     return pretrade_check(**kwargs)
+
+
+def _commits_make_durable() -> None:
+    """risk.services.commits_make_durable (imported late, like the pre-trade check)."""
+    from risk.services import commits_make_durable
+
+    commits_make_durable()
 
 
 def _modelled_slippage(signal: Signal, book: BookSnapshot | None) -> float | None:
@@ -623,6 +638,8 @@ def _order_submit_locked(order: Order, *, claimed: bool) -> Order:
     broker = broker_for_mode(order.broker)
     result: BrokerOrder | None = None
     if claimed:
+        if PRETRADE_ASYNC_COMMIT:
+            _commits_make_durable()  # The decision may have committed asynchronously: on disk before the venue.
         _fault_hook("submitting")
     else:
         try:

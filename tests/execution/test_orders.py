@@ -279,3 +279,32 @@ def test_the_submission_lock_taken_with_the_decision_is_given_back_after_a_failu
     monkeypatch.setattr(services, "pretrade_check_call", checked)
     assert services.order_execute(signal_id=signal.pk).status == OS.FILLED
     assert _lock_is_free(key)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_asynchronous_decision_commits_the_order_is_made_durable_before_the_broker_sees_it(market, monkeypatch):
+    from execution.brokers import broker_for_mode, broker_override
+
+    calls: list[str] = []
+    checked, barrier = services.pretrade_check_call, services._commits_make_durable
+    monkeypatch.setattr(services, "PRETRADE_ASYNC_COMMIT", True)
+    monkeypatch.setattr(services, "pretrade_check_call",
+                        lambda **kw: calls.append(f"check sync={kw['synchronous_commit']}") or checked(**kw))
+    monkeypatch.setattr(services, "_commits_make_durable", lambda: calls.append("barrier") or barrier())
+
+    class Spy:
+        def __init__(self) -> None:
+            self.paper = broker_for_mode("paper")
+
+        def submit(self, request):  # type: ignore[no-untyped-def]
+            calls.append("submit")
+            return self.paper.submit(request)
+
+    broker_override("paper", Spy())  # type: ignore[arg-type]
+    try:
+        automation = make_automation()
+        order = services.order_execute(signal_id=make_signal(automation, status=S.QUEUED).pk)
+    finally:
+        broker_override("paper", None)
+    assert calls == ["check sync=False", "barrier", "submit"]
+    assert order.status == OS.FILLED and RiskState.objects.get(automation=automation).open_orders == 0

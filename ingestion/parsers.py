@@ -410,6 +410,65 @@ class TardisColumns:
     trade_ids: list[str] | None = None
 
 
+_POWERS_OF_TEN = 10.0 ** np.arange(23)  # all exact in float64
+
+
+def _plain_ints(column: list[str]) -> np.ndarray | None:
+    """int64 of each field when every one is plain digits, else None (the caller checks the slow way).
+
+    One C pass (``np.fromstring``) instead of ``int`` per field. A value past int64 comes out as
+    its maximum, which the caller's range check refuses.
+    """
+    try:
+        raw = ",".join(column).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if not raw or raw.translate(None, b"0123456789,") or b",," in raw or raw[0] == 44 or raw[-1] == 44:
+        return None
+    values = np.fromstring(raw, dtype=np.int64, sep=",")
+    return values if len(values) == len(column) else None
+
+
+def _plain_floats(column: list[str]) -> np.ndarray | None:
+    """float64 of each field, the same as ``float(field)``, when all are short plain decimals; else None.
+
+    Fields of digits with at most one point and at most 15 digits: each is an integer
+    mantissa M < 2**53 over 10**k (k <= 22), both exact in float64, so the one IEEE division
+    M / 10**k is the correctly rounded value of the decimal, which is what ``float`` gives
+    (Clinger's fast path). The mantissas are read in one C pass (``np.fromstring``) instead of
+    one ``float`` call per field. Anything else (a longer number, an empty field, a second
+    point) returns None and the caller converts field by field.
+    """
+    n = len(column)
+    try:
+        raw = ",".join(column).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if raw.translate(None, b"0123456789,."):
+        return None
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero(buf == 44)
+    if len(ends) != n - 1:
+        return None
+    ends = np.append(ends, len(buf))
+    digits = np.diff(ends, prepend=-1) - 1
+    decimals = np.zeros(n, dtype=np.int64)
+    dots = np.flatnonzero(buf == 46)
+    if len(dots):
+        owner = np.searchsorted(ends, dots)
+        if len(dots) > 1 and (owner[1:] == owner[:-1]).any():
+            return None
+        decimals[owner] = ends[owner] - dots - 1
+        digits[owner] -= 1
+        raw = raw.translate(None, b".")
+    if digits.min() < 1 or digits.max() > 15 or decimals.max() > 22:
+        return None
+    mantissas = np.fromstring(raw, dtype=np.int64, sep=",")
+    if len(mantissas) != n:
+        return None
+    return mantissas / _POWERS_OF_TEN[decimals]
+
+
 def tardis_columns(fmt: str, payloads: Sequence[bytes], symbol: str | None = None) -> TardisColumns | None:
     """Read a batch of ``tardis-quotes``/``tardis-trades`` records at once, or None.
 
@@ -449,9 +508,11 @@ def tardis_columns(fmt: str, payloads: Sequence[bytes], symbol: str | None = Non
     try:
         stamps = []
         for column in (fields[2::8], fields[3::8]):
-            if not "".join(column).isdigit():
-                return None
-            us = np.fromiter(map(int, column), dtype=np.int64, count=n)
+            us = _plain_ints(column)
+            if us is None:
+                if not "".join(column).isdigit():
+                    return None
+                us = np.fromiter(map(int, column), dtype=np.int64, count=n)
             if us.max() >= _BATCH_MAX_US:
                 return None
             stamps.append(us)
@@ -462,10 +523,13 @@ def tardis_columns(fmt: str, payloads: Sequence[bytes], symbol: str | None = Non
             texts = [fields[6::8], fields[7::8]]
         values = []
         for column in texts:
-            if not "".join(column).replace(".", "").isdigit():
-                return None
-            # ``float`` refuses "", "." and "1.2.3", which Decimal refuses too.
-            values.append(np.fromiter(map(float, column), dtype=np.float64, count=n))
+            floats = _plain_floats(column)
+            if floats is None:
+                if not "".join(column).replace(".", "").isdigit():
+                    return None
+                # ``float`` refuses "", "." and "1.2.3", which Decimal refuses too.
+                floats = np.fromiter(map(float, column), dtype=np.float64, count=n)
+            values.append(floats)
     except (ValueError, OverflowError):
         return None
     out = TardisColumns(symbols, stamps[0], stamps[1], stamps[0] * 1000, stamps[1] * 1000, texts, values)

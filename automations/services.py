@@ -29,6 +29,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -39,7 +40,7 @@ from django.utils import timezone
 
 from audit.history import acting_as
 from audit.models import AuditEvent
-from audit.services import audit_event_record
+from audit.services import audit_event_record, audit_events_record
 from automations.models import Automation, L2Snapshot, Signal, SignalTransition
 from automations.regime import validate_allowed_regimes
 from automations.selectors import signal_payload
@@ -124,15 +125,26 @@ def _transition_announce(
 ) -> None:
     """A recorded transition's audit event (in the caller's transaction) and its numbered push (on commit)."""
     audit_event_record(
-        kind=AuditEvent.Kind.SIGNAL_STATE,
-        actor=actor,
-        actor_label=actor_label,
-        subject=signal,
-        reason=reason,
-        data={"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
+        **_transition_event(
+            signal, from_status=from_status, to_status=to_status, reason=reason, seq=seq, actor=actor, actor_label=actor_label
+        )
     )
     message = {"type": "signal", "seq": seq, "signal": payload}
     transaction.on_commit(lambda: signal_push(message))
+
+
+def _transition_event(
+    signal: Signal, *, from_status: str, to_status: str, reason: str, seq: int, actor: Any, actor_label: str
+) -> dict[str, Any]:
+    """The ``signal_state`` audit event of one transition (``audit_event_record``'s arguments)."""
+    return {
+        "kind": AuditEvent.Kind.SIGNAL_STATE,
+        "actor": actor,
+        "actor_label": actor_label,
+        "subject": signal,
+        "reason": reason,
+        "data": {"from": from_status, "to": to_status, "sequence": seq, "automation_id": signal.automation_id},
+    }
 
 
 def _signal_times(automation: Automation, context: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -449,23 +461,35 @@ def _signals_create_routed(signals: list[RoutedSignal], actor_label: str, count_
         signal._state.adding, signal._state.db = False, connection.alias
         if signal.snapshot is not None and signal.snapshot_id is None:
             signal.snapshot_id = signal.snapshot.pk
+    # Two transitions per signal, in order (birth, then the move): their audit events in ONE
+    # chain append, their pushes on commit in the same order (what _transition_announce does
+    # one transition at a time).
+    events: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
     for signal, item, born_seq in zip(rows, signals, born_seqs, strict=True):
         # The birth message shows the signal as it was at birth, like signal_create's.
         born = signal_payload(signal)
         born.update(status=S.NEW, status_reason=item.reason, sequence=born_seq, decided_at=None)
-        _transition_announce(
-            signal, born, from_status="", to_status=S.NEW, reason=item.reason, seq=born_seq, actor=None, actor_label=actor_label
+        moves = (
+            (born, "", S.NEW, item.reason, born_seq),
+            (signal_payload(signal), S.NEW, item.to_status, item.status_reason, signal.sequence),
         )
-        _transition_announce(
-            signal,
-            signal_payload(signal),
-            from_status=S.NEW,
-            to_status=item.to_status,
-            reason=item.status_reason,
-            seq=signal.sequence,
-            actor=None,
-            actor_label=actor_label,
-        )
+        for payload, from_status, to_status, reason, seq in moves:
+            events.append(
+                _transition_event(
+                    signal,
+                    from_status=from_status,
+                    to_status=to_status,
+                    reason=reason,
+                    seq=seq,
+                    actor=None,
+                    actor_label=actor_label,
+                )
+            )
+            messages.append({"type": "signal", "seq": seq, "signal": payload})
+    audit_events_record(events)
+    for message in messages:
+        transaction.on_commit(partial(signal_push, message))
     return rows
 
 

@@ -33,6 +33,7 @@ import random
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from execution.brokers.base import (
@@ -53,9 +54,8 @@ OPEN_SET = "fp:paper:open"
 LOCK_KEY = "fp:paper:lock:{}"
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    return float(raw) if raw else default
+_PARAM_VARIABLES = ("FP_PAPER_TAKER_FEE_BPS", "FP_PAPER_MAKER_FEE_BPS", "FP_PAPER_LATENCY_MEDIAN_MS",
+                    "FP_PAPER_LATENCY_SIGMA", "FP_PAPER_SLIPPAGE_SIGMA_BPS", "FP_PAPER_IMPACT_COEF")
 
 
 def paper_fill_params() -> FillModelParams:
@@ -64,16 +64,23 @@ def paper_fill_params() -> FillModelParams:
     ``FP_PAPER_TAKER_FEE_BPS`` (4), ``FP_PAPER_MAKER_FEE_BPS`` (2),
     ``FP_PAPER_LATENCY_MEDIAN_MS`` (20), ``FP_PAPER_LATENCY_SIGMA`` (0.5),
     ``FP_PAPER_SLIPPAGE_SIGMA_BPS`` (1.0), ``FP_PAPER_IMPACT_COEF`` (0).
+    Built once per set of values (twice per order otherwise).
     """
+    return _fill_params(tuple(os.environ.get(name, "") for name in _PARAM_VARIABLES))
+
+
+@lru_cache(maxsize=8)
+def _fill_params(values: tuple[str, ...]) -> FillModelParams:
     import math
 
+    taker, maker, latency_median, latency_sigma, slippage_sigma, impact = values
     return FillModelParams(
-        taker_fee_bps=Decimal(os.environ.get("FP_PAPER_TAKER_FEE_BPS", "4")),
-        maker_fee_bps=Decimal(os.environ.get("FP_PAPER_MAKER_FEE_BPS", "2")),
-        latency_mu_ms=math.log(_env_float("FP_PAPER_LATENCY_MEDIAN_MS", 20.0)),
-        latency_sigma=_env_float("FP_PAPER_LATENCY_SIGMA", 0.5),
-        slippage_sigma_bps=_env_float("FP_PAPER_SLIPPAGE_SIGMA_BPS", 1.0),
-        impact_coef=Decimal(os.environ.get("FP_PAPER_IMPACT_COEF", "0")),
+        taker_fee_bps=Decimal(taker or "4"),
+        maker_fee_bps=Decimal(maker or "2"),
+        latency_mu_ms=math.log(float(latency_median) if latency_median else 20.0),
+        latency_sigma=float(latency_sigma) if latency_sigma else 0.5,
+        slippage_sigma_bps=float(slippage_sigma) if slippage_sigma else 1.0,
+        impact_coef=Decimal(impact or "0"),
     )
 
 

@@ -186,3 +186,25 @@ def test_the_slippage_gap_alert_is_raised_once_the_close_commits(market):
     gap = slippage_gap(automation.pk)
     assert gap is not None and gap.fills == SLIPPAGE_MIN_FILLS and gap.ratio > services.SLIPPAGE_GAP_RATIO
     assert Alert.objects.filter(kind="slippage_gap").count() == 1
+
+
+@pytest.mark.django_db
+def test_the_slippage_gap_sums_in_sql_equal_the_python_sums_over_the_last_fills(market, monkeypatch):
+    monkeypatch.setenv("FP_PAPER_SLIPPAGE_SIGMA_BPS", "3")
+    automation = make_automation()
+    for i in range(7):
+        signal = make_signal(automation, status=S.QUEUED, side="buy" if i % 3 else "sell",
+                             quantity=str(Decimal("0.3") + Decimal(i) / 7), limit_price="101.00" if i % 3 else "99.00")
+        services.order_execute(signal_id=signal.pk)
+    rows = list(Fill.objects.filter(order__automation=automation).order_by("-id")
+                .values_list("quantity", "realized_slippage_bps", "modelled_slippage_bps")[:6])
+    weight = sum(float(q) for q, _, _ in rows)
+    realized = sum(float(q) * r for q, r, _ in rows) / weight
+    modelled = sum(float(q) * m for q, _, m in rows) / weight
+    gap = slippage_gap(automation.pk, window=6)
+    assert (gap.fills, gap.automation_name) == (6, automation.name)
+    assert gap.realized_bps == pytest.approx(realized, rel=1e-12)
+    assert gap.modelled_bps == pytest.approx(modelled, rel=1e-12)
+    assert gap.ratio == pytest.approx(abs(realized - modelled) / max(abs(modelled), 1.0), rel=1e-12)
+    assert slippage_gap(automation.pk, window=6, min_fills=7).ratio is None
+    assert slippage_gap(make_automation(name="no-fills").pk) is None

@@ -208,3 +208,39 @@ def test_the_slippage_gap_sums_in_sql_equal_the_python_sums_over_the_last_fills(
     assert gap.ratio == pytest.approx(abs(realized - modelled) / max(abs(modelled), 1.0), rel=1e-12)
     assert slippage_gap(automation.pk, window=6, min_fills=7).ratio is None
     assert slippage_gap(make_automation(name="no-fills").pk) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_that_waited_for_the_signal_lock_reads_what_the_holder_committed(market):
+    """The read after the lock is a statement of its own: it sees an approval committed while it waited."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    automation = make_automation()
+    signal = make_signal(automation, status=S.PENDING_APPROVAL)
+    holding, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def approve_slowly() -> None:
+        try:
+            with transaction.atomic():
+                locked = Signal.objects.select_for_update().get(pk=signal.pk)
+                holding.set()
+                time.sleep(0.5)  # The execute task is now waiting for this row.
+                _approve(locked)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+            connection.close()
+
+    thread = threading.Thread(target=approve_slowly)
+    thread.start()
+    assert holding.wait(10)
+    order = services.order_execute(signal_id=signal.pk)
+    thread.join(10)
+    assert errors == [] and done.is_set()
+    assert order is not None and order.gated and order.status == Order.Status.FILLED
+    assert Signal.objects.get(pk=signal.pk).status == S.FILLED

@@ -468,20 +468,61 @@ def pretrade_check(
     Two paths, each atomic on its own:
 
     1. The fast path, one statement: ``risk_pretrade_reserve`` (migrations
-       ``risk/0005`` to ``0007``) locks the global and the automation's risk-state rows in
-       primary-key order, and if the kill switch is off, neither scope is
-       tripped, the automation is active and no limit of either scope would
-       refuse the order, reserves it on both rows (one more open order, its
-       time in the order-rate window) and answers true. The check and the
-       counter update are one statement under the row locks, so N racing
-       workers cannot pass a limit of M < N. The locks are held only while
-       that statement runs (plus the rest of the caller's transaction, if
-       any), never across a round trip to Python. It decides only "passes";
-       anything else answers false and changes nothing.
+       ``risk/0005`` to ``0008``), called as a server-side prepared statement.
+       It takes the counting barrier (shared), then, if the kill switch is
+       off, neither scope is tripped, the automation is active and no limit
+       of either scope would refuse the order, reserves it (one more open
+       order, its time in the order-rate window) and answers true. Which
+       rows it locks and writes depends on the global limits:
+
+       a. No global *stateful* limit (``GLOBAL_STATEFUL_LIMITS``: open
+          orders, orders per minute, daily loss, drawdown, losing streak,
+          slippage breaches), i.e. the global scope has at most size limits
+          (quantity, notional, collar): one UPDATE of the automation's row
+          only, its row lock being the lock. Checks of different automations
+          share no row and do not wait for each other.
+       b. Otherwise: both rows locked (the automation's first, then the
+          global one) and reserved on both, as before.
+
+       The check and the counter update are one statement under the row
+       lock(s), so N racing workers cannot pass a limit of M < N. It decides
+       only "passes"; anything else answers false and changes nothing.
     2. Otherwise the locked path (``_pretrade_check_locked``), the reference:
        the same rows locked in a transaction, evaluated with ``risk.rules``,
        a refusal with a readable reason per breach, the breaker tripped. It
        may still pass (the state moved on in between), then it reserves.
+
+    Why case (a) is exact. A global limit decision reads the global row's
+    state; in case (a) no global limit reads any state, so what the check
+    reads of the global row is its ``tripped`` flag alone, a plain read like
+    the kill switch and the automation's status (a check racing a trip that
+    commits in the same instant may pass, as with the kill switch; counted
+    limits are never overshot). The global row's counters are kept by the
+    paths that lock it: ``order_closed`` always books PnL, losses and
+    slippage breaches on it, so the trailing limits see the true day
+    whenever they are set. The one counter case (a) does not keep is the
+    global open-order count (and the global order-rate window, which, as for
+    any scope whose rate limit is unset, keeps nothing). Every automation's
+    own count stays exact (written under its row lock), and the global count
+    is their sum. So when a global stateful limit is set, ``risk_limit_set``
+    takes the counting barrier exclusively, which waits for every check in
+    flight (each holds the barrier shared until it commits) and holds back
+    new ones until it commits, then rebuilds the global count from the
+    automations' counts. The fast path reads the limits after taking the
+    barrier (its statement's snapshot follows the barrier's wait), so it
+    never reserves on the automation's row alone under a global limit it
+    did not see. (The locked path counts on the global row itself; like any
+    check that races a limit change, it may decide with the limits of the
+    instant before.) Trade-off: setting or clearing a
+    global stateful limit waits for the checks in flight and briefly stops
+    new ones; a global orders-per-minute limit starts counting when it is
+    set. ``tests/risk/test_global_row.py`` holds all of this, including a
+    limit set while checks race.
+
+    Lock order (no deadlock between any two paths): the counting barrier,
+    then the automation's row, then the global row. A transaction that
+    reserved in case (a) holds only its automation's row and can go on to
+    book a closed order (which locks the global row) in the same transaction.
 
     The fast path's SQL repeats the boundaries of ``risk.rules.check_order``
     (the backtester's arithmetic) for the passing outcome only; every refusal

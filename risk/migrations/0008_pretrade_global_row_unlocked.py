@@ -1,30 +1,33 @@
-"""The pre-trade fast path leaves the global row alone when no global counting limit needs it; a signal fast path.
+"""The pre-trade fast path leaves the global row alone when no global limit keeps state on it; a signal fast path.
 
 1. ``risk_pretrade_reserve`` (same signature and decision as 0007, held to
-   ``risk.rules`` by ``tests/risk/test_pretrade_fast_path.py``) now starts
-   with a shared advisory lock, the *counting barrier*
-   (``risk.services.COUNTING_BARRIER_KEY``), and then takes one of two paths:
+   ``risk.rules`` by ``tests/risk/test_pretrade_fast_path.py``) starts with
+   a shared advisory lock, the *counting barrier*
+   (``risk.services.COUNTING_BARRIER_KEY``), and then:
 
-   - No global order-counting limit (global ``max_open_orders`` and
-     ``max_orders_per_minute`` both unset): lock only the automation's row,
-     evaluate its limits, and in a second statement (so with a snapshot
-     taken after that lock was granted) read the global row, the kill switch
-     and the automation's status and reserve on the automation's row only.
-     Checks of different automations no longer queue behind each other.
-   - Otherwise the 0007 path: both rows locked in primary-key order,
-     reserved on both.
+   - While the global scope has no stateful limit (open orders, orders per
+     minute, daily loss, drawdown, losing streak, slippage breaches): one
+     UPDATE of the automation's row that checks its limits, the global
+     size limits, the global row's trip flag, the kill switch and the
+     automation's status, and reserves on the automation's row only.
+     Checks of different automations no longer queue on the global row.
+   - Otherwise (or when that UPDATE matched nothing): the 0007 path, both
+     rows locked, the automation's first, and reserved on both.
 
    Why this stays exact is written out in ``risk.services.pretrade_check``.
-   In short: the global row's counters are written only by paths that hold
-   its row lock, and a check that does not lock it writes nothing a
-   global-scope decision reads, except the automation's open-order counter,
-   from which ``risk_limit_set`` rebuilds the global one (under the barrier
-   taken exclusively) when a global counting limit is set.
 2. ``risk_signal_record``: the signal-rate check of ``signal_rate_check`` in
-   one statement (both rows locked in pk order, after the barrier), deciding
-   only "passes and records"; anything else goes to the Python path.
-3. ``risk_window_keep``: a time window pruned and cut to its newest entries,
-   without appending (what the signal path does to the order window).
+   one statement (after the barrier, both rows locked, the automation's
+   first), deciding only "passes and records"; anything else goes to the
+   Python path. ``tests/risk/test_signal_fast_path.py`` holds its rows
+   equal to the reference path's.
+3. ``risk_window_count`` (how many entries of a window are recent) and
+   ``risk_window_keep`` (a window pruned and cut to its newest entries,
+   without appending), used by the two.
+
+Every path now locks the automation's row before the global row (see
+``risk.services``'s locking rules), so the order the rows are locked in is
+``automation_id IS NULL, id`` rather than ``id``; while the automation's
+row does not exist yet, nothing is locked and the Python path creates it.
 """
 
 from __future__ import annotations
@@ -90,19 +93,16 @@ DAY_ROLL = """
         slippage_breaches_today = CASE WHEN s.trading_day = p_day THEN s.slippage_breaches_today ELSE 0 END,
         trading_day = p_day"""
 
-# Steps:
+# Steps of risk_pretrade_reserve:
 # 1. The counting barrier, shared: risk_limit_set takes it exclusively when it
-#    changes a global counting limit, so no check is in flight across that change.
-# 2. Unless a global counting limit is set (then the WHERE clause matches no
-#    row and locks nothing), lock the automation's row and evaluate its limits.
-#    A wait for the lock re-evaluates on the newest version of the row.
-# 3. With a fresh snapshot (so every commit that released the automation's
-#    row is visible, including a loss or a trip booked on the global row by
-#    whoever held it): the global row passes its limits and is not tripped,
-#    the kill switch is off, the automation is active; then reserve on the
-#    automation's row (one more open order, the order's time in its window).
-# 4. With a global counting limit set: the 0007 path, both rows locked in
-#    primary-key order and reserved on both.
+#    changes a global stateful limit, so no check is in flight across that
+#    change, and the next statement's snapshot sees the limits as they are.
+# 2. No global stateful limit: one UPDATE of the automation's row (its row
+#    lock is the lock; a wait re-evaluates on the newest version of the row).
+# 3. Otherwise, or when 2 matched no row (a refusal, a missing row, or a
+#    global stateful limit): both rows locked, the automation's first, every
+#    limit of both scopes evaluated, and reserved on both.
+# 4. Asynchronous commit for this transaction when the caller asked for it.
 FUNCTION = f"""
 CREATE OR REPLACE FUNCTION risk_window_keep(
     times double precision[], p_now_s double precision, p_window_s double precision, keep integer
@@ -232,7 +232,7 @@ BEGIN
     RETURN true;
 END
 $$;
-"""
+"""  # noqa: S608 - built from constants of this file only
 
 DROP = """
 DROP FUNCTION IF EXISTS risk_signal_record(bigint, date, double precision);

@@ -234,15 +234,6 @@ def signal_create(
     return _apply_transition(signal, S.NEW, actor_label=actor_label, reason=reason, actor=None, now=now, insert=True)
 
 
-def push_sequence_next_many(count: int) -> list[int]:
-    """``count`` numbers of the push sequence in one round trip, ascending."""
-    if count <= 0:
-        return []
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval('automations_signal_push_seq') FROM generate_series(1, %s)", [count])
-        return sorted(int(row[0]) for row in cursor.fetchall())
-
-
 @dataclass
 class RoutedSignal:
     """A signal to create together with its first move out of ``new`` (see ``signals_create_routed``)."""

@@ -156,3 +156,24 @@ def test_it_computes_tail_statistics_on_the_quotes_before_the_latest() -> None:
 def test_it_rejects_a_quotes_frame_without_the_required_columns() -> None:
     with pytest.raises(ValueError, match="ask_size"):
         compute_features(window(QUOTES.drop(columns=["ask_size"]), NO_TRADES, 3))
+
+
+def test_a_frames_columns_come_back_as_the_public_path_gives_them():
+    import numpy as np
+    import pandas as pd
+
+    from automations.features import _column
+
+    frame = pd.DataFrame(
+        {"ts_ns": np.arange(5, dtype=np.int64), "bid": np.linspace(1, 2, 5), "side": ["buy"] * 5, "n": np.arange(5)}
+    )
+    for name, dtype in (("ts_ns", np.int64), ("bid", np.float64), ("n", np.float64)):
+        got = _column(frame, name, dtype)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, frame[name].to_numpy(dtype=dtype))
+    # No copy when the column already has the dtype.
+    assert np.shares_memory(_column(frame, "bid", np.float64), frame["bid"].to_numpy(copy=False))
+    duplicated = pd.concat([frame[["bid"]], frame[["bid"]]], axis=1)
+    np.testing.assert_array_equal(_column(frame.assign(x=1.0), "x", np.float64), np.ones(5))
+    # A name that is not one column: whatever the public path gives.
+    np.testing.assert_array_equal(_column(duplicated, "bid", np.float64), duplicated["bid"].to_numpy(dtype=np.float64))

@@ -408,6 +408,9 @@ class TardisColumns:
     values: list[np.ndarray]
     aggressor: list[str] | None = None
     trade_ids: list[str] | None = None
+    # (integer mantissas, decimal places) per ``texts`` column when every field is a short plain
+    # decimal: the exact numbers, for PostgreSQL's binary COPY. None otherwise.
+    decimals: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
 _POWERS_OF_TEN = 10.0 ** np.arange(23)  # all exact in float64
@@ -430,14 +433,21 @@ def _plain_ints(column: list[str]) -> np.ndarray | None:
 
 
 def _plain_floats(column: list[str]) -> np.ndarray | None:
-    """float64 of each field, the same as ``float(field)``, when all are short plain decimals; else None.
+    """float64 of each field, the same as ``float(field)``, when all are short plain decimals; else None."""
+    parts = _plain_decimal_parts(column)
+    return None if parts is None else parts[0] / _POWERS_OF_TEN[parts[1]]
+
+
+def _plain_decimal_parts(column: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mantissas, decimals) of each field (``"96.125"`` -> 96125, 3) when all are short plain decimals; else None.
 
     Fields of digits with at most one point and at most 15 digits: each is an integer
     mantissa M < 2**53 over 10**k (k <= 22), both exact in float64, so the one IEEE division
     M / 10**k is the correctly rounded value of the decimal, which is what ``float`` gives
-    (Clinger's fast path). The mantissas are read in one C pass (``np.fromstring``) instead of
-    one ``float`` call per field. Anything else (a longer number, an empty field, a second
-    point) returns None and the caller converts field by field.
+    (Clinger's fast path); the pair is also the exact number, for PostgreSQL's binary numeric.
+    The mantissas are read in one C pass (``np.fromstring``) instead of one ``float`` call per
+    field. Anything else (a longer number, an empty field, a second point) returns None and
+    the caller converts field by field.
     """
     n = len(column)
     try:
@@ -466,7 +476,7 @@ def _plain_floats(column: list[str]) -> np.ndarray | None:
     mantissas = np.fromstring(raw, dtype=np.int64, sep=",")
     if len(mantissas) != n:
         return None
-    return mantissas / _POWERS_OF_TEN[decimals]
+    return mantissas, decimals
 
 
 def tardis_columns(fmt: str, payloads: Sequence[bytes], symbol: str | None = None) -> TardisColumns | None:
@@ -522,9 +532,15 @@ def tardis_columns(fmt: str, payloads: Sequence[bytes], symbol: str | None = Non
         else:
             texts = [fields[6::8], fields[7::8]]
         values = []
+        exact: list[tuple[np.ndarray, np.ndarray]] | None = []
         for column in texts:
-            floats = _plain_floats(column)
-            if floats is None:
+            parts = _plain_decimal_parts(column)
+            if parts is not None:
+                floats = parts[0] / _POWERS_OF_TEN[parts[1]]
+                if exact is not None:
+                    exact.append(parts)
+            else:
+                exact = None
                 if not "".join(column).replace(".", "").isdigit():
                     return None
                 # ``float`` refuses "", "." and "1.2.3", which Decimal refuses too.
@@ -532,7 +548,7 @@ def tardis_columns(fmt: str, payloads: Sequence[bytes], symbol: str | None = Non
             values.append(floats)
     except (ValueError, OverflowError):
         return None
-    out = TardisColumns(symbols, stamps[0], stamps[1], stamps[0] * 1000, stamps[1] * 1000, texts, values)
+    out = TardisColumns(symbols, stamps[0], stamps[1], stamps[0] * 1000, stamps[1] * 1000, texts, values, decimals=exact)
     if fmt == "tardis-trades":
         trade_ids = fields[4::8]
         lengths = set(map(len, trade_ids))

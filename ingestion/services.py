@@ -270,12 +270,25 @@ class _BookKeeper:
 
 @dataclass(slots=True)
 class _Piece:
-    """COPY text of ``rows`` rows of one table, all of one UTC day (``day`` = days since the epoch)."""
+    """``rows`` rows of one table, all of one UTC day (``day`` = days since the epoch), as COPY input.
+
+    ``text`` is the COPY text. A piece of the columnar path bound for the streamed COPY may
+    instead hold the rows in PostgreSQL's binary COPY format (``binary``, no header) and build
+    its text only if a fallback path asks for it (``make_text``).
+    """
 
     table: str
     day: int
-    text: str
+    text_: str | None
     rows: int
+    binary: bytes | None = None
+    make_text: Any = None
+
+    @property
+    def text(self) -> str:
+        if self.text_ is None:
+            self.text_ = self.make_text()
+        return self.text_
 
 
 @dataclass
@@ -319,6 +332,8 @@ class IngestPipeline:
         self._safe_symbols: dict[str, str | None] = {}
         self._stream_info: dict[str, RawStream | None] = {}
         self._copier: ThreadPoolExecutor | None = None
+        # Set while ``_parse_and_copy`` streams: the columnar path may then give binary COPY pieces.
+        self._binary_copy = False
 
     def _stream(self, stream: str) -> RawStream | None:
         if stream not in self._stream_info:
@@ -441,6 +456,7 @@ class IngestPipeline:
         pending = None
         failed = False
         sent = 0
+        self._binary_copy = BINARY_COPY
         try:
             for start in range(0, len(records), STREAM_CHUNK):
                 self._parse_batch(stream, fmt, records[start : start + STREAM_CHUNK], symbol, validator, result, batch)
@@ -463,6 +479,7 @@ class IngestPipeline:
                 failed = _copy_failed(pending)
                 pending = None
         finally:
+            self._binary_copy = False
             if pending is not None:
                 # Something failed in the main thread: the helper must be done
                 # with the connection before the transaction is rolled back.
@@ -674,29 +691,43 @@ class IngestPipeline:
             )
         pick = _picker(accepted)
         syms = pick(cols.symbols)
-        texts = [pick(column) for column in cols.texts]
-        columns: list[list[str]] = [
-            list(map(str, seqs.tolist())),
-            syms,
-            _ts_texts(source_us),
-            _ts_texts(recv_us),
-            *texts,
-        ]
-        if cols.trade_ids is not None and cols.aggressor is not None:
-            columns += [pick(cols.aggressor), pick(cols.trade_ids)]
+        names = set(syms)
+
+        def text_columns() -> list[list[str]]:
+            columns: list[list[str]] = [
+                list(map(str, seqs.tolist())),
+                syms,
+                _ts_texts(source_us),
+                _ts_texts(recv_us),
+                *(pick(column) for column in cols.texts),
+            ]
+            if cols.trade_ids is not None and cols.aggressor is not None:
+                columns += [pick(cols.aggressor), pick(cols.trade_ids)]
+            return columns
+
         stream_text = _copy_escape(stream)
         days = source_ns // NS_PER_DAY
         first_day, last_day = int(days[0]), int(days[-1])
-        if first_day == last_day and (days == first_day).all():
-            batch.pieces.append(_Piece(table, first_day, _rows_text(stream_text, columns), len(syms)))
+        one_day = first_day == last_day and (days == first_day).all()
+        if self._binary_copy and table == "ingestion_quote" and cols.decimals is not None and len(names) == 1:
+            # Binary COPY for the streamed path; the text only if a fallback asks for it.
+            exact = cols.decimals if accepted is None else [(m[accepted], k[accepted]) for m, k in cols.decimals]
+            binary = _quote_rows_binary(stream, syms[0], seqs, source_us, recv_us, exact)
+            for day in [first_day] if one_day else np.unique(days).tolist():
+                rows = None if one_day else np.flatnonzero(days == day).tolist()
+                data = binary.tobytes() if rows is None else binary[rows].tobytes()
+                count = len(syms) if rows is None else len(rows)
+                batch.pieces.append(_Piece(table, day, None, count, data, _text_maker(stream_text, text_columns, rows)))
+        elif one_day:
+            batch.pieces.append(_Piece(table, first_day, _rows_text(stream_text, text_columns()), len(syms)))
         else:
+            columns = text_columns()
             for day in np.unique(days).tolist():
                 rows = np.flatnonzero(days == day).tolist()
                 part = [list(map(column.__getitem__, rows)) for column in columns]
                 batch.pieces.append(_Piece(table, day, _rows_text(stream_text, part), len(rows)))
         batch.samples.append((source_ns, recv_ns))
         batch.last_recv_ns = int(recv_ns[-1])
-        names = set(syms)
         result.symbols |= names
         if latest:
             values = cols.values if accepted is None else [v[accepted] for v in cols.values]
@@ -988,7 +1019,13 @@ def _copy_chunk(raw: Any, pieces: list[_Piece]) -> None:
     with raw.cursor() as cursor:
         for piece in pieces:
             columns = _QUOTE_COLUMNS if piece.table == "ingestion_quote" else _TRADE_COLUMNS
-            _copy_text(cursor, partition_name(piece.table, piece.day), columns, piece.text)
+            if piece.binary is not None:
+                with cursor.copy(f"COPY {partition_name(piece.table, piece.day)} ({columns}) FROM STDIN (FORMAT binary)") as copy:
+                    copy.write(_BINARY_HEADER)
+                    copy.write(piece.binary)
+                    copy.write(_BINARY_TRAILER)
+            else:
+                _copy_text(cursor, partition_name(piece.table, piece.day), columns, piece.text)
 
 
 def _copy_failed(future: Future[None]) -> bool:
@@ -1049,6 +1086,83 @@ def _ts_texts(us: np.ndarray) -> list[str]:
             rest, digit = np.divmod(rest, 10)
             grid[:, end - k] += digit.astype(np.uint32)
     return grid.view(f"<U{len(_TS_TEMPLATE)}").ravel().tolist()
+
+
+def _text_maker(stream_text: str, text_columns: Any, rows: list[int] | None) -> Any:
+    """Builds the COPY text of (some of) the rows later, only if it is asked for."""
+    if rows is None:
+        return lambda: _rows_text(stream_text, text_columns())
+    return lambda: _rows_text(stream_text, [list(map(column.__getitem__, rows)) for column in text_columns()])
+
+
+# PostgreSQL's binary COPY: a signature, flags and header-extension length; -1 fields ends the data.
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_BINARY_TRAILER = b"\xff\xff"
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 00:00 UTC, PostgreSQL's timestamp zero, in Unix microseconds
+_NUMERIC_GROUPS = 5  # base-10000 digits sent per numeric: 20 decimal digits, enough for 15 plus a scale pad
+_NUMERIC_FIELD = np.dtype(
+    [("len", ">i4"), ("ndigits", ">i2"), ("weight", ">i2"), ("sign", ">u2"), ("dscale", ">u2"),
+     ("digits", ">i2", (_NUMERIC_GROUPS,))]
+)  # fmt: skip
+_INT_POWERS_OF_TEN = np.array([1, 10, 100, 1000], dtype=np.int64)
+BINARY_COPY = os.environ.get("FP_INGEST_BINARY_COPY", "1") != "0"
+
+
+def _quote_rows_binary(
+    stream: str,
+    symbol: str,
+    seqs: np.ndarray,
+    source_us: np.ndarray,
+    recv_us: np.ndarray,
+    exact: list[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """Quote rows of one symbol in PostgreSQL's binary COPY format, one fixed-size record per row.
+
+    PostgreSQL then reads two 8-byte integers instead of parsing two timestamp texts per row
+    (most of what the text COPY cost it beyond the heap and the index). Each price and size
+    is the venue's decimal exactly: the integer mantissa M and decimal places k of its text
+    (``parsers._plain_decimal_parts``), sent as numeric's base-10000 digits: M * 10**(4g - k)
+    (g = ceil(k / 4) groups after the point) split into five digits, weight 4 - g, display
+    scale k. numeric_recv then strips the zero digits and rounds to the column's scale like
+    numeric_in does, so the stored values are the same as from the text
+    (``tests/ingestion/test_columnar_ingest.py``).
+    """
+    stream_bytes = stream.encode()
+    symbol_bytes = symbol.encode()
+    dtype = np.dtype(
+        [("fields", ">i2"),
+         ("stream_len", ">i4"), ("stream", f"S{len(stream_bytes)}"),
+         ("seq_len", ">i4"), ("seq", ">i8"),
+         ("symbol_len", ">i4"), ("symbol", f"S{len(symbol_bytes)}"),
+         ("source_len", ">i4"), ("source", ">i8"),
+         ("recv_len", ">i4"), ("recv", ">i8"),
+         *[(f"n{j}", _NUMERIC_FIELD) for j in range(len(exact))]]
+    )  # fmt: skip
+    rows = np.empty(len(seqs), dtype)
+    rows["fields"] = 5 + len(exact)
+    rows["stream_len"] = len(stream_bytes)
+    rows["stream"] = stream_bytes
+    rows["seq_len"] = 8
+    rows["seq"] = seqs
+    rows["symbol_len"] = len(symbol_bytes)
+    rows["symbol"] = symbol_bytes
+    rows["source_len"] = 8
+    rows["source"] = source_us - _PG_EPOCH_US
+    rows["recv_len"] = 8
+    rows["recv"] = recv_us - _PG_EPOCH_US
+    for j, (mantissas, decimals) in enumerate(exact):
+        field = rows[f"n{j}"]
+        field["len"] = _NUMERIC_FIELD.itemsize - 4
+        field["ndigits"] = _NUMERIC_GROUPS
+        field["sign"] = 0
+        groups = (decimals + 3) // 4
+        field["weight"] = _NUMERIC_GROUPS - 1 - groups
+        field["dscale"] = decimals
+        scaled = mantissas * _INT_POWERS_OF_TEN[groups * 4 - decimals]
+        digits = field["digits"]
+        for g in range(_NUMERIC_GROUPS - 1, -1, -1):
+            scaled, digits[:, g] = np.divmod(scaled, 10_000)
+    return rows
 
 
 def _rows_text(stream_text: str, columns: list[list[str]]) -> str:

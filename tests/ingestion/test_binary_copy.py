@@ -1,0 +1,78 @@
+"""Quotes COPied in PostgreSQL's binary format are stored exactly as from the COPY text."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from ingestion import services
+from ingestion.services import IngestPipeline
+
+DAY = 1_582_329_600_000_000  # 2020-02-22 00:00 UTC in microseconds
+# (bid, bid_size, ask, ask_size): awkward but valid decimal texts, as a venue might write them.
+PRICES = [
+    ("9681.92", "0.67", "9682", "0.84"),
+    ("0.0000000000015", ".5", "0.000000000002", "5."),  # 13 decimals: the column rounds to 12
+    ("0.000000000001", "123456789012345", "0.1", "007"),  # 15 digits; leading zeros
+    ("99999.99999999", "1.000000000000", "100000", "0.0001"),
+    ("1234567890.12345", "0.00005", "1234567890.12346", "10000"),
+    ("12.5", "3.14159", "12.50000001", "1e0"),  # an exponent: this batch goes the text way
+]
+
+
+def _rows(n: int, start_us: int, awkward: bool = True) -> list[tuple[int, int, bytes]]:
+    out = []
+    for i in range(n):
+        bid, bid_size, ask, ask_size = PRICES[i % (len(PRICES) if awkward else len(PRICES) - 1)]
+        ts = start_us + i * 997_003  # crosses midnight when started before it
+        line = f"binance-futures,BTCUSDT,{ts},{ts + 1234},{ask_size},{ask},{bid},{bid_size}"
+        out.append((i + 1, 0, line.encode()))
+    return out
+
+
+def _stored(stream: str) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT raw_seq, symbol, source_ts, recv_ts, bid, bid_size, ask, ask_size, bid::text, bid_size::text"
+            " FROM ingestion_quote WHERE raw_stream = %s ORDER BY raw_seq",
+            [stream],
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_binary_and_text_copy_store_the_same_quotes(monkeypatch, redis_clean):
+    monkeypatch.setattr(services, "STREAM_CHUNK", 40)  # several streamed chunks
+    built = []
+    real = services._quote_rows_binary
+    monkeypatch.setattr(services, "_quote_rows_binary", lambda *a: built.append(a) or real(*a))
+    # A COPY that fails falls back to the text (built on demand): it must not have been needed.
+    texts_built = []
+    maker = services._text_maker
+    monkeypatch.setattr(services, "_text_maker", lambda *a: lambda made=maker(*a): texts_built.append(1) or made())
+    # Five quote shapes repeat (the sixth, with an exponent, only in the last chunks), over midnight.
+    records = _rows(100, DAY - 30 * 997_003, awkward=False) + _rows(30, DAY + 200 * 997_003)
+    records = [(seq, recv, payload) for seq, (_s, recv, payload) in enumerate(records, 1)]
+
+    fast = IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="binary", fmt="tardis-quotes", records=records, detect=False)
+    assert len(built) >= 2  # the binary format was used for the plain chunks...
+    assert texts_built == []  # ...and PostgreSQL took it
+    monkeypatch.setattr(services, "BINARY_COPY", False)
+    slow = IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="text", fmt="tardis-quotes", records=records, detect=False)
+
+    assert fast.as_dict() == slow.as_dict()
+    assert fast.quotes == len(records)
+    binary, text = _stored("binary"), _stored("text")
+    assert binary == text
+    assert [row[8:] for row in binary[:2]] == [("9681.920000000000", "0.670000000000"), ("0.000000000002", "0.500000000000")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivered_binary_batch_adds_nothing(monkeypatch, redis_clean):
+    monkeypatch.setattr(services, "STREAM_CHUNK", 40)
+    records = _rows(100, DAY, awkward=False)
+    IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="again", fmt="tardis-quotes", records=records[:50], detect=False)
+    # The first chunk clashes on the primary key: the batch goes the staging-table way, from text built on demand.
+    again = IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="again", fmt="tardis-quotes", records=records, detect=False)
+    assert again.quotes == 50
+    assert [row[0] for row in _stored("again")] == list(range(1, 101))

@@ -29,20 +29,24 @@ PostgreSQL, Redis), whatever N:
    automations; evaluate each automation's strategy. A symbol that fails here
    is logged and left out (its data is evaluated again by the next pass).
 4. Every intent of the pass, in ONE transaction (``_route_many``): read the
-   automations' gating state, then per intent, in order, decide its route:
+   automations' gating state and the signals they already have for these
+   market times (one prepared statement), then per intent, in order, decide
+   its route:
    - ``filtered`` when the regime is not in the automation's allowed set, or
      when the signal-rate limit is breached (risk's ``signal_rate_check``,
      called per signal inside the transaction; risk trips the breaker);
    - ``pending_approval`` when the automation requires approval or fewer than
      ``approval_threshold`` of its trades have been approved;
    - else ``queued``, counted as automatic, and the execute task is sent by
-     name on commit;
+     name on commit (before the live pushes);
    then create the signals with their context (bid/ask/mid/spread, features,
    regime, market time, the L2 snapshot shared by the symbol's signals of
    this pass) through ``signals_create_routed``: the same rows as creating
    and moving them one by one (signal, two transitions, two audit events on
-   the chain, two pushes), with bulk inserts. A duplicate met there rolls
-   the batch back and routes each intent in a transaction of its own.
+   the chain, two pushes); the snapshots, signals, transitions and automatic
+   counters in one statement, the audit events in one chain append. A
+   duplicate met there rolls the batch back and routes each intent in a
+   transaction of its own.
 5. One Redis pipeline: record the evaluated timestamps, then release the
    locks (compare-and-delete on each token), so the next holder sees them.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ from django.core.mail import send_mail
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
+from psycopg import pq
 
 from audit.models import AuditEvent
 from audit.services import audit_event_record
@@ -133,13 +135,16 @@ GLOBAL_STATEFUL_LIMITS = ("max_open_orders", "max_orders_per_minute", *TRAILING_
 
 
 def _fast_path_call(sql: str, params: list[Any]) -> bool:
-    """Run one risk function on the connection's psycopg handle as a server-side prepared statement.
+    """Run one risk function (``sql`` with ``%s`` placeholders) as a server-side prepared statement; its boolean.
 
     The same connection and transaction as Django's cursor (inside an atomic
     block the statement joins the caller's transaction; outside one it
     commits by itself), without the per-call cost of Django's cursor wrapper
     and of parsing and planning the statement again: the checks run once per
-    order and once per signal.
+    order and once per signal. When a transaction is open, or none is needed
+    (autocommit), the statement goes straight to libpq; otherwise (Django
+    has started an atomic block that has not sent a statement yet) through a
+    psycopg cursor, which opens the transaction first.
     """
     # One look-up of this thread's wrapper: each attribute of the
     # ``connection`` proxy is another thread-local look-up.
@@ -148,16 +153,54 @@ def _fast_path_call(sql: str, params: list[Any]) -> bool:
     db.ensure_connection()
     db.validate_no_broken_transaction()
     raw = db.connection
+    pgconn = raw.pgconn
+    status = pgconn.transaction_status
     with db.wrap_database_errors:
-        # A plain (server-side binding) psycopg cursor, kept per connection
-        # and replaced when Django reconnects.
-        cursor = getattr(db, "_risk_fast_cursor", None)
-        if cursor is None or cursor.connection is not raw or cursor.closed:
-            cursor = psycopg.Cursor(raw)
-            db._risk_fast_cursor = cursor  # type: ignore[attr-defined]
-        cursor.execute(sql, params, prepare=True)
-        row = cursor.fetchone()
+        if status == pq.TransactionStatus.INTRANS or (status == pq.TransactionStatus.IDLE and raw.autocommit):
+            return _libpq_call(db, raw, sql, params)
+        cursor = psycopg.Cursor(raw)
+        try:
+            cursor.execute(sql, params, prepare=True)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
     return bool(row and row[0])
+
+
+def _libpq_call(db: Any, raw: psycopg.Connection, sql: str, params: list[Any]) -> bool:
+    pgconn = raw.pgconn
+    # Prepared once per session (a reconnect brings a new pgconn), under a
+    # name of our own, beside psycopg's own prepared statements.
+    prepared = getattr(db, "_risk_prepared", None)
+    if prepared is None or prepared[0] is not pgconn:
+        prepared = (pgconn, {})
+        db._risk_prepared = prepared
+    name = prepared[1].get(sql)
+    if name is None:
+        name = f"fp_risk_{len(prepared[1])}".encode()
+        numbered = iter(range(1, len(params) + 1))
+        result = pgconn.prepare(name, re.sub("%s", lambda _m: f"${next(numbered)}", sql).encode())
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
+        prepared[1][sql] = name
+    result = pgconn.exec_prepared(name, [_libpq_text(value) for value in params])
+    if result.status != pq.ExecStatus.TUPLES_OK:
+        raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
+    return result.get_value(0, 0) == b"t"
+
+
+def _libpq_text(value: Any) -> bytes | None:
+    """A parameter in PostgreSQL's text format (every placeholder of the risk functions is cast explicitly)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return b"t" if value else b"f"
+    if isinstance(value, float):
+        # repr is the shortest string that reads back as the same double.
+        return repr(value).encode()
+    if isinstance(value, date):
+        return value.isoformat().encode()
+    return str(value).encode()
 
 
 # ---------------------------------------------------------------------------

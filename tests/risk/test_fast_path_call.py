@@ -1,0 +1,62 @@
+"""How the risk fast paths reach PostgreSQL: prepared statements on the connection Django holds, in the caller's transaction."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from django.db import DataError, connection, transaction
+
+from automations.models import Automation
+from risk.models import RiskState
+from risk.services import _fast_path_call, order_closed, pretrade_check
+from tests.risk.conftest import make_automation
+
+pytestmark = [pytest.mark.usefixtures("celery_eager")]
+D = Decimal
+
+
+def _check(automation_id: int) -> bool:
+    return pretrade_check(automation_id=automation_id, side="buy", quantity=D(1), limit_price=D(100), mid=D(100)) == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("statement_sent", [False, True], ids=["first_statement", "after_a_statement"])
+def test_the_fast_path_reservation_belongs_to_the_callers_transaction(statement_sent: bool) -> None:
+    a = make_automation()
+    assert _check(a.pk)  # Creates the scope's rows (the locked path), then release.
+    order_closed(automation_id=a.pk, realized_pnl=D(0))
+    with pytest.raises(RuntimeError), transaction.atomic():
+        if statement_sent:
+            assert Automation.objects.filter(pk=a.pk).exists()
+        assert _check(a.pk)
+        assert RiskState.objects.get(automation=a).open_orders == 1
+        raise RuntimeError("the order transaction fails after the check")
+    assert RiskState.objects.get(automation=a).open_orders == 0
+    # Outside a transaction the check commits by itself.
+    assert _check(a.pk)
+    assert RiskState.objects.get(automation=a).open_orders == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "atomic"])
+def test_parameters_arrive_typed_and_errors_are_djangos(in_transaction: bool) -> None:
+    sql = ("SELECT %s::bigint = 7 AND %s::numeric = 100 AND %s::double precision = 0.1 AND %s::date = '2026-01-02' "
+           "AND %s::numeric IS NULL AND %s::boolean AND NOT %s::boolean")
+    params = [7, D("1E+2"), 0.1, date(2026, 1, 2), None, True, False]
+    if in_transaction:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            assert _fast_path_call(sql, params)
+            assert _fast_path_call(sql, params)  # Prepared once, executed again.
+            with pytest.raises(DataError):
+                _fast_path_call("SELECT 1 / %s::integer = 1", [0])
+            transaction.set_rollback(True)
+    else:
+        assert _fast_path_call(sql, params)
+        with pytest.raises(DataError):
+            _fast_path_call("SELECT 1 / %s::integer = 1", [0])
+        # The connection is usable after the error (autocommit: the failed statement was its own transaction).
+        assert _fast_path_call("SELECT %s::integer = 2", [2])

@@ -55,6 +55,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,7 @@ class _Piece:
     rows: int
     binary: bytes | None = None
     make_text: Any = None
+    binary_columns: str = ""
 
     @property
     def text(self) -> str:
@@ -709,15 +711,25 @@ class IngestPipeline:
         days = source_ns // NS_PER_DAY
         first_day, last_day = int(days[0]), int(days[-1])
         one_day = first_day == last_day and (days == first_day).all()
-        if self._binary_copy and table == "ingestion_quote" and cols.decimals is not None and len(names) == 1:
-            # Binary COPY for the streamed path; the text only if a fallback asks for it.
+        binary = None
+        if self._binary_copy and cols.decimals is not None and len(names) == 1:
             exact = cols.decimals if accepted is None else [(m[accepted], k[accepted]) for m, k in cols.decimals]
-            binary = _quote_rows_binary(stream, syms[0], seqs, source_us, recv_us, exact)
+            if table == "ingestion_quote":
+                binary = _quote_rows_binary(stream, syms[0], seqs, source_us, recv_us, exact)
+                aggressors = None
+                binary_columns = _QUOTE_COLUMNS
+            elif cols.trade_ids is not None and cols.aggressor is not None:
+                aggressors = pick(cols.aggressor)
+                binary = _trade_rows_binary(stream, syms[0], seqs, source_us, recv_us, exact, pick(cols.trade_ids))
+                binary_columns = _TRADE_COLUMNS_BINARY
+        if binary is not None:
+            # Binary COPY for the streamed path; the text only if a fallback asks for it.
             for day in [first_day] if one_day else np.unique(days).tolist():
                 rows = None if one_day else np.flatnonzero(days == day).tolist()
-                data = binary.tobytes() if rows is None else binary[rows].tobytes()
-                count = len(syms) if rows is None else len(rows)
-                batch.pieces.append(_Piece(table, day, None, count, data, _text_maker(stream_text, text_columns, rows)))
+                part = binary if rows is None else binary[rows]
+                data = part.tobytes() if aggressors is None else _with_aggressors(part, aggressors, rows)
+                text = _text_maker(stream_text, text_columns, rows)
+                batch.pieces.append(_Piece(table, day, None, len(part), data, text, binary_columns))
         elif one_day:
             batch.pieces.append(_Piece(table, first_day, _rows_text(stream_text, text_columns()), len(syms)))
         else:
@@ -1020,6 +1032,7 @@ def _copy_chunk(raw: Any, pieces: list[_Piece]) -> None:
         for piece in pieces:
             columns = _QUOTE_COLUMNS if piece.table == "ingestion_quote" else _TRADE_COLUMNS
             if piece.binary is not None:
+                columns = piece.binary_columns
                 with cursor.copy(f"COPY {partition_name(piece.table, piece.day)} ({columns}) FROM STDIN (FORMAT binary)") as copy:
                     copy.write(_BINARY_HEADER)
                     copy.write(piece.binary)
@@ -1108,6 +1121,44 @@ _INT_POWERS_OF_TEN = np.array([1, 10, 100, 1000], dtype=np.int64)
 BINARY_COPY = os.environ.get("FP_INGEST_BINARY_COPY", "1") != "0"
 
 
+# Binary trade rows carry the (variable-length) aggressor last.
+_TRADE_COLUMNS_BINARY = "raw_stream, raw_seq, symbol, source_ts, recv_ts, price, size, trade_id, aggressor"
+_AGGRESSOR_FIELDS = {text: len(text).to_bytes(4, "big") + text.encode() for text in ("buy", "sell", "")}
+
+
+def _trade_rows_binary(
+    stream: str,
+    symbol: str,
+    seqs: np.ndarray,
+    source_us: np.ndarray,
+    recv_us: np.ndarray,
+    exact: list[tuple[np.ndarray, np.ndarray]],
+    trade_ids: list[str],
+) -> np.ndarray | None:
+    """Trade rows of one symbol in binary COPY format but for the aggressor field (``_with_aggressors``).
+
+    Fixed-size records need trade ids of one length, as a venue's consecutive ids nearly
+    always are; None otherwise (the chunk then goes as COPY text).
+    """
+    lengths = set(map(len, trade_ids))
+    if len(lengths) != 1:
+        return None
+    width = lengths.pop()
+    rows = _quote_rows_binary(stream, symbol, seqs, source_us, recv_us, exact, extra=[("id_len", ">i4"), ("id", f"S{width}")])
+    rows["fields"] += 2
+    rows["id_len"] = width
+    rows["id"] = trade_ids
+    return rows
+
+
+def _with_aggressors(rows: np.ndarray, aggressors: list[str], picked: list[int] | None) -> bytes:
+    """The binary trade rows with each one's aggressor field appended."""
+    width = rows.dtype.itemsize
+    blob = rows.tobytes()
+    fields = map(_AGGRESSOR_FIELDS.__getitem__, aggressors if picked is None else map(aggressors.__getitem__, picked))
+    return b"".join(chain.from_iterable(zip([blob[i : i + width] for i in range(0, len(blob), width)], fields, strict=True)))
+
+
 def _quote_rows_binary(
     stream: str,
     symbol: str,
@@ -1115,6 +1166,7 @@ def _quote_rows_binary(
     source_us: np.ndarray,
     recv_us: np.ndarray,
     exact: list[tuple[np.ndarray, np.ndarray]],
+    extra: Sequence[tuple[str, str]] = (),
 ) -> np.ndarray:
     """Quote rows of one symbol in PostgreSQL's binary COPY format, one fixed-size record per row.
 
@@ -1125,7 +1177,7 @@ def _quote_rows_binary(
     (g = ceil(k / 4) groups after the point) split into five digits, weight 4 - g, display
     scale k. numeric_recv then strips the zero digits and rounds to the column's scale like
     numeric_in does, so the stored values are the same as from the text
-    (``tests/ingestion/test_columnar_ingest.py``).
+    (``tests/ingestion/test_binary_copy.py``). ``extra``: more fixed-size fields after those.
     """
     stream_bytes = stream.encode()
     symbol_bytes = symbol.encode()
@@ -1136,7 +1188,8 @@ def _quote_rows_binary(
          ("symbol_len", ">i4"), ("symbol", f"S{len(symbol_bytes)}"),
          ("source_len", ">i4"), ("source", ">i8"),
          ("recv_len", ">i4"), ("recv", ">i8"),
-         *[(f"n{j}", _NUMERIC_FIELD) for j in range(len(exact))]]
+         *[(f"n{j}", _NUMERIC_FIELD) for j in range(len(exact))],
+         *extra]
     )  # fmt: skip
     rows = np.empty(len(seqs), dtype)
     rows["fields"] = 5 + len(exact)

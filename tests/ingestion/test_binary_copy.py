@@ -76,3 +76,53 @@ def test_a_redelivered_binary_batch_adds_nothing(monkeypatch, redis_clean):
     again = IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="again", fmt="tardis-quotes", records=records, detect=False)
     assert again.quotes == 50
     assert [row[0] for row in _stored("again")] == list(range(1, 101))
+
+
+TRADES = [("9681.92", "0.67", "buy"), ("0.0000000000015", ".5", "sell"), ("99999.99999999", "123456789012345", "buy"),
+          ("12.5", "007", "")]  # fmt: skip
+
+
+def _trade_rows(n: int, start_us: int, first_id: int) -> list[tuple[int, int, bytes]]:
+    out = []
+    for i in range(n):
+        price, size, side = TRADES[i % len(TRADES)]
+        ts = start_us + i * 997_003
+        line = f"binance-futures,BTCUSDT,{ts},{ts + 1234},{first_id + i},{side},{price},{size}"
+        out.append((i + 1, 0, line.encode()))
+    return out
+
+
+def _stored_trades(stream: str) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id"
+            " FROM ingestion_trade WHERE raw_stream = %s ORDER BY raw_seq",
+            [stream],
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_binary_and_text_copy_store_the_same_trades(monkeypatch, redis_clean):
+    monkeypatch.setattr(services, "STREAM_CHUNK", 40)
+    built = []
+    real = services._trade_rows_binary
+    monkeypatch.setattr(services, "_trade_rows_binary", lambda *a: built.append(real(*a)) or built[-1])
+    texts_built = []
+    maker = services._text_maker
+    monkeypatch.setattr(services, "_text_maker", lambda *a: lambda made=maker(*a): texts_built.append(1) or made())
+    # Over midnight; ids cross from 7 to 8 digits in the third chunk (that chunk goes as text).
+    records = _trade_rows(130, DAY - 30 * 997_003, 9_999_900)
+    records = [(seq, recv, payload) for seq, (_s, recv, payload) in enumerate(records, 1)]
+
+    fast = IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="tbinary", fmt="tardis-trades", records=records, detect=False)
+    assert sum(rows is not None for rows in built) >= 2 and any(rows is None for rows in built)
+    assert texts_built == []
+    monkeypatch.setattr(services, "BINARY_COPY", False)
+    slow = IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="ttext", fmt="tardis-trades", records=records, detect=False)
+
+    assert fast.as_dict() == slow.as_dict()
+    assert fast.trades == len(records)
+    binary, text = _stored_trades("tbinary"), _stored_trades("ttext")
+    assert binary == text
+    assert [row[6:] for row in binary[:4]] == [("buy", "9999900"), ("sell", "9999901"), ("buy", "9999902"), ("", "9999903")]

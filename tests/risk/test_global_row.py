@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from risk.management.commands.risk_status import risk_status_report
 from risk.models import RiskState
 from risk.services import COUNTING_BARRIER_KEY, order_closed, pretrade_check, risk_limit_set
 from tests.risk.conftest import make_automation
@@ -94,6 +95,8 @@ def test_without_a_global_stateful_limit_a_reservation_leaves_the_global_row_unw
     assert (after.open_orders, after.order_times) == (before.open_orders, before.order_times)
     state = RiskState.objects.get(automation=a)
     assert state.open_orders == 2 and len(state.order_times) == 2
+    # The status report shows the true global count all the same.
+    assert risk_status_report()["global"]["open_orders"] == 2
     # A global size limit still refuses (and the refusal is the reference path's, worded and tripped).
     breaches = pretrade_check(automation_id=a.pk, side="buy", quantity=D(11), limit_price=D(100), mid=D(100))
     assert [b.limit for b in breaches] == ["max_order_qty"] and breaches[0].message.startswith("global limit")

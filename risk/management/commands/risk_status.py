@@ -25,7 +25,11 @@ def risk_status_report() -> dict[str, Any]:
              "threshold": t.threshold, "tripped_at": t.tripped_at.isoformat(), "message": t.message}
             for t in breaker_trips_open()
         ],
-        "global": _state_dict(global_state),
+        # The global open-order count is kept on the global row only while a
+        # global stateful limit is set (see risk.services.pretrade_check);
+        # the sum of the automations' counts is always the true one.
+        "global": {**_state_dict(global_state),
+                   "open_orders": sum(s.open_orders for s in states.values() if s.automation_id is not None)},
         "automations": [
             {"id": a.pk, "name": a.name, "status": a.status, "mode": a.mode, **_state_dict(states.get(a.pk))}
             for a in Automation.objects.order_by("name")

@@ -3,26 +3,41 @@
 Each worker is a separate process with its own database connection (no GIL
 sharing), released together, calling ``pretrade_check`` in its own
 transaction back to back (a closed loop: no pause between checks). Every
-limit but the order rate is set (generous), so every check runs the full
-evaluation and reserves, through the one-statement fast path
+automation has every limit but the order rate set (generous), so every check
+runs the full evaluation and reserves, through the one-statement fast path
 (``risk_pretrade_reserve``). The order rate is left unset because thousands
 of checks a minute would hit any realistic rate limit; unset, the row keeps
-no order times (a set limit of M keeps M: that cost grows with M). Two
-8-worker cases:
+no order times (a set limit of M keeps M: that cost grows with M).
 
-- ``workers_8_own_automation``: each worker has its own automation; they
-  still serialize on the global risk-state row (global limits apply to all).
-- ``workers_8_same_automation``: all workers trade one automation.
+Two configurations of the global limits (``BENCH_CONFIGS``, default both):
+
+- ``global_size_only``: global quantity, notional and collar limits only.
+  No global limit keeps state on the global row, so the fast path locks and
+  writes only the automation's row (see ``pretrade_check``).
+- ``global_stateful``: every global limit set (open orders, daily loss, ...):
+  every check locks and writes the global row too, so all checks, of every
+  automation, queue on that one row.
+
+The cases, per configuration and commit mode:
+
+- ``workers_1``: one worker.
+- ``workers_8_own_automation``: each worker has its own automation.
+- ``workers_8_same_automation``: all workers trade one automation (they
+  queue on its row in either configuration).
 - ``workers_8_paced_<N>ms``: each worker (own automation) waits a random
   0.5-1.5 x ``BENCH_PACE_MS`` (default 5 ms) before each check, as a worker
   that also talks to a broker does: 8 workers make ~1600 checks/s that still
-  collide on the global row, but the CPU is not saturated, so the figure is
-  the check's latency under contention rather than the queue for a core.
+  collide, but the CPU is not saturated, so the figure is the check's
+  latency under contention rather than the queue for a core.
+- ``signal_rate_check_1_worker``: ``signal_rate_check`` (the detect hop's
+  risk step) alone, one worker, its own transaction per call; the hourly
+  window grows to the calls made (the limit is 1000).
 
 Two commit modes (``BENCH_MODES``, default both):
 
 - ``synchronous``: the default ``pretrade_check``; each commit waits for the
-  WAL flush with the global row locked, so checks queue behind each other's fsync.
+  WAL flush with the rows locked, so checks that share a row queue behind
+  each other's fsync (those that share none flush together).
 - ``async``: ``pretrade_check(synchronous_commit=False)``, the mode a caller
   may use when it runs ``commits_make_durable()`` before any broker call
   (see the docstring of ``pretrade_check``).

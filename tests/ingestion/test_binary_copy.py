@@ -126,3 +126,13 @@ def test_binary_and_text_copy_store_the_same_trades(monkeypatch, redis_clean):
     binary, text = _stored_trades("tbinary"), _stored_trades("ttext")
     assert binary == text
     assert [row[6:] for row in binary[:4]] == [("buy", "9999900"), ("sell", "9999901"), ("buy", "9999902"), ("", "9999903")]
+
+
+@pytest.mark.parametrize(("n", "first", "chunk"), [(5000, 600, 1700), (5000, 1700, 1700), (1000, 600, 1700), (599, 600, 1700)])
+def test_streamed_chunks_cover_the_batch_in_order(monkeypatch, n, first, chunk):
+    monkeypatch.setattr(services, "FIRST_CHUNK", first)
+    monkeypatch.setattr(services, "STREAM_CHUNK", chunk)
+    bounds = services._chunk_bounds(n)
+    assert bounds[0] == (0, min(first, n))
+    assert [start for start, _end in bounds[1:]] == [end for _start, end in bounds[:-1]]
+    assert bounds[-1][1] == n and all(0 < end - start <= max(first, chunk) for start, end in bounds)

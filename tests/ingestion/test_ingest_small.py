@@ -163,3 +163,15 @@ def test_detection_is_asked_after_the_quote_is_published_in_one_round_trip(instr
     assert len(sent) == 1
     assert json.loads(redis_clean.get(redis_keys.quote("SIM-A")))["bid"] == "100.4"
     assert request_detection([]) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_ingest_task_stores_a_single_tick(instrument, redis_clean, monkeypatch):
+    from ingestion.services import encode_records
+    from ingestion.tasks import ingest_batch_task
+
+    monkeypatch.setattr(services, "_pipeline", None)  # a fresh worker pipeline
+    monkeypatch.setattr(services.current_app, "send_task", lambda *a, **kw: None)
+    for seq in (1, 2, 2):  # the last one redelivered
+        ingest_batch_task("small-task", "sim", encode_records([(seq, T0 + seq * 1_000_000, sim_quote(seq))]))
+    assert list(Quote.objects.filter(raw_stream="small-task").order_by("raw_seq").values_list("raw_seq", flat=True)) == [1, 2]

@@ -21,6 +21,19 @@ so a later worker that finds the order ``submitting`` AND gets the lock knows
 the submitter is dead and asks the broker by client order id before doing
 anything else. A worker that cannot get the lock leaves the order alone: its
 submitter is alive.
+
+The order path is the execute worker's whole cost per order, so its own
+statements are written by hand (``execution.rows`` turns rows into model
+instances through the fields' converters) and grouped: several statements
+go in one round trip where each must see the locks the previous ones took
+(a statement of its own takes its snapshot after them). From the task's
+receipt to the broker's answer: the submission lock, the signal's row lock
+and everything the decision reads (one round trip), the quote and the book
+(one Redis MGET), the pre-trade check, the order's insert, the signal's move
+and the audit event, the commit, the broker. Settling the answer (fills,
+position, the order's state, the risk release, the signal's move) follows;
+``tests/execution/test_order_rows.py`` holds it row for row to the ORM
+version it replaced (``tests/execution/reference_orders.py``).
 """
 
 from __future__ import annotations

@@ -22,26 +22,34 @@ of ``pg_backend_pid()``, when the server runs on this machine): on an idle
 2-core machine the worker's ceiling is about ``1e6 / max(worker, backend)``
 ticks/s when the COPY overlaps parsing, ``1e6 / (worker + backend)`` when not.
 
-Figures (5 passes x 3 runs, 2-core machine shared with other work, load
-average 3.6, so the wall-clock rates are low; the CPU costs are what count):
+Figures (20 passes x 3 runs, 2-core machine shared with other work, load
+average 3.4, so the wall-clock rates are low and not comparable; the CPU
+costs per tick are what count):
 
-=================  ===========  ============  ==========  ==========
-format             worker µs    postgres µs   ceiling     before
-=================  ===========  ============  ==========  ==========
-tardis-quotes      5.4          5.6           ~178k/s     15.6 / 7.2
-tardis-trades      5.5          5.2           ~181k/s     21.8 / 11.0
-=================  ===========  ============  ==========  ==========
+=================  ===========  ============  ===========================
+format             worker µs    postgres µs   earlier (worker / postgres)
+=================  ===========  ============  ===========================
+tardis-quotes      3.1          3.0           4.6-4.9 / 3.7-3.8
+tardis-trades      3.7          3.0           4.9 / 4.0
+=================  ===========  ============  ===========================
 
-The parse + validate + COPY-text + clock + liquidity loop alone costs about
-3.5 µs per tick (280k ticks/s); the rest of the worker's 5.4 µs is psycopg
-sending the COPY, the transaction, quarantine and clock rows and Redis. The
-PostgreSQL backend's ~5.5 µs per row is mostly index maintenance: on this
-server a bare heap row costs ~2.2 µs (two timestamptz and four numeric
-inputs included), the primary key ~1.2 µs more, the ``(symbol, source_ts)``
-index ~1.6 µs more. With COPY overlapping parsing the ceiling is
-``1e6 / max(worker, backend)`` ≈ 180k ticks/s, bound about equally by the
-worker and the backend; the first chunk's parse and the last chunk's COPY of
-every batch do not overlap, which costs some of that.
+What changed: the columnar parser reads timestamps and prices with one C pass
+per column (``parsers._plain_ints``/``_plain_decimal_parts``) instead of one
+``int``/``float`` call per field, and the streamed chunks go to PostgreSQL as
+binary COPY (``services._quote_rows_binary``/``_trade_rows_binary``): the
+backend reads 8-byte timestamps instead of parsing two timestamptz texts per
+row (~0.8 µs of its former ~3.7 µs; the primary key costs ~1.2 µs, the heap
+row with its four numerics ~1.8 µs), and the worker builds fixed-size numpy
+records instead of timestamp texts. The hot loop alone (``parse_validate_clock``,
+which still builds COPY text) is ~2.2 µs per quote, ~2.8 µs per trade.
+
+Wall clock: per 5,000-record batch the worker parses chunk k+1 while the
+backend COPies chunk k; the first chunk's parse and the last chunk's COPY
+(and the commit) overlap nothing, so the rate lies between
+``1e6 / (worker + backend)`` (no overlap) and ``1e6 / max(worker, backend)``
+(perfect overlap): ~150-165k and ~270-320k ticks/s from the figures above.
+With the backend now the slightly longer step, a smaller first chunk
+(``FP_INGEST_FIRST_CHUNK``) might help; it is not measured on a quiet machine.
 
 Each run starts from vacuumed tables (the runs insert the same keys again;
 without a vacuum every unique check would also visit the deleted rows).

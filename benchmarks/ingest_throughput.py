@@ -22,7 +22,7 @@ of ``pg_backend_pid()``, when the server runs on this machine): on an idle
 2-core machine the worker's ceiling is about ``1e6 / max(worker, backend)``
 ticks/s when the COPY overlaps parsing, ``1e6 / (worker + backend)`` when not.
 
-Figures (20 passes x 3 runs, 2-core machine shared with other work, load
+Figures (10 passes x 3 runs, 2-core machine shared with other work, load
 average 3.4, so the wall-clock rates are low and not comparable; the CPU
 costs per tick are what count):
 

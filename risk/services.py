@@ -511,7 +511,7 @@ def pretrade_check(
     Two paths, each atomic on its own:
 
     1. The fast path, one statement: ``risk_pretrade_reserve`` (migrations
-       ``risk/0005`` to ``0008``), called as a server-side prepared statement.
+       ``risk/0005`` to ``0009``), called as a server-side prepared statement.
        It takes the counting barrier (shared), then, if the kill switch is
        off, neither scope is tripped, the automation is active and no limit
        of either scope would refuse the order, reserves it (one more open

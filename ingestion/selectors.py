@@ -106,7 +106,11 @@ class _Table:
 
     @property
     def index(self) -> pd.Index:
-        return _COLUMN_INDEXES.setdefault(self.name, pd.Index(self.columns))
+        # Built once per table (setdefault would build a new Index on every call for nothing).
+        index = _COLUMN_INDEXES.get(self.name)
+        if index is None:
+            index = _COLUMN_INDEXES[self.name] = pd.Index(self.columns)
+        return index
 
 
 _QUOTES = _Table(

@@ -393,8 +393,7 @@ class IngestPipeline:
                         self._store(result, batch, clock_state, stream)
             else:
                 with transaction.atomic():
-                    streamed = self._parse_and_copy(stream, fmt, records, symbol, validator, result, batch)
-                    clock_state = _clock_update(clock, batch.samples)
+                    streamed, clock_state = self._parse_and_copy(stream, fmt, records, symbol, validator, result, batch, clock)
                     self._store(result, batch, clock_state, stream, streamed)
         except Exception:
             # The batch will be redelivered: forget what the validator learned
@@ -437,20 +436,23 @@ class IngestPipeline:
         validator: Validator,
         result: IngestResult,
         batch: _Batch,
-    ) -> bool:
+        clock: ClockEstimator,
+    ) -> tuple[bool, ClockState | None]:
         """Parse in chunks and COPY each chunk from a helper thread while the next one is parsed.
 
         PostgreSQL (on the other core) then works on chunk k while Python
         parses chunk k+1; psycopg releases the GIL while it waits on the
         server. All chunks go through one savepoint on the same connection
-        and transaction, in order. Returns True when every row was stored this
-        way; False when the batch was small (parsed only) or a chunk clashed
-        with stored rows or held an unstorable value: the savepoint is then
-        rolled back and ``_store`` takes the checked path for the whole batch.
+        and transaction, in order. The clock is updated while the last chunk
+        is COPied. Returns (streamed, clock state): streamed is True when
+        every row was stored this way; False when the batch was small (parsed
+        only) or a chunk clashed with stored rows or held an unstorable value:
+        the savepoint is then rolled back and ``_store`` takes the checked
+        path for the whole batch.
         """
         if len(records) <= STREAM_CHUNK:
             self._parse_batch(stream, fmt, records, symbol, validator, result, batch)
-            return False
+            return False, _clock_update(clock, batch.samples)
         connection.ensure_connection()
         raw = connection.connection
         executor = self._executor()
@@ -472,11 +474,14 @@ class IngestPipeline:
                 pieces = batch.pieces[sent:]
                 if not pieces:
                     continue
-                with connection.cursor() as cursor:
-                    for piece in pieces:
-                        self.partitions.ensure(cursor, piece.table, (piece.day,))
+                if not all(self.partitions.fresh(piece.table, piece.day) for piece in pieces):
+                    with connection.cursor() as cursor:
+                        for piece in pieces:
+                            self.partitions.ensure(cursor, piece.table, (piece.day,))
                 sent = len(batch.pieces)
                 pending = executor.submit(_copy_chunk, raw, pieces)
+            # PostgreSQL has the last chunk: meanwhile, the clock (the state goes in the clock row).
+            clock_state = _clock_update(clock, batch.samples)
             if pending is not None and not failed:
                 failed = _copy_failed(pending)
                 pending = None
@@ -491,11 +496,11 @@ class IngestPipeline:
             # A missing partition (dropped by retention behind the memory of
             # ``_Partitions``) is one way to fail: forget them all.
             self.partitions.known.clear()
-            return False
+            return False, clock_state
         transaction.savepoint_commit(sid)
         result.quotes = batch.rows("ingestion_quote")
         result.trades = batch.rows("ingestion_trade")
-        return True
+        return True, clock_state
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._copier is None:
@@ -1025,6 +1030,13 @@ def _chunk_bounds(n: int) -> list[tuple[int, int]]:
 
 
 def _clock_update(clock: ClockEstimator, samples: list[Any]) -> ClockState | None:
+    """Feed the batch's samples to the clock in order; the state after the last.
+
+    Consecutive array parts (the columnar path's chunks) are joined first: one
+    ``update_arrays`` call then rebuilds the window once per batch, not once per chunk.
+    """
+    if len(samples) > 1 and all(isinstance(part, tuple) for part in samples):
+        samples = [(np.concatenate([part[0] for part in samples]), np.concatenate([part[1] for part in samples]))]
     state = None
     for part in samples:
         got = clock.update_many(part) if isinstance(part, list) else clock.update_arrays(*part)

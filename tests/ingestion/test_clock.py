@@ -131,3 +131,19 @@ def test_its_batch_update_gives_the_same_state_as_per_sample_updates():
 
     assert batch_states[-1] == expected
     assert batched.update_many([]) is None
+
+
+def test_a_batch_of_chunks_updates_the_clock_as_its_samples_one_by_one():
+    import numpy as np
+
+    from ingestion.services import _clock_update
+
+    rng = np.random.default_rng(7)
+    source = np.cumsum(rng.integers(1, 5_000_000, 4000)).astype(np.int64)
+    recv = source + rng.integers(1_000_000, 90_000_000, 4000)
+    chunks = [(source[a:b], recv[a:b]) for a, b in ((0, 1700), (1700, 3400), (3400, 4000))]
+    joined, one_by_one = ClockEstimator(), ClockEstimator()
+    for _ in range(2):  # twice: the second batch continues the window of the first
+        assert _clock_update(joined, chunks) == one_by_one.update_many(zip(source.tolist(), recv.tolist(), strict=True))
+        source, recv = source + 10**9, recv + 10**9
+        chunks = [(s + 10**9, r + 10**9) for s, r in chunks]

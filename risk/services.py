@@ -612,7 +612,7 @@ def pretrade_check(
         mid=Decimal(mid) if mid is not None else None,
     )
     now = timezone.now()
-    if _fast_path_call(
+    if _fast_paths_ready() and _fast_path_call(
         _PRETRADE_RESERVE_SQL,
         [automation_id, _today(now), now.timestamp(), order.quantity, order.limit_price, order.mid, not synchronous_commit],
     ):
@@ -723,29 +723,31 @@ def signal_rate_check(*, automation: Automation | int, actor_label: str = "worke
     """
     automation_id = automation if isinstance(automation, int) else automation.pk
     now = timezone.now()
-    if _signal_fast_path_ready() and _fast_path_call(_SIGNAL_RECORD_SQL, [automation_id, _today(now), now.timestamp()]):
+    if _fast_paths_ready() and _fast_path_call(_SIGNAL_RECORD_SQL, [automation_id, _today(now), now.timestamp()]):
         return None
     return _signal_rate_check_locked(automation_id=automation_id, actor_label=actor_label)
 
 
-_signal_fast_path: list[bool] = []
+_fast_paths: list[bool] = []
 
 
-def _signal_fast_path_ready() -> bool:
-    """Whether the database has ``risk_signal_record`` (migration risk/0008); asked once per process.
+def _fast_paths_ready() -> bool:
+    """Whether the database has the fast paths this code expects (migration risk/0008); asked once per process.
 
     Code that runs before ``migrate`` (a rolling deploy, a database migrated
-    by an older checkout) keeps working on the locked path instead of
-    failing every signal's transaction.
+    by an older checkout) takes the locked paths instead: a missing
+    ``risk_signal_record`` would fail every signal's transaction, and the
+    ``risk_pretrade_reserve`` of 0007 locks the global row before the
+    automation's, the reverse of this code's lock order.
     """
-    if not _signal_fast_path:
+    if not _fast_paths:
         with connection.cursor() as cursor:
             cursor.execute("SELECT to_regprocedure('risk_signal_record(bigint, date, double precision)') IS NOT NULL")
             (ready,) = cursor.fetchone()
         if not ready:
-            logger.warning("risk_signal_record is missing (run migrate): the signal-rate check takes the locked path")
-        _signal_fast_path.append(bool(ready))
-    return _signal_fast_path[0]
+            logger.warning("risk migrations are behind (run migrate): the risk checks take the locked paths")
+        _fast_paths.append(bool(ready))
+    return _fast_paths[0]
 
 
 @transaction.atomic

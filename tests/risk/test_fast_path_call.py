@@ -60,3 +60,17 @@ def test_parameters_arrive_typed_and_errors_are_djangos(in_transaction: bool) ->
             _fast_path_call("SELECT 1 / %s::integer = 1", [0])
         # The connection is usable after the error (autocommit: the failed statement was its own transaction).
         assert _fast_path_call("SELECT %s::integer = 2", [2])
+
+
+@pytest.mark.django_db
+def test_without_the_fast_path_functions_the_checks_take_the_locked_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    import risk.services
+
+    # As on a database whose risk migrations are behind the code.
+    monkeypatch.setattr(risk.services, "_fast_paths", [False])
+    monkeypatch.setattr(risk.services, "_fast_path_call", lambda *a, **k: pytest.fail("the fast path was called"))
+    a = make_automation()
+    assert _check(a.pk) and _check(a.pk)
+    assert risk.services.signal_rate_check(automation=a) is None
+    state = RiskState.objects.get(automation=a)
+    assert (state.open_orders, len(state.signal_times)) == (2, 1)

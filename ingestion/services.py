@@ -29,12 +29,21 @@ updated once per batch). Both paths give the same rows and quarantine
 reasons (``tests/ingestion/test_columnar*.py``).
 
 A batch is COPied in chunks straight into its day partitions, from a helper
-thread while the next chunk is parsed, inside a savepoint. Only when that
+thread while the next chunk is parsed, inside a savepoint; the columnar
+path's chunks go in PostgreSQL's binary COPY format (fixed-size numpy
+records: timestamps as integers, prices and sizes as exact numeric digits),
+their COPY text built only if a fallback needs it. Only when that
 fails on a primary-key clash (a redelivered or replayed batch) does it take
 the slower staging-table path with ``ON CONFLICT DO NOTHING`` (through the
 parent table); only when it fails on a value PostgreSQL cannot hold (a
 numeric overflow, an over-long field) are rows checked one by one and the
 offending ones quarantined as ``unstorable``.
+
+A small batch (a live tick, ``SMALL_BATCH`` records at most) is parsed
+outside any transaction and, when nothing is to be quarantined and its
+partitions are known, stored by one autocommitted statement (rows and clock
+row as CTEs, ``INSERT ... ON CONFLICT DO NOTHING``); the quote publish and
+the detection flags then share one Redis round trip.
 """
 
 from __future__ import annotations

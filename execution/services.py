@@ -710,7 +710,8 @@ _STATUS_FROM_BROKER = {
 
 
 def _automation_position(automation_id: int) -> Position:
-    """The automation's position after its latest booked fill; call it under ``_position_lock``.
+    """The automation's position after its latest booked fill; call it under the automation's booking lock
+    (``pg_advisory_xact_lock(_POSITION_LOCK_BASE + automation id)``, taken in ``_settle_read_sql``).
 
     One row: each fill stores the position it left. Fills booked before that
     column existed are replayed once, in booking (id) order.
@@ -725,12 +726,6 @@ def _automation_position(automation_id: int) -> Position:
     for side, quantity, price in fills.order_by("id").values_list("order__side", "quantity", "price"):
         position, _ = position_apply(position, side=side, quantity=quantity, price=price)
     return position
-
-
-def _position_lock(automation_id: int) -> None:
-    """Book one automation's fills one transaction at a time (until this transaction ends)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_POSITION_LOCK_BASE + automation_id])
 
 
 @cache

@@ -13,7 +13,7 @@ import math
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists
 from django.utils import timezone
 
@@ -26,12 +26,12 @@ from execution.brokers import BrokerOrder, BrokerRejected, broker_for_mode
 from execution.gating import gating_required, signal_order_hash
 from execution.models import Approval, Fill, Order
 from execution.services import (
+    _POSITION_LOCK_BASE,
     _STATUS_FROM_BROKER,
     ACTOR,
     FINAL,
     _automation_position,
     _current_mid,
-    _position_lock,
     _request,
     _slippage_gap_watch,
     _submission_lock,
@@ -46,6 +46,12 @@ from risk.selectors import kill_switch_engaged, risk_limits_for
 logger = logging.getLogger(__name__)
 S = Signal.Status
 OS = Order.Status
+
+
+def _position_lock(automation_id: int) -> None:
+    """Book one automation's fills one transaction at a time (until this transaction ends)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_POSITION_LOCK_BASE + automation_id])
 
 
 def order_execute(*, signal_id: int) -> Order | None:

@@ -7,8 +7,12 @@ publishes a 20-level book to Redis, and runs the body of
 ``benchmarks/tick_to_order.py``). Per order it reports the CPU time of this
 process (``time.process_time``, every thread) for the whole task and up to
 the paper broker's answer (the order is submitted; settling follows), the
-wall time, and the statements and Redis commands issued. ``BENCH_PROFILE=1`` prints a
-cProfile of the timed calls instead (sorted by ``BENCH_SORT``, cumulative).
+wall time, and the statements and Redis commands issued (counted on 10
+further orders: Django's query capture costs CPU of its own). The CPU
+includes the live-push thread's work for the orders, as in the worker.
+``BENCH_GAP_S`` pauses between orders as between ticks (caches go cold:
+about 20 % more CPU per order than back to back). ``BENCH_PROFILE=1`` adds a
+cProfile of the timed calls (sorted by ``BENCH_SORT``, cumulative).
 
 Needs ``DATABASE_URL`` / ``REDIS_URL`` of a migrated database (setup_roles).
 Run: ``.venv/bin/python benchmarks/execute_order.py`` (BENCH_ORDERS=200).

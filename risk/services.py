@@ -157,7 +157,7 @@ def _fast_path_call(sql: str, params: list[Any]) -> bool:
     status = pgconn.transaction_status
     with db.wrap_database_errors:
         if status == pq.TransactionStatus.INTRANS or (status == pq.TransactionStatus.IDLE and raw.autocommit):
-            return _libpq_call(db, raw, sql, params)
+            return _libpq_call(raw, sql, params)
         cursor = psycopg.Cursor(raw)
         try:
             cursor.execute(sql, params, prepare=True)
@@ -167,22 +167,23 @@ def _fast_path_call(sql: str, params: list[Any]) -> bool:
     return bool(row and row[0])
 
 
-def _libpq_call(db: Any, raw: psycopg.Connection, sql: str, params: list[Any]) -> bool:
+def _libpq_call(raw: psycopg.Connection, sql: str, params: list[Any]) -> bool:
     pgconn = raw.pgconn
-    # Prepared once per session (a reconnect brings a new pgconn), under a
-    # name of our own, beside psycopg's own prepared statements.
-    prepared = getattr(db, "_risk_prepared", None)
-    if prepared is None or prepared[0] is not pgconn:
-        prepared = (pgconn, {})
-        db._risk_prepared = prepared
-    name = prepared[1].get(sql)
+    # Prepared once per session, under a name of our own beside psycopg's
+    # own prepared statements. The names live on the psycopg connection (one
+    # session): a pooled Django connection may hand out another one next time.
+    prepared: dict[str, bytes] | None = getattr(raw, "_fp_risk_prepared", None)
+    if prepared is None:
+        prepared = {}
+        raw._fp_risk_prepared = prepared  # type: ignore[attr-defined]
+    name = prepared.get(sql)
     if name is None:
-        name = f"fp_risk_{len(prepared[1])}".encode()
+        name = f"fp_risk_{len(prepared)}".encode()
         numbered = iter(range(1, len(params) + 1))
         result = pgconn.prepare(name, re.sub("%s", lambda _m: f"${next(numbered)}", sql).encode())
         if result.status != pq.ExecStatus.COMMAND_OK:
             raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
-        prepared[1][sql] = name
+        prepared[sql] = name
     result = pgconn.exec_prepared(name, [_libpq_text(value) for value in params])
     if result.status != pq.ExecStatus.TUPLES_OK:
         raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)

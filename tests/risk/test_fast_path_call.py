@@ -6,7 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from django.db import DataError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DataError, connection, connections, transaction
 
 from automations.models import Automation
 from risk.models import RiskState
@@ -74,3 +74,21 @@ def test_without_the_fast_path_functions_the_checks_take_the_locked_paths(monkey
     assert risk.services.signal_rate_check(automation=a) is None
     state = RiskState.objects.get(automation=a)
     assert (state.open_orders, len(state.signal_times)) == (2, 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prepared_statements_are_kept_per_session_when_the_wrapper_changes_connections() -> None:
+    # A pooled Django connection (the ASGI web process) may hold another
+    # PostgreSQL session on each use; each session prepares the statement once.
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
+    first = db.connection
+    second = db.get_new_connection(db.get_connection_params())
+    second.autocommit = True
+    try:
+        for raw in (first, second, first, second):
+            db.connection = raw
+            assert _fast_path_call("SELECT %s::integer = 3", [3])
+    finally:
+        db.connection = first
+        second.close()

@@ -110,6 +110,17 @@ REGIME_QUOTES = 300
 # the default lookbacks on liquid symbols without loading a day of trades.
 TRADE_ROWS = 2000
 LAST_EVALUATED_TTL_S = 86_400
+# The pass's signal transaction commits without waiting for the WAL flush
+# (synchronous_commit = off for that transaction only): the fsync cost 3-4 ms
+# of every signal's way to execution on this project's disks, time in which
+# nothing happens. What it trades away: a crash of PostgreSQL itself within a
+# fraction of a second of the commit can lose the pass's signals (with their
+# transitions, audit events and rate-limit entries, all or nothing; the chain
+# stays intact). Nothing outside the database has acted on them by then: the
+# execute worker commits its order synchronously, which flushes the WAL up to
+# and including the signal, before it calls a broker, and finds no signal
+# (logs, does nothing) if it was lost. An approval commits synchronously too.
+SIGNALS_SYNCHRONOUS_COMMIT = False
 # The per-symbol lock: held at most this long (a crashed worker's lock
 # expires), waited for at most LOCK_WAIT_S, polled every LOCK_POLL_S.
 LOCK_TIMEOUT_MS = 60_000
@@ -476,7 +487,9 @@ def _route_many_atomic(work: list[tuple[_Plan, Intent, _Batch]]) -> list[str | N
         statuses.append(to_status)
     # The same statement adds the queued signals to the automations' automatic-trade counters
     # (excluded from history; an increment in SQL, so atomic across detect workers).
-    signals = signals_create_routed(signals=routed, actor_label=ACTOR, count_automatic=True)
+    signals = signals_create_routed(
+        signals=routed, actor_label=ACTOR, count_automatic=True, synchronous_commit=SIGNALS_SYNCHRONOUS_COMMIT
+    )
     signal_ids.extend(signal.pk for signal in signals if signal.status == Signal.Status.QUEUED)
     return statuses
 

@@ -249,7 +249,11 @@ class RoutedSignal:
 
 
 def signals_create_routed(
-    *, signals: list[RoutedSignal], actor_label: str = "worker-detect", count_automatic: bool = False
+    *,
+    signals: list[RoutedSignal],
+    actor_label: str = "worker-detect",
+    count_automatic: bool = False,
+    synchronous_commit: bool = True,
 ) -> list[Signal]:
     """Create several signals and move each out of ``new``, in the caller's transaction, in few round trips.
 
@@ -268,6 +272,14 @@ def signals_create_routed(
     ``queued`` signals to its ``automatic_trade_count`` (the detect worker's
     routing; the counter is excluded from history).
 
+    ``synchronous_commit=False``: the same statement sets ``synchronous_commit
+    = off`` for the caller's transaction (``SET LOCAL``): its COMMIT returns
+    without waiting for the WAL flush (an fsync, milliseconds on a disk). The
+    transaction stays atomic and is visible at once; only a crash of
+    PostgreSQL itself within a fraction of a second can lose it, together
+    with everything committed after it (the WAL is one sequence). The detect
+    worker asks for it: see ``automations.detection.SIGNALS_SYNCHRONOUS_COMMIT``.
+
     Raises ``DomainError`` before writing anything when a move is not a legal
     first move; an ``IntegrityError`` (a signal already exists for the same
     automation, market time and side) fails the caller's transaction.
@@ -278,7 +290,7 @@ def signals_create_routed(
             raise DomainError(f"a new signal cannot go to {item.to_status}", code="illegal_transition")
     if not signals:
         return []
-    return _signals_create_routed(signals, actor_label, count_automatic)
+    return _signals_create_routed(signals, actor_label, count_automatic, synchronous_commit)
 
 
 # One statement for every row of a batch of new signals (see _signals_create_routed):
@@ -334,8 +346,12 @@ WITH seq AS (
     FROM (SELECT automation_id, count(*) AS n FROM input WHERE %(count_automatic)s::bool AND status = %(queued)s::text
           GROUP BY automation_id) AS c
     WHERE a.id = c.automation_id
+), commit_mode AS (
+    SELECT set_config('synchronous_commit', coalesce(%(commit_mode)s::text, current_setting('synchronous_commit')), true)
+        AS mode
 )
-SELECT (SELECT array_agg(id ORDER BY id) FROM sig), (SELECT ids FROM snap_ids), (SELECT ns FROM seq)
+SELECT (SELECT array_agg(id ORDER BY id) FROM sig), (SELECT ids FROM snap_ids), (SELECT ns FROM seq),
+       (SELECT mode FROM commit_mode)
 """  # noqa: S608 - the models' own tables and columns.
 
 
@@ -400,7 +416,9 @@ def _execute_prepared(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
 
 # No savepoint: the rows are part of the caller's transaction and fail with it.
 @transaction.atomic(savepoint=False)
-def _signals_create_routed(signals: list[RoutedSignal], actor_label: str, count_automatic: bool = False) -> list[Signal]:
+def _signals_create_routed(
+    signals: list[RoutedSignal], actor_label: str, count_automatic: bool = False, synchronous_commit: bool = True
+) -> list[Signal]:
     """The rows in ONE statement (``_CREATE_ROUTED_SQL``), then the audit events in order and the pushes on commit.
 
     A ``snapshot`` in a signal's context may be an unsaved ``L2Snapshot``: it
@@ -440,8 +458,9 @@ def _signals_create_routed(signals: list[RoutedSignal], actor_label: str, count_
         "now": now,
         "actor_label": actor_label,
         "count_automatic": count_automatic,
+        "commit_mode": None if synchronous_commit else "off",
     }
-    signal_ids, snapshot_ids, numbers = _execute_prepared(_CREATE_ROUTED_SQL, params)
+    signal_ids, snapshot_ids, numbers, _commit_mode = _execute_prepared(_CREATE_ROUTED_SQL, params)
     for snapshot, pk in zip(snaps, snapshot_ids or [], strict=True):
         snapshot.pk = pk
         snapshot._state.adding, snapshot._state.db = False, connection.alias

@@ -106,9 +106,11 @@ def _count_direct_libpq() -> None:
     if direct is None:
         return
 
-    def counting(db, raw, sql, params):  # type: ignore[no-untyped-def]
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # Whatever its signature: the statement is its one str argument.
+        sql = next((a for a in (*args, *kwargs.values()) if isinstance(a, str)), "?")
         _statements.append("(libpq) " + " ".join(sql.split())[:140])
-        return direct(db, raw, sql, params)
+        return direct(*args, **kwargs)
 
     risk_services._libpq_call = counting
 

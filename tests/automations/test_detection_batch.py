@@ -344,6 +344,54 @@ def test_a_duplicate_signal_in_the_statement_raises_djangos_integrity_error_and_
     assert (Signal.objects.count(), SignalTransition.objects.count(), L2Snapshot.objects.count()) == before
 
 
+def _commit_mode() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_asynchronous_commit_is_asked_for_the_signals_transaction_only():
+    automation = make_automation()
+    assert _commit_mode() == "on"
+    with transaction.atomic():
+        signals_create_routed(signals=[_routed(automation)], synchronous_commit=False)
+        assert _commit_mode() == "off"
+    assert _commit_mode() == "on"  # SET LOCAL: the session's setting is back after the commit
+    assert Signal.objects.count() == 1 and SignalTransition.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_by_default_the_callers_commit_mode_is_left_as_it_is():
+    automation = make_automation()
+    with transaction.atomic():
+        signals_create_routed(signals=[_routed(automation)])
+        assert _commit_mode() == "on"
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+        signals_create_routed(signals=[_routed(automation, market_ts_ns=BASE_NS + 1)])
+        assert _commit_mode() == "off"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_detection_pass_commits_its_signals_asynchronously(markets, always_buy, sent_tasks, monkeypatch):
+    make_automation(symbol=SYMBOLS[0])
+    seen = []
+    create = detection.signals_create_routed
+
+    def spy(**kwargs):
+        signals = create(**kwargs)
+        seen.append(_commit_mode())
+        return signals
+
+    monkeypatch.setattr(detection, "signals_create_routed", spy)
+    [result] = detect_symbols(symbols=[SYMBOLS[0]])
+    assert result.signals == {"queued": 1}
+    assert seen == ["off"] and detection.SIGNALS_SYNCHRONOUS_COMMIT is False
+    assert _commit_mode() == "on"
+
+
 @pytest.mark.django_db
 def test_states_and_done_equal_the_orm_reads():
     a, b = make_automation(name="a", approval_threshold=3), make_automation(name="b", require_approval=True)

@@ -125,7 +125,7 @@ def _fmt(value: Decimal | int | float) -> str:
 # The counting barrier (an advisory lock key; migration risk/0008 repeats the
 # number). Every path that locks risk-state rows takes it shared first, so it
 # comes before the global row and the automation's row in the lock order;
-# ``risk_limit_set`` takes it exclusively to change a global counting limit.
+# ``risk_limit_set`` takes it exclusively to change a global stateful limit.
 # See ``pretrade_check`` for why.
 COUNTING_BARRIER_KEY = -4191232955067919317
 # Global limits whose state lives on the global row (counts of orders, the

@@ -75,6 +75,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -110,17 +111,18 @@ REGIME_QUOTES = 300
 # the default lookbacks on liquid symbols without loading a day of trades.
 TRADE_ROWS = 2000
 LAST_EVALUATED_TTL_S = 86_400
-# The pass's signal transaction commits without waiting for the WAL flush
-# (synchronous_commit = off for that transaction only): the fsync cost 3-4 ms
-# of every signal's way to execution on this project's disks, time in which
-# nothing happens. What it trades away: a crash of PostgreSQL itself within a
-# fraction of a second of the commit can lose the pass's signals (with their
-# transitions, audit events and rate-limit entries, all or nothing; the chain
-# stays intact). Nothing outside the database has acted on them by then: the
-# execute worker commits its order synchronously, which flushes the WAL up to
-# and including the signal, before it calls a broker, and finds no signal
-# (logs, does nothing) if it was lost. An approval commits synchronously too.
-SIGNALS_SYNCHRONOUS_COMMIT = False
+# Whether the pass's signal transaction waits for the WAL flush at COMMIT.
+# Durable by default: a crash of PostgreSQL itself must not lose a signal
+# (with its transitions and audit events) that detection will not produce
+# again. FP_SIGNALS_ASYNC_COMMIT=1 sets synchronous_commit = off for that
+# transaction only, for disks whose fsync costs milliseconds (measured on this
+# machine: a commit's flush is 0.24 ms median when quiet, 3-4 ms at load 4).
+# What that trades away: a PostgreSQL crash within a fraction of a second of
+# the commit can lose the pass's signals, all or nothing (the chain stays
+# intact); nothing outside the database has acted on them by then, since the
+# execute worker commits its order synchronously, which flushes the WAL past
+# the signal, before it calls a broker.
+SIGNALS_SYNCHRONOUS_COMMIT = os.environ.get("FP_SIGNALS_ASYNC_COMMIT") != "1"
 # The per-symbol lock: held at most this long (a crashed worker's lock
 # expires), waited for at most LOCK_WAIT_S, polled every LOCK_POLL_S.
 LOCK_TIMEOUT_MS = 60_000

@@ -278,7 +278,7 @@ def signals_create_routed(
     transaction stays atomic and is visible at once; only a crash of
     PostgreSQL itself within a fraction of a second can lose it, together
     with everything committed after it (the WAL is one sequence). The detect
-    worker asks for it: see ``automations.detection.SIGNALS_SYNCHRONOUS_COMMIT``.
+    worker may ask for it: see ``automations.detection.SIGNALS_SYNCHRONOUS_COMMIT``.
 
     Raises ``DomainError`` before writing anything when a move is not a legal
     first move; an ``IntegrityError`` (a signal already exists for the same

@@ -375,7 +375,10 @@ def test_by_default_the_callers_commit_mode_is_left_as_it_is():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_detection_pass_commits_its_signals_asynchronously(markets, always_buy, sent_tasks, monkeypatch):
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_detection_pass_commits_its_signals_durably_unless_asked_not_to(markets, always_buy, sent_tasks, monkeypatch,
+                                                                          durable):
+    monkeypatch.setattr(detection, "SIGNALS_SYNCHRONOUS_COMMIT", durable)
     make_automation(symbol=SYMBOLS[0])
     seen = []
     create = detection.signals_create_routed
@@ -388,7 +391,7 @@ def test_a_detection_pass_commits_its_signals_asynchronously(markets, always_buy
     monkeypatch.setattr(detection, "signals_create_routed", spy)
     [result] = detect_symbols(symbols=[SYMBOLS[0]])
     assert result.signals == {"queued": 1}
-    assert seen == ["off"] and detection.SIGNALS_SYNCHRONOUS_COMMIT is False
+    assert seen == (["on"] if durable else ["off"])
     assert _commit_mode() == "on"
 
 

@@ -112,6 +112,11 @@ def _chain_append(cursor: Any, f: dict[str, Any], *, prev_hash: str | None = Non
     return cursor.fetchone()[0], at, prev_hash, digest
 
 
+# For a caller that sends the chain lock and the head's read with statements of its own (``head=`` above).
+AUDIT_CHAIN_LOCK_SQL = f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})"
+AUDIT_CHAIN_HEAD_SQL = f"SELECT coalesce(({_HEAD_SQL}), '{GENESIS_HASH}')"
+
+
 def _chain_lock_and_head(cursor: Any) -> str:
     """Take the chain lock, then read the head in a statement of its own (its snapshot sees the last commit)."""
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
@@ -122,12 +127,17 @@ def _chain_lock_and_head(cursor: Any) -> str:
 
 # No savepoint, like audit_event_record's.
 @transaction.atomic(savepoint=False)
-def audit_events_record(events: list[dict[str, Any]]) -> list[AuditEvent]:
+def audit_events_record(events: list[dict[str, Any]], *, head: str | None = None) -> list[AuditEvent]:
     """Append several events to the chain, in order, in the caller's transaction: ONE insert for all of them.
 
     Each item holds ``audit_event_record``'s keyword arguments; the events
     are exactly the ones that calling it once per item writes (same fields,
     same chaining, each its own ``at``), with one round trip for the rows.
+
+    ``head``: the chain's head as the caller read it in this transaction
+    with ``AUDIT_CHAIN_HEAD_SQL``, in a statement of its own after
+    ``AUDIT_CHAIN_LOCK_SQL`` (both may ride in the round trip of the
+    caller's own statements); the lock and the read are then not repeated.
     """
     if not events:
         return []
@@ -137,7 +147,7 @@ def audit_events_record(events: list[dict[str, Any]]) -> list[AuditEvent]:
         for event in events
     ]
     with connection.cursor() as cursor:
-        prev_hash = _chain_head_cached() or _chain_lock_and_head(cursor)
+        prev_hash = head or _chain_head_cached() or _chain_lock_and_head(cursor)
         rows: list[tuple[Any, ...]] = []
         for f in fields:
             user, at = f["user"], timezone.now()

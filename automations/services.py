@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from audit.history import acting_as
 from audit.models import AuditEvent
-from audit.services import audit_event_record, audit_events_record
+from audit.services import AUDIT_CHAIN_HEAD_SQL, AUDIT_CHAIN_LOCK_SQL, audit_event_record, audit_events_record
 from automations.models import Automation, L2Snapshot, Signal, SignalTransition
 from automations.regime import validate_allowed_regimes
 from automations.selectors import signal_payload
@@ -171,6 +171,10 @@ def signal_transition(
     Inside a caller's transaction no savepoint is taken (two round trips
     saved): an illegal transition is refused before anything is written, so
     the caller's transaction stays usable, and a failing write fails it.
+
+    Round trips for a locked row: the push number, the status update, the
+    ``SignalTransition`` row, the audit chain's lock and its head in one
+    (``SignalMove.sql``), then the audit event's insert.
     """
     if not connection.in_atomic_block:
         if locked:
@@ -189,18 +193,89 @@ def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reas
     if locked is not signal and Signal.automation.is_cached(signal) and signal.automation_id == locked.automation_id:
         # The caller already holds the automation: the push payload reuses it.
         locked.automation = signal.automation
-    now = timezone.now()
-    allowed = ALLOWED_TRANSITIONS.get(locked.status, frozenset())
-    if to_status not in allowed:
-        raise DomainError(f"signal {locked.pk} cannot go from {locked.status} to {to_status}", code="illegal_transition")
-    if to_status == S.APPROVED and locked.expires_at is not None and locked.expires_at <= now:
-        raise DomainError(f"signal {locked.pk} expired at {locked.expires_at.isoformat()}; it cannot be approved", code="expired")
-    with transaction.atomic(savepoint=False):
-        _apply_transition(locked, to_status, actor_label=actor_label, reason=reason, actor=actor, now=now)
+    move = signal_move_prepare(signal=locked, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor)
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(f"{move.sql}; {AUDIT_CHAIN_LOCK_SQL}; {AUDIT_CHAIN_HEAD_SQL}", move.params)
+        (seq,) = cursor.fetchone()
+        cursor.cursor.nextset()
+        cursor.cursor.nextset()
+        (head,) = cursor.fetchone()
+        event, message = move.applied(seq)
+        audit_events_record([event], head=head)
+    transaction.on_commit(partial(signal_push, message))
     if locked is not signal:
         for name in ("status", "status_reason", "sequence", "decided_at"):
             setattr(signal, name, getattr(locked, name))
     return signal
+
+
+# A locked signal's move in ONE statement: its push number, its new state, its SignalTransition row.
+_MOVE_SQL = (
+    "WITH seq AS (SELECT nextval('automations_signal_push_seq') AS n), "  # noqa: S608 - the models' tables
+    f'moved AS (UPDATE "{Signal._meta.db_table}" SET "status" = %s, "status_reason" = %s, {{decided}}'
+    '"sequence" = (SELECT n FROM seq) WHERE "id" = %s RETURNING "sequence") '
+    f'INSERT INTO "{SignalTransition._meta.db_table}" ("signal_id", "at", "from_status", "to_status", "actor_label", '
+    '"reason", "sequence") SELECT %s, %s, %s, %s, %s, %s, "sequence" FROM moved RETURNING "sequence"'
+)
+_MOVE_SQL_DECIDING = _MOVE_SQL.format(decided='"decided_at" = %s, ')
+_MOVE_SQL_OPEN = _MOVE_SQL.format(decided="")
+
+
+@dataclass
+class SignalMove:
+    """A legal move of a signal the caller holds locked, written by ``sql`` with ``params`` (one statement,
+    which may share a round trip with the caller's own), then completed by ``applied``.
+
+    It writes exactly what ``signal_transition`` writes: the signal's status, reason, push number (and
+    ``decided_at`` for a deciding move), one ``SignalTransition`` row; ``applied`` gives the ``signal_state``
+    audit event to append and the numbered push message to send once it commits.
+    """
+
+    signal: Signal
+    from_status: str
+    to_status: str
+    reason: str
+    actor: Any
+    actor_label: str
+    now: datetime
+    sql: str
+    params: list[Any]
+
+    def applied(self, seq: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Set the instance's new state (``seq``: the push number the statement returned); (event, message)."""
+        signal = self.signal
+        signal.status = self.to_status
+        signal.status_reason = self.reason
+        signal.sequence = seq
+        if self.to_status in _DECIDING:
+            signal.decided_at = self.now
+        event = _transition_event(
+            signal, from_status=self.from_status, to_status=self.to_status, reason=self.reason, seq=seq, actor=self.actor,
+            actor_label=self.actor_label,
+        )
+        return event, {"type": "signal", "seq": seq, "signal": signal_payload(signal)}
+
+
+def signal_move_prepare(*, signal: Signal, to_status: str, actor_label: str, reason: str = "", actor: Any = None) -> SignalMove:
+    """Judge the move of ``signal`` (a row the caller holds locked, as read) to ``to_status``; its statement.
+
+    Raises DomainError, writing nothing, when the state machine forbids it or
+    an approval comes after the signal's expiry.
+    """
+    now = timezone.now()
+    allowed = ALLOWED_TRANSITIONS.get(signal.status, frozenset())
+    if to_status not in allowed:
+        raise DomainError(f"signal {signal.pk} cannot go from {signal.status} to {to_status}", code="illegal_transition")
+    if to_status == S.APPROVED and signal.expires_at is not None and signal.expires_at <= now:
+        raise DomainError(f"signal {signal.pk} expired at {signal.expires_at.isoformat()}; it cannot be approved", code="expired")
+    from_status = signal.status
+    if to_status in _DECIDING:
+        sql, params = _MOVE_SQL_DECIDING, [to_status, reason, now]
+    else:
+        sql, params = _MOVE_SQL_OPEN, [to_status, reason]
+    params += [signal.pk, signal.pk, now, from_status, to_status, actor_label, reason]
+    return SignalMove(signal=signal, from_status=from_status, to_status=to_status, reason=reason, actor=actor,
+                      actor_label=actor_label, now=now, sql=sql, params=params)
 
 
 @transaction.atomic

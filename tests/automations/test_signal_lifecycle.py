@@ -10,6 +10,7 @@ from audit.models import AuditEvent
 from automations.models import Signal, SignalTransition
 from automations.services import signal_create, signal_transition, signals_expire
 from tests.automations.conftest import make_automation
+from tests.automations.reference_transition import signal_transition_orm
 from trading.api import DomainError
 
 pytestmark = pytest.mark.django_db
@@ -165,3 +166,54 @@ def test_locked_true_outside_a_transaction_is_refused() -> None:
     signal = new_signal()
     with pytest.raises(RuntimeError):
         signal_transition(signal=signal, to_status=S.PENDING_APPROVAL, actor_label="test", reason="x", locked=True)
+
+
+def _story(signal, messages, base):
+    """What a signal's moves left: its row, transitions, audit events and pushes, push numbers made relative."""
+    stored = Signal.objects.get(pk=signal.pk)
+    events = AuditEvent.objects.filter(subject_type="automations.signal", subject_id=str(signal.pk)).order_by("id")
+    return {
+        "signal": (stored.status, stored.status_reason, stored.decided_at is not None, stored.sequence - base),
+        "transitions": [(t.from_status, t.to_status, t.actor_label, t.reason, t.sequence - base, t.at is not None)
+                        for t in SignalTransition.objects.filter(signal=signal).order_by("id")],
+        "events": [(e.kind, e.actor_id, e.actor_label, e.reason,
+                    {**e.data, "sequence": e.data["sequence"] - base, "automation_id": e.data["automation_id"] > 0})
+                   for e in events],
+        "pushes": [{**m, "seq": m["seq"] - base,
+                    "signal": {**m["signal"], "id": None, "automation_id": None, "automation_name": None,
+                               "created_at": None, "expires_at": None, "decided_at": m["signal"]["decided_at"] is not None,
+                               "sequence": m["signal"]["sequence"] - base}}
+                   for m in messages],
+    }
+
+
+@pytest.mark.parametrize("locked", [False, True])
+@pytest.mark.parametrize("status", [S.APPROVED, S.FILLED, S.FAILED, S.EXPIRED, S.REJECTED])
+def test_a_transition_writes_the_rows_and_pushes_of_the_orm_reference(monkeypatch, django_capture_on_commit_callbacks,
+                                                                        status, locked):
+    from django.db import transaction
+
+    from audit.verify import verify_audit
+    from automations import services
+
+    stories = []
+    for move in (signal_transition_orm, signal_transition):
+        messages: list[dict] = []
+        monkeypatch.setattr(services, "signal_push", messages.append)
+        signal = new_signal(make_automation(name=f"auto-{move.__name__}"))
+        signal_transition(signal=signal, to_status=PATH[status][0], actor_label="test")
+        base = signal.sequence
+        messages.clear()
+        for step in PATH[status][1:]:
+            with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+                held = Signal.objects.select_for_update().get(pk=signal.pk) if locked else signal
+                move(signal=held, to_status=step, actor_label="tester", reason=f"to {step}", locked=locked)
+                if locked:
+                    signal = held
+        with pytest.raises(DomainError):
+            move(signal=Signal.objects.get(pk=signal.pk), to_status=S.NEW, actor_label="tester")
+        stories.append(_story(signal, messages, base))
+    reference, new = stories
+    assert len(new["transitions"]) == len(PATH[status]) + 1 and len(new["pushes"]) == len(PATH[status]) - 1
+    assert new == reference
+    assert verify_audit().ok

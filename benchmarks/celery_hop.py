@@ -19,7 +19,7 @@ own), and this process's CPU per ``send_task`` (``time.process_time``).
 
 Run: ``DATABASE_URL=... REDIS_URL=... .venv/bin/python benchmarks/celery_hop.py``.
 Any other environment (``CELERY_*``) passes through to the worker.
-``BENCH_PROFILE=path`` runs the worker under cProfile and writes its profile there.
+``BENCH_PROFILE=path`` runs the worker under cProfile (CPU time) and writes its profile there.
 """
 
 from __future__ import annotations
@@ -45,6 +45,20 @@ from trading.celery import app  # noqa: E402
 from trading.redis_client import redis_client  # noqa: E402
 
 HOP_TASK = "benchmarks.celery_hop.hop_task"
+# ``celery`` under cProfile counting CPU time, not wall time (a worker mostly waits), from worker_ready on.
+PROFILED_CELERY = """
+import cProfile, sys, time
+from celery.__main__ import main
+from celery.signals import worker_ready
+out, sys.argv = sys.argv[1], ["celery", *sys.argv[2:]]
+profile = cProfile.Profile(time.process_time)
+worker_ready.connect(lambda **_: profile.enable(), weak=False)
+try:
+    main()
+finally:
+    profile.disable()
+    profile.dump_stats(out)
+"""
 
 
 @app.task(name=HOP_TASK)
@@ -87,7 +101,7 @@ def main() -> None:
     env = {**os.environ, "CELERY_KEY_PREFIX": prefix}
     profile = os.environ.get("BENCH_PROFILE")
     worker = subprocess.Popen(
-        [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "celery", "-A", "trading", "worker", "-Q", queue, "--include", "benchmarks.celery_hop",
+        [sys.executable, *(["-c", PROFILED_CELERY, profile] if profile else ["-m", "celery"]), "-A", "trading", "worker", "-Q", queue, "--include", "benchmarks.celery_hop",
          "--pool", "solo", "-n", f"hop-{run}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
          "-l", loglevel],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -134,6 +134,8 @@ def main() -> None:
         worker.terminate()
         worker.wait(timeout=30)
         redis_client().delete(key)
+        for leftover in redis_client().scan_iter(f"{prefix}*"):
+            redis_client().delete(leftover)
     started = {int(i): float(t) for i, t in (row.decode().split() for row in rows)}
     if len(started) < tasks:
         raise SystemExit(f"only {len(started)} of {tasks} tasks ran")

@@ -62,7 +62,7 @@ from audit.services import (
     audit_events_record,
 )
 from automations.models import Automation, Signal
-from automations.services import signal_move_prepare, signal_push, signal_transition
+from automations.services import SignalMove, signal_move_prepare, signal_push, signal_transition
 from execution.accounting import Position, position_apply
 from execution.brokers import BrokerError, BrokerOrder, BrokerOrderStatus, BrokerRejected, OrderRequest, broker_for_mode
 from execution.gating import gating_required, signal_order_hash
@@ -593,21 +593,34 @@ def _order_submitting_record(order: Order, signal: Signal, pushes: list[dict[str
     """
     move = signal_move_prepare(signal=signal, to_status=S.ORDERED, actor_label=ACTOR,
                                reason=f"order {order.client_order_id} created")
-    with connection.cursor() as cursor:
-        cursor.execute(f"{insert_sql(Order)}; {move.sql}; {AUDIT_CHAIN_LOCK_SQL}; {AUDIT_CHAIN_HEAD_SQL}",
-                       [*insert_params(order), *move.params])
-        mark_saved(order, cursor.fetchone()[0])
-        cursor.cursor.nextset()
-        (seq,) = cursor.fetchone()
-        cursor.cursor.nextset()
-        cursor.cursor.nextset()
-        (head,) = cursor.fetchone()
+    (order_pk,), seq, head = _signal_move_write(move, insert_sql(Order), insert_params(order))
+    mark_saved(order, order_pk)
     event, message = move.applied(seq)
     audit_events_record([event, _order_order_event(order)], head=head)
     if pushes is None:
         transaction.on_commit(partial(signal_push, message))
     else:
         pushes.append(message)
+
+
+def _signal_move_write(move: SignalMove, before_sql: str = "", before_params: list[Any] | None = None
+                       ) -> tuple[Any, int, str]:
+    """One round trip: ``before_sql`` (one statement; its first row comes back), the signal's move (its push
+    number comes back) and the audit chain's lock and head (for ``audit_events_record(head=...)``)."""
+    sql = f"{move.sql}; {AUDIT_CHAIN_LOCK_SQL}; {AUDIT_CHAIN_HEAD_SQL}"
+    with connection.cursor() as cursor:
+        if before_sql:
+            cursor.execute(f"{before_sql}; {sql}", [*(before_params or []), *move.params])
+            first = cursor.fetchone()
+            cursor.cursor.nextset()
+        else:
+            cursor.execute(sql, move.params)
+            first = None
+        (seq,) = cursor.fetchone()
+        cursor.cursor.nextset()
+        cursor.cursor.nextset()
+        (head,) = cursor.fetchone()
+    return first, seq, head
 
 
 def _pushes_send(pushes: list[dict[str, Any]] | None) -> None:
@@ -977,17 +990,25 @@ def _order_close(order: Order, now: datetime, *, fills: list[Fill] | None = None
         breach = avg_realized - order.modelled_slippage_bps > threshold_bps
     order_closed(automation_id=order.automation_id, realized_pnl=pnl, slippage_breach=breach, actor_label=ACTOR)
     signal = _signal_lock(order.signal_id)
+    events: list[dict[str, Any]] = []
+    head = None
     if signal.status == S.ORDERED:
+        # What signal_transition(locked=True) writes, with the order's event in the same audit insert.
         if order.filled_qty > 0:
             note = "" if order.status == OS.FILLED else f" ({order.status}: {order.status_reason})"
-            reason = f"filled {order.filled_qty.normalize():f} at {order.avg_fill_price}{note}"
-            signal_transition(signal=signal, to_status=S.FILLED, actor_label=ACTOR, reason=reason, locked=True)
+            move = signal_move_prepare(signal=signal, to_status=S.FILLED, actor_label=ACTOR,
+                                       reason=f"filled {order.filled_qty.normalize():f} at {order.avg_fill_price}{note}")
         else:
-            signal_transition(signal=signal, to_status=S.FAILED, actor_label=ACTOR, locked=True,
-                              reason=f"order {order.status}: {order.status_reason}")
-    audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
-                       data={"status": order.status, "client_order_id": order.client_order_id,
-                             "filled_qty": str(order.filled_qty), "realized_pnl": str(pnl), "slippage_breach": breach})
+            move = signal_move_prepare(signal=signal, to_status=S.FAILED, actor_label=ACTOR,
+                                       reason=f"order {order.status}: {order.status_reason}")
+        _, seq, head = _signal_move_write(move)
+        event, message = move.applied(seq)
+        events.append(event)
+        transaction.on_commit(partial(signal_push, message))
+    events.append({"kind": AuditEvent.Kind.ORDER, "actor_label": ACTOR, "subject": order, "reason": order.status_reason,
+                   "data": {"status": order.status, "client_order_id": order.client_order_id,
+                            "filled_qty": str(order.filled_qty), "realized_pnl": str(pnl), "slippage_breach": breach}})
+    audit_events_record(events, head=head)
     if fills:
         automation_id = order.automation_id
         transaction.on_commit(lambda: _slippage_gap_watch(automation_id), robust=True)

@@ -765,7 +765,11 @@ def order_execute(*, signal_id: int) -> Order | None:
     claim = _Claim(signal_id)
     pushes: list[dict[str, Any]] = []
     try:
-        order, created = _order_decide(signal_id, claim=claim, pushes=pushes)
+        try:
+            order, created = _order_decide(signal_id, claim=claim, pushes=pushes)
+        except BaseException:
+            pushes.clear()  # The decision did not commit (a failed COMMIT included): nothing to announce.
+            raise
         if not claim.held or order is None or order.status not in (OS.PENDING, OS.SUBMITTING):
             return order
         return _order_submit_locked(order, claimed=created, pushes=pushes)

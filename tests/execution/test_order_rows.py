@@ -290,3 +290,37 @@ def test_the_signal_pushes_are_those_of_the_reference_and_the_ordered_one_waits_
     assert pushes[1]["signal"] == signal_payload(Signal.objects.select_related("automation").get(pk=signal.pk))
     if path == "new":
         assert seen.index("broker") < seen.index(pushes[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_whose_commit_fails_announces_nothing(market, monkeypatch):
+    """The ordered push is held back past the commit: when the COMMIT itself fails, it is dropped, not sent."""
+    from django.db import DatabaseError, connection
+
+    from automations import services as automation_services
+
+    seen: list[Any] = []
+    monkeypatch.setattr(automation_services, "signal_push", seen.append)
+    monkeypatch.setattr(services, "signal_push", seen.append)
+    automation = make_automation(name="commit-fails")
+    signal = make_signal(automation, status=S.QUEUED, quantity="3", limit_price="100.30")
+    seen.clear()
+    wrapper = type(connection._connections[connection._alias])
+    commit, failed = wrapper.commit, []
+
+    def failing_commit(self: Any) -> None:
+        if failed:
+            return commit(self)
+        failed.append(True)  # Once: the decision's COMMIT.
+        self.rollback()
+        raise DatabaseError("commit failed")
+
+    monkeypatch.setattr(wrapper, "commit", failing_commit)
+    with pytest.raises(DatabaseError):
+        services.order_execute(signal_id=signal.pk)
+    assert seen == []
+    assert not Order.objects.filter(signal=signal).exists()
+    assert Signal.objects.get(pk=signal.pk).status == S.QUEUED
+    order = services.order_execute(signal_id=signal.pk)  # The redelivered task.
+    assert order is not None and order.status == Order.Status.FILLED
+    assert [m["signal"]["status"] for m in seen] == [S.ORDERED, S.FILLED]

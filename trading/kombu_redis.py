@@ -25,15 +25,44 @@ broker URL is a Redis one; an explicit transport wins over the URL's scheme in
 
 from __future__ import annotations
 
+from time import time
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+# kombu's ack emulation, each step one atomic script call rather than a
+# MULTI/EXEC pipeline (four commands packed, four replies parsed). The same
+# keys end up holding the same values. KEYS: the unacked index (sorted set,
+# scored by delivery time), the unacked hash; ARGV: delivery tag, time, message.
+UNACKED_ADD = "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])"
+UNACKED_REMOVE = "redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1])"
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS; the record written before a task runs and removed by its ack cost one call each."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        payload = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        self.channel.unacked_script(UNACKED_ADD, delivery_tag, time(), payload)
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel.unacked_script(UNACKED_REMOVE, delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
 
 
 class Channel(kombu_redis.Channel):
     """A Redis channel whose synchronous client is built once, on first use."""
 
+    QoS = QoS
+
     _sync_client: Any = None
+    _script_client: Any = None
+    _scripts: dict[str, Any] | None = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -45,6 +74,29 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not self.pool:
             client = self._sync_client = super()._create_client()
         return client
+
+    def unacked_script(self, source: str, *args: object) -> Any:
+        """Run one of the unacked-record scripts on the unacked index and hash.
+
+        Through a plain client on the channel's pool, with the global key
+        prefix applied here to both keys: kombu's prefixing client prefixes
+        only the first key of an EVALSHA.
+        """
+        client = self._script_client
+        if client is None or client.connection_pool is not self.pool:
+            kwargs: dict[str, Any] = {"connection_pool": self.pool}
+            credential_provider = self.pool.connection_kwargs.get("credential_provider")
+            if credential_provider is not None:
+                kwargs["credential_provider"] = credential_provider
+            client = self._script_client = redis.Redis(**kwargs)
+            self._scripts = {}
+        scripts = self._scripts
+        script = scripts.get(source)
+        if script is None:
+            script = scripts[source] = client.register_script(source)
+        prefix = self.global_keyprefix or ""
+        # A script the server does not have (after a restart) is loaded again by redis-py's Script.
+        return script(keys=[prefix + self.unacked_index_key, prefix + self.unacked_key], args=args, client=client)
 
 
 class Transport(kombu_redis.Transport):

@@ -105,6 +105,43 @@ def test_a_channel_builds_its_synchronous_client_once_per_pool():
         assert rebuilt.ping()
 
 
+class _Message:
+    def __init__(self, body: str) -> None:
+        self._raw = {"body": body, "headers": {}, "properties": {"delivery_tag": "t"}}
+        self.delivery_info = {"exchange": "", "routing_key": "hop"}
+
+
+def _keys(prefix: str) -> tuple[dict, list]:
+    client = redis_client()
+    return client.hgetall(f"{prefix}unacked"), client.zrange(f"{prefix}unacked_index", 0, -1)
+
+
+def test_its_unacked_record_and_ack_leave_the_same_keys_as_kombus_own_qos(prefix):
+    ours, theirs = f"{prefix}ours:", f"{prefix}kombu:"
+    with Connection(settings.CELERY_BROKER_URL, transport="trading.kombu_redis:Transport",
+                    transport_options={"global_keyprefix": ours}) as conn, \
+            Connection(settings.CELERY_BROKER_URL, transport="redis",
+                       transport_options={"global_keyprefix": theirs}) as stock:
+        qos, stock_qos = conn.default_channel.qos, stock.default_channel.qos
+        assert type(stock_qos) is not type(qos)
+        for tag in ("tag-1", "tag-2"):
+            qos.append(_Message(tag), tag)
+            stock_qos.append(_Message(tag), tag)
+        assert _keys(ours) == _keys(theirs)
+        assert _keys(ours)[1] == [b"tag-1", b"tag-2"]
+        client = redis_client()
+        score = client.zscore(f"{ours}unacked_index", "tag-1")
+        assert abs(score - client.zscore(f"{theirs}unacked_index", "tag-1")) < 5
+        assert set(qos._delivered) == {"tag-1", "tag-2"}
+
+        qos.ack("tag-1")
+        stock_qos.ack("tag-1")
+        assert _keys(ours) == _keys(theirs)
+        assert _keys(ours)[1] == [b"tag-2"]
+        # Nothing was written without the prefix.
+        assert not client.exists("unacked", "unacked_index")
+
+
 def test_a_worker_on_it_runs_every_task_once_and_acknowledges_each(prefix, sender, start_worker):
     worker = start_worker()
     key = f"{prefix}ran"
@@ -130,8 +167,10 @@ def test_a_task_of_a_worker_killed_mid_task_is_redelivered_to_the_next_worker(pr
     assert _wait(lambda: client.llen(f"{key}:started") == 1, 60), "the first worker did not start the task"
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    # Taken but never acknowledged: the message waits in the unacked hash, not in the queue.
+    # Taken but never acknowledged: the message waits in the unacked hash and index, not in the queue.
     assert client.hlen(f"{prefix}unacked") == 1
+    assert client.zcard(f"{prefix}unacked_index") == 1
+    assert client.zscore(f"{prefix}unacked_index", client.hkeys(f"{prefix}unacked")[0]) <= time.time()
     assert client.llen(f"{prefix}hop") == 0
     assert client.llen(f"{key}:done") == 0
 
@@ -142,3 +181,4 @@ def test_a_task_of_a_worker_killed_mid_task_is_redelivered_to_the_next_worker(pr
     assert started == [first.pid, second.pid]
     assert [int(pid) for pid in client.lrange(f"{key}:done", 0, -1)] == [second.pid]
     assert _wait(lambda: client.hlen(f"{prefix}unacked") == 0, 5)
+    assert client.zcard(f"{prefix}unacked_index") == 0

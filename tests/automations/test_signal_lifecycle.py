@@ -217,3 +217,38 @@ def test_a_transition_writes_the_rows_and_pushes_of_the_orm_reference(monkeypatc
     assert len(new["transitions"]) == len(PATH[status]) + 1 and len(new["pushes"]) == len(PATH[status]) - 1
     assert new == reference
     assert verify_audit().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_transitions_keep_one_audit_chain() -> None:
+    """The chain's lock and head ride in the move's round trip: the head read is a statement of its own, after
+    the lock, so each writer chains onto the event the previous holder committed."""
+    import threading
+
+    from django.db import connection
+
+    from audit.verify import verify_audit
+
+    signals = [new_signal(make_automation(name=f"auto-race-{i}")) for i in range(4)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(signals))
+
+    def walk(signal: Signal) -> None:
+        try:
+            start.wait(10)
+            for step in (S.PENDING_APPROVAL, S.APPROVED, S.ORDERED, S.FILLED):
+                signal_transition(signal=signal, to_status=step, actor_label="race")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=walk, args=(signal,)) for signal in signals]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert all(Signal.objects.get(pk=s.pk).status == S.FILLED for s in signals)
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.SIGNAL_STATE, actor_label="race").count() == 16
+    assert verify_audit().ok

@@ -29,11 +29,14 @@ go in one round trip where each must see the locks the previous ones took
 (a statement of its own takes its snapshot after them). From the task's
 receipt to the broker's answer: the submission lock, the signal's row lock
 and everything the decision reads (one round trip), the quote and the book
-(one Redis MGET), the pre-trade check, the order's insert, the signal's move
-and the audit event, the commit, the broker. Settling the answer (fills,
-position, the order's state, the risk release, the signal's move) follows;
-``tests/execution/test_order_rows.py`` holds it row for row to the ORM
-version it replaced (``tests/execution/reference_orders.py``).
+(one Redis MGET), the pre-trade check, the order's insert with the signal's
+move (``automations.services.signal_move_prepare``) and the audit chain's
+lock and head (one round trip), both audit events (one insert), the commit,
+the broker. The signal's live push is held back until the broker has
+answered, so the push thread does not compete with the call. Settling the
+answer (fills, position, the order's state, the risk release, the signal's
+move) follows; ``tests/execution/test_order_rows.py`` holds it row for row
+to the ORM version it replaced (``tests/execution/reference_orders.py``).
 """
 
 from __future__ import annotations

@@ -13,10 +13,14 @@ Here the channel builds that client once and hands the same one out. A
 ``redis.Redis`` without ``single_connection_client`` holds no connection and
 no per-call state: every command and pipeline checks a connection out of the
 pool and returns it, so one client is safe to share across calls and threads,
-exactly as the per-call ones shared the pool. Nothing else changes: the same
-commands reach Redis in the same order, so the delivery guarantees (ack
-emulation: the unacked hash and index, restored after the visibility timeout
-or at shutdown) are kombu's own.
+exactly as the per-call ones shared the pool.
+
+The ack emulation keeps kombu's keys, values and restore path (the unacked
+hash and index, restored after the visibility timeout or at shutdown); only
+its two per-task writes, the record before the task runs and its removal on
+ack, are each one atomic script call instead of a MULTI/EXEC pipeline. A
+worker killed mid-task therefore leaves exactly what kombu's own leaves, and
+the task comes back the same way. Redis must allow EVAL/EVALSHA (scripting).
 
 Selected by ``CELERY_BROKER_TRANSPORT`` in ``trading.settings`` when the
 broker URL is a Redis one; an explicit transport wins over the URL's scheme in

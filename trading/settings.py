@@ -241,8 +241,9 @@ SPECTACULAR_SETTINGS = {
 # Celery: one queue per worker kind; queue names live in trading.queues.Queue.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 # On Redis, kombu's transport with one synchronous client per channel rather than
-# one built per publish, unacked record and ack (trading.kombu_redis); the same
-# commands reach Redis. An explicit transport wins over the URL's scheme, so it is
+# one built per publish, unacked record and ack, and those two records written by
+# one script call each (trading.kombu_redis; same keys and guarantees as kombu's).
+# An explicit transport wins over the URL's scheme, so it is
 # set for Redis URLs only; CELERY_BROKER_TRANSPORT names another (kombu's own:
 # "redis").
 CELERY_BROKER_TRANSPORT = os.environ.get("CELERY_BROKER_TRANSPORT") or (

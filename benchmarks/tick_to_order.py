@@ -22,18 +22,28 @@ and are left out of every figure: a worker's first task pays one-time costs
 the per-tick cost. The CPU counters start after them.
 
 Creates an automation ``bench-t2o`` on ``BENCH-T2O`` (left for inspection).
+``BENCH_STAGES=1`` adds where the time goes, from the workers' own INFO log
+lines (task received / succeeded, millisecond stamps): e.g. on a quiet
+machine, 2026-11-24: sent -> ingest received 1.8 ms, ingest task 3.5 ms,
+detect received -> execute received 9.0 ms, execute task 13 ms (of which ~4
+up to ``submitted``).
+
 Run: ``.venv/bin/python benchmarks/tick_to_order.py`` (BENCH_TICKS=40, BENCH_WARMUP=5).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -61,6 +71,11 @@ TICKS = int(os.environ.get("BENCH_TICKS", "40"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "5"))
 SPACING_S = float(os.environ.get("BENCH_SPACING_S", "0.4"))
 SYMBOL = "BENCH-T2O"
+# BENCH_STAGES=1: the workers log at INFO into files, and the figures gain each hop's and each task's wall time from
+# Celery's "received" / "succeeded" lines (millisecond timestamps). A diagnosis: the log lines cost the workers CPU.
+STAGES = os.environ.get("BENCH_STAGES") == "1"
+QUEUES = ("ingest", "detect", "execute")
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+ \d+ Task \S+ (received|succeeded)")
 
 
 def _cpu_ms(pid: int) -> float:
@@ -74,10 +89,45 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _worker(queue: str, env: dict[str, str], run: str) -> subprocess.Popen:
+def _worker(queue: str, env: dict[str, str], run: str, log: Path | None) -> subprocess.Popen:
+    level = "INFO" if log else "WARNING"
     return subprocess.Popen([sys.executable, "-m", "celery", "-A", "trading", "worker", "-Q", queue,
                              "--pool", "solo", "-n", f"{queue}-{run}@%h", "--without-gossip", "--without-mingle",
-                             "--without-heartbeat", "-l", "WARNING"], cwd=ROOT, env=env)
+                             "--without-heartbeat", "-l", level], cwd=ROOT, env={**env, "LOG_LEVEL": level},
+                            stdout=log.open("wb") if log else None, stderr=subprocess.STDOUT if log else None)
+
+
+def _task_events(log: Path) -> tuple[list[float], list[float]]:
+    """A worker log's task received and succeeded times (ms since the epoch, UTC), in order."""
+    events: dict[str, list[float]] = {"received": [], "succeeded": []}
+    for line in log.read_text(errors="replace").splitlines():
+        if match := _LOG_LINE.match(line):
+            at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
+            events[match[2]].append(at.timestamp() * 1e3)
+    return events["received"], events["succeeded"]
+
+
+def _stages(logs: dict[str, Path], sent_ns: list[int]) -> dict[str, float]:
+    """Per tick, the first event of each kind after the previous step; the medians of the gaps (ms)."""
+    events = {q: _task_events(log) for q, log in logs.items()}
+
+    def after(times: list[float], t: float) -> float:
+        return next((x for x in times if x >= t), math.nan)
+
+    gaps: dict[str, list[float]] = {}
+    for ns in sent_ns:
+        t = ns / 1e6 - 1  # Log times are cut to the millisecond.
+        marks = {"sent": t + 1}
+        for queue in QUEUES:
+            received, succeeded = events[queue]
+            marks[f"{queue}_received"] = t = after(received, t)
+            marks[f"{queue}_succeeded"] = after(succeeded, t)
+        steps = [("sent", "ingest_received"), ("ingest_received", "ingest_succeeded"),
+                 ("ingest_succeeded", "detect_received"), ("detect_received", "detect_succeeded"),
+                 ("detect_received", "execute_received"), ("execute_received", "execute_succeeded")]
+        for a, b in steps:
+            gaps.setdefault(f"{a}_to_{b}", []).append(marks[b] - marks[a])
+    return {k: round(statistics.median(v), 1) for k, v in gaps.items() if not any(map(math.isnan, v))}
 
 
 def main() -> None:
@@ -95,7 +145,8 @@ def main() -> None:
     prefix = f"bench-t2o-{run}:"
     env = {**os.environ, "DATABASE_URL": database_url(db),
            "REDIS_URL": settings.REDIS_URL, "CELERY_KEY_PREFIX": prefix, "LOG_LEVEL": "WARNING"}
-    workers = [_worker(q, env, run) for q in ("ingest", "detect", "execute")]
+    logs = {q: Path(tempfile.gettempdir()) / f"bench-t2o-{run}-{q}.log" for q in QUEUES} if STAGES else {}
+    workers = [_worker(q, env, run, logs.get(q)) for q in QUEUES]
     sender = Celery("bench", broker=settings.CELERY_BROKER_URL)
     sender.conf.broker_transport_options = {"global_keyprefix": prefix}
     sender.conf.task_routes = {"ingestion.tasks.*": {"queue": "ingest"}}
@@ -154,7 +205,8 @@ def main() -> None:
                              "order_created_to_submitted": round(statistics.median(to_broker), 1)},
         # CPU per tick of each worker, whatever else the machine is doing: the floor under the wall figures.
         "worker_cpu_ms_per_tick": {q: round((b - a) / len(sent), 1)
-                                   for q, a, b in zip(("ingest", "detect", "execute"), cpu0, cpu1, strict=True)},
+                                   for q, a, b in zip(QUEUES, cpu0, cpu1, strict=True)},
+        **({"stages_from_worker_logs_ms": _stages(logs, sorted(sent))} if STAGES else {}),
         "load_average_1m": os.getloadavg()[0],
         "target": "p99 < 20 ms on the embedded stack",
     }))

@@ -221,10 +221,11 @@ class PaperBroker:
                                   client=self.redis)
         return None if raw is None else _decode(raw)
 
-    def _store(self, order: BrokerOrder, *, new: bool = False) -> None:
+    def _store(self, order: BrokerOrder) -> None:
+        """Overwrite an existing order's record (under its lock) and file it as open or final."""
         key = ORDER_KEY.format(order.client_order_id)
         pipe = self.redis.pipeline()
-        pipe.set(key, _encode(order), nx=new)
+        pipe.set(key, _encode(order))
         if order.is_final:
             pipe.srem(OPEN_SET, order.client_order_id)
         else:

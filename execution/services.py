@@ -571,9 +571,7 @@ def _order_decide(signal_id: int, *, claim: _Claim | None = None, pushes: list[d
             order.status = OS.SUBMITTING
             _order_submitting_record(order, signal, pushes)
             return order, True
-        audit_event_record(kind=AuditEvent.Kind.ORDER, actor_label=ACTOR, subject=order, reason=order.status_reason,
-                           data={"status": order.status, "client_order_id": order.client_order_id,
-                                 "signal_id": signal.pk, "gated": order.gated})
+        audit_event_record(**_order_order_event(order))
         return order, True
 
 

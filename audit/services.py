@@ -87,9 +87,22 @@ def audit_event_record(
 
 _TABLE = AuditEvent._meta.db_table
 _HEAD_SQL = f"SELECT hash FROM {_TABLE} ORDER BY id DESC LIMIT 1"  # noqa: S608 - model table name
-_INSERT_SQL = (f"INSERT INTO {_TABLE} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608 - model table name
-               "subject_id, reason, data, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
-               "RETURNING id")
+_INSERT_MANY_SQL_HEAD = (f"INSERT INTO {_TABLE} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608 - model table
+                         "subject_id, reason, data, prev_hash, hash) VALUES ")
+_INSERT_MANY_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
+_INSERT_SQL = _INSERT_MANY_SQL_HEAD + _INSERT_MANY_ROW + " RETURNING id"
+
+
+def _chain_row(f: dict[str, Any], prev_hash: str) -> tuple[Any, ...]:
+    """The insert values of event fields ``f`` chained to ``prev_hash``, at now: ``_INSERT_MANY_ROW``'s order."""
+    user = f["user"]
+    at = timezone.now()
+    digest = audit_event_hash(
+        prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
+        kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"], data=f["data"],
+    )
+    return (at, user.pk if user else None, f["label"], f["kind"], f["subject_type"], f["subject_id"], f["reason"],
+            json.dumps(f["data"]), prev_hash, digest)
 
 
 def _chain_append(cursor: Any, f: dict[str, Any], *, prev_hash: str | None = None) -> tuple[int, Any, str, str]:
@@ -101,25 +114,19 @@ def _chain_append(cursor: Any, f: dict[str, Any], *, prev_hash: str | None = Non
     """
     if prev_hash is None:
         prev_hash = _chain_lock_and_head(cursor)
-    user = f["user"]
-    at = timezone.now()
-    digest = audit_event_hash(
-        prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
-        kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"], data=f["data"],
-    )
-    cursor.execute(_INSERT_SQL, [at, user.pk if user else None, f["label"], f["kind"], f["subject_type"],
-                                 f["subject_id"], f["reason"], json.dumps(f["data"]), prev_hash, digest])
-    return cursor.fetchone()[0], at, prev_hash, digest
+    row = _chain_row(f, prev_hash)
+    cursor.execute(_INSERT_SQL, row)
+    return cursor.fetchone()[0], row[0], prev_hash, row[9]
 
 
-# For a caller that sends the chain lock and the head's read with statements of its own (``head=`` above).
+# For a caller that sends the chain lock and the head's read with statements of its own (``audit_events_record``'s ``head=``).
 AUDIT_CHAIN_LOCK_SQL = f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})"
 AUDIT_CHAIN_HEAD_SQL = f"SELECT coalesce(({_HEAD_SQL}), '{GENESIS_HASH}')"
 
 
 def _chain_lock_and_head(cursor: Any) -> str:
     """Take the chain lock, then read the head in a statement of its own (its snapshot sees the last commit)."""
-    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CHAIN_LOCK_KEY])
+    cursor.execute(AUDIT_CHAIN_LOCK_SQL)
     cursor.execute(_HEAD_SQL)
     row = cursor.fetchone()
     return row[0] if row else GENESIS_HASH
@@ -150,15 +157,8 @@ def audit_events_record(events: list[dict[str, Any]], *, head: str | None = None
         prev_hash = head or _chain_head_cached() or _chain_lock_and_head(cursor)
         rows: list[tuple[Any, ...]] = []
         for f in fields:
-            user, at = f["user"], timezone.now()
-            digest = audit_event_hash(
-                prev_hash=prev_hash, at_iso=at.isoformat(), actor_id=user.pk if user else None, actor_label=f["label"],
-                kind=f["kind"], subject_type=f["subject_type"], subject_id=f["subject_id"], reason=f["reason"],
-                data=f["data"],
-            )
-            rows.append((at, user.pk if user else None, f["label"], f["kind"], f["subject_type"], f["subject_id"],
-                         f["reason"], json.dumps(f["data"]), prev_hash, digest))
-            prev_hash = digest
+            rows.append(_chain_row(f, prev_hash))
+            prev_hash = rows[-1][9]
         cursor.execute(_INSERT_MANY_SQL_HEAD + ", ".join([_INSERT_MANY_ROW] * len(rows)) + " RETURNING id",
                        [value for row in rows for value in row])
         # Ids come from one sequence in insertion order: ascending, they follow the rows.
@@ -175,10 +175,6 @@ def audit_events_record(events: list[dict[str, Any]], *, head: str | None = None
         out.append(event)
     return out
 
-
-_INSERT_MANY_SQL_HEAD = (f"INSERT INTO {_TABLE} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608 - model table
-                         "subject_id, reason, data, prev_hash, hash) VALUES ")
-_INSERT_MANY_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
 
 
 class _ChainHead:

@@ -399,9 +399,9 @@ _STATE_FIELDS = ("id", "status", "approved_trade_count", "approval_threshold", "
 # that signals; the ORM's compilation of the two queries cost more than both).
 _STATES_SQL = (
     f"SELECT {', '.join('a.' + f for f in _STATE_FIELDS)},"  # noqa: S608 - the models' own tables and columns.
-    " ARRAY(SELECT s.market_ts_ns FROM automations_signal s WHERE s.automation_id = a.id"
+    f" ARRAY(SELECT s.market_ts_ns FROM {Signal._meta.db_table} s WHERE s.automation_id = a.id"
     " AND s.market_ts_ns = ANY(%(ts)s::bigint[]) ORDER BY s.id),"
-    " ARRAY(SELECT s.side FROM automations_signal s WHERE s.automation_id = a.id"
+    f" ARRAY(SELECT s.side FROM {Signal._meta.db_table} s WHERE s.automation_id = a.id"
     " AND s.market_ts_ns = ANY(%(ts)s::bigint[]) ORDER BY s.id)"
     f" FROM {Automation._meta.db_table} a WHERE a.id = ANY(%(ids)s::bigint[])"
 )

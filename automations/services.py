@@ -339,9 +339,9 @@ def signals_create_routed(
     signal) and two numbered pushes on commit. The push numbers, the signals'
     new L2 snapshots (a context's ``snapshot`` may be an unsaved
     ``L2Snapshot``), the Signal rows and the transitions are written by ONE
-    prepared statement; the audit events go through ``audit_event_record``
-    one by one (the chain is sequential). The signals are new rows nobody
-    else can hold, so no row lock is needed.
+    prepared statement; the audit events are appended in order by ONE
+    ``audit_events_record`` call. The signals are new rows nobody else can
+    hold, so no row lock is needed.
 
     ``count_automatic``: the same statement adds each automation's number of
     ``queued`` signals to its ``automatic_trade_count`` (the detect worker's

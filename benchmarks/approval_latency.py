@@ -46,6 +46,7 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from automations.models import Automation, Signal  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from execution.models import Order  # noqa: E402
 from tests.execution.conftest import PASSWORD, make_book, make_signal, make_user, publish_market, totp, totp_next  # noqa: E402
 from trading.embedded import database_url  # noqa: E402
@@ -88,17 +89,6 @@ def _login(base: str, username: str, device) -> requests.Session:  # type: ignor
     return session
 
 
-def _cpu_ms(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc (milliseconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def main() -> None:
     run = uuid.uuid4().hex[:6]
     publish_market(redis_client(), make_book(symbol=SYMBOL))
@@ -128,10 +118,10 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         sessions = [(_login(base, user.username, device), device) for user, device in traders]
         time.sleep(3)  # Let the worker finish starting (it consumes nothing until then).
-        cpu0 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
+        cpu0 = (_common.cpu_ms(web.pid), _common.cpu_ms(worker.pid))
         for i, (session, device) in enumerate(sessions):
             if i == WARMUP:
-                cpu0 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
+                cpu0 = (_common.cpu_ms(web.pid), _common.cpu_ms(worker.pid))
             time.sleep(GAP_S)
             signal = make_signal(automation, limit_price="100.10")
             code = totp_next(device)
@@ -151,7 +141,7 @@ def main() -> None:
                 time.sleep(0.002)
             else:
                 raise SystemExit(f"signal {signal.pk}: no order submitted within 10 s")
-        cpu1 = (_cpu_ms(web.pid), _cpu_ms(worker.pid))
+        cpu1 = (_common.cpu_ms(web.pid), _common.cpu_ms(worker.pid))
         total_ms, http_ms = total_ms[WARMUP:], http_ms[WARMUP:]
     finally:
         for proc in (web, worker):
@@ -163,10 +153,10 @@ def main() -> None:
         "warmup_samples_dropped": WARMUP,
         "gap_between_samples_s": GAP_S,
         "approve_to_submitted_median_ms": round(statistics.median(total_ms), 1),
-        "approve_to_submitted_p99_ms": round(_percentile(total_ms, 0.99), 1),
+        "approve_to_submitted_p99_ms": round(_common.percentile(total_ms, 0.99), 1),
         "approve_to_submitted_max_ms": round(max(total_ms), 1),
         "approve_http_median_ms": round(statistics.median(http_ms), 1),
-        "approve_http_p99_ms": round(_percentile(http_ms, 0.99), 1),
+        "approve_http_p99_ms": round(_common.percentile(http_ms, 0.99), 1),
         # What the path costs in CPU, whatever else the machine is doing (whole approval and whole execution,
         # the latter including the settlement after submission): the floor under the wall-clock figures.
         "web_cpu_ms_per_approval": round((cpu1[0] - cpu0[0]) / len(total_ms), 1),

@@ -41,6 +41,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from benchmarks import _common  # noqa: E402
 from trading.celery import app  # noqa: E402
 from trading.redis_client import redis_client  # noqa: E402
 
@@ -65,17 +66,6 @@ finally:
 def hop_task(key: str, index: int) -> None:
     started = time.time()
     redis_client().rpush(key, f"{index} {started!r}")
-
-
-def _cpu_ms(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc (milliseconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _wait_for(key: str, count: int, timeout: float) -> list[bytes]:
@@ -114,14 +104,14 @@ def main() -> None:
             app.send_task(HOP_TASK, args=[key, -2 - i], queue=queue)
             time.sleep(spacing)
         _wait_for(key, 1 + warmup, 10)
-        idle0, wall0 = _cpu_ms(worker.pid), time.monotonic()
+        idle0, wall0 = _common.cpu_ms(worker.pid), time.monotonic()
         time.sleep(2)
-        idle_per_s = (_cpu_ms(worker.pid) - idle0) / (time.monotonic() - wall0)
+        idle_per_s = (_common.cpu_ms(worker.pid) - idle0) / (time.monotonic() - wall0)
         redis_client().delete(key)
 
         sent: list[float] = []
         send_cpu = 0.0
-        cpu0 = _cpu_ms(worker.pid)
+        cpu0 = _common.cpu_ms(worker.pid)
         for i in range(tasks):
             c0 = time.process_time()
             sent.append(time.time())
@@ -129,7 +119,7 @@ def main() -> None:
             send_cpu += time.process_time() - c0
             time.sleep(spacing)
         rows = _wait_for(key, tasks, 30)
-        cpu1 = _cpu_ms(worker.pid)
+        cpu1 = _common.cpu_ms(worker.pid)
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -145,7 +135,7 @@ def main() -> None:
         "spacing_s": spacing,
         "worker_loglevel": loglevel,
         "send_to_start_median_ms": round(statistics.median(latencies), 2),
-        "send_to_start_p99_ms": round(_percentile(latencies, 0.99), 2),
+        "send_to_start_p99_ms": round(_common.percentile(latencies, 0.99), 2),
         "worker_cpu_ms_per_task": round((cpu1 - cpu0) / tasks, 3),
         "worker_idle_cpu_ms_per_s": round(idle_per_s, 3),
         "send_task_cpu_ms": round(send_cpu * 1e3 / tasks, 3),

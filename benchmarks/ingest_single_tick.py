@@ -55,6 +55,7 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from ingestion import services  # noqa: E402
 from ingestion.services import encode_records  # noqa: E402
 from ingestion.tasks import ingest_batch_task  # noqa: E402
@@ -66,11 +67,6 @@ from trading.redis_client import redis_client  # noqa: E402
 TICKS = int(os.environ.get("BENCH_TICKS", "200"))
 SPACING_S = float(os.environ.get("BENCH_SPACING_S", "0.02"))
 SYMBOL = "BENCH-ING"
-
-
-def _cpu_ms(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
 
 
 def _records(seq: int) -> list[list[object]]:
@@ -137,15 +133,15 @@ def in_worker(stream: str, run: str) -> dict[str, object]:
             send(seq)
             time.sleep(0.05)
         time.sleep(1)
-        cpu0, t0 = _cpu_ms(worker.pid), time.monotonic()
+        cpu0, t0 = _common.cpu_ms(worker.pid), time.monotonic()
         time.sleep(4)
-        idle_per_s = (_cpu_ms(worker.pid) - cpu0) / (time.monotonic() - t0)
-        cpu0, t0 = _cpu_ms(worker.pid), time.monotonic()
+        idle_per_s = (_common.cpu_ms(worker.pid) - cpu0) / (time.monotonic() - t0)
+        cpu0, t0 = _common.cpu_ms(worker.pid), time.monotonic()
         for seq in range(6, 6 + TICKS):
             send(seq)
             time.sleep(SPACING_S)
         time.sleep(1)
-        cpu1, elapsed = _cpu_ms(worker.pid), time.monotonic() - t0
+        cpu1, elapsed = _common.cpu_ms(worker.pid), time.monotonic() - t0
     finally:
         worker.terminate()
         worker.wait(timeout=30)

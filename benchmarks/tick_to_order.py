@@ -60,6 +60,7 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from automations.models import Automation  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from execution.models import Order  # noqa: E402
 from ingestion.services import encode_records  # noqa: E402
 from tests.execution.conftest import make_book, publish_market  # noqa: E402
@@ -76,17 +77,6 @@ SYMBOL = "BENCH-T2O"
 STAGES = os.environ.get("BENCH_STAGES") == "1"
 QUEUES = ("ingest", "detect", "execute")
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+ \d+ Task \S+ (received|succeeded)")
-
-
-def _cpu_ms(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc (milliseconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1e3 / os.sysconf("SC_CLK_TCK")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _worker(queue: str, env: dict[str, str], run: str, log: Path | None) -> subprocess.Popen:
@@ -160,7 +150,7 @@ def main() -> None:
         for i in range(WARMUP + TICKS):
             if i == WARMUP:
                 time.sleep(1)  # The warm-up ticks' work is done before the counters start.
-                cpu0 = [_cpu_ms(p.pid) for p in workers]
+                cpu0 = [_common.cpu_ms(p.pid) for p in workers]
             bid = base + Decimal("0.10") * i
             now_ns = time.time_ns()
             book = make_book(symbol=SYMBOL, ts_ns=now_ns, bid=str(bid), ask=str(bid + Decimal("0.10")))
@@ -172,7 +162,7 @@ def main() -> None:
                 sent[now_ns] = i
             time.sleep(SPACING_S)
         time.sleep(3)
-        cpu1 = [_cpu_ms(p.pid) for p in workers]
+        cpu1 = [_common.cpu_ms(p.pid) for p in workers]
     finally:
         for proc in workers:
             proc.terminate()
@@ -198,7 +188,7 @@ def main() -> None:
     print(json.dumps({
         "ticks": len(sent), "orders": len(latencies),
         "tick_to_submitted_median_ms": round(statistics.median(latencies), 1),
-        "tick_to_submitted_p99_ms": round(_percentile(latencies, 0.99), 1),
+        "tick_to_submitted_p99_ms": round(_common.percentile(latencies, 0.99), 1),
         "tick_to_submitted_max_ms": round(max(latencies), 1),
         "stage_medians_ms": {"tick_to_signal_created": round(statistics.median(to_signal), 1),
                              "signal_to_order_created": round(statistics.median(to_order), 1),

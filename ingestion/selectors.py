@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -93,9 +94,6 @@ def book_snapshot(symbol: str, n: int = 20) -> BookSnapshot | None:
     return book_from_json(redis_client().get(redis_keys.book(symbol)), n)
 
 
-_COLUMN_INDEXES: dict[str, pd.Index] = {}
-
-
 @dataclass(frozen=True)
 class _Table:
     name: str
@@ -104,13 +102,10 @@ class _Table:
     select: str
     dtypes: tuple[Any, ...]
 
-    @property
+    @cached_property
     def index(self) -> pd.Index:
-        # Built once per table (setdefault would build a new Index on every call for nothing).
-        index = _COLUMN_INDEXES.get(self.name)
-        if index is None:
-            index = _COLUMN_INDEXES[self.name] = pd.Index(self.columns)
-        return index
+        # Built once per table (cached_property writes the instance's __dict__, past the frozen __setattr__).
+        return pd.Index(self.columns)
 
 
 _QUOTES = _Table(

@@ -214,10 +214,8 @@ class _Partitions:
         self.known: dict[tuple[str, int], float] = {}
 
     def ensure(self, cursor: Any, table: str, day_numbers: Iterable[int]) -> None:
-        now = time.monotonic()
         for number in day_numbers:
-            seen = self.known.get((table, number))
-            if seen is not None and now - seen < self.TTL_S:
+            if self.fresh(table, number):
                 continue
             day = date(1970, 1, 1) + timedelta(days=number)
             name = partition_name(table, number)
@@ -229,7 +227,7 @@ class _Partitions:
                 f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} FOR VALUES FROM (%s) TO (%s)",
                 [start, start + timedelta(days=1)],
             )
-            self.known[(table, number)] = now
+            self.known[(table, number)] = time.monotonic()
 
     def fresh(self, table: str, day_number: int) -> bool:
         """Whether the day's partition is known to exist (created or seen within ``TTL_S``)."""

@@ -40,16 +40,22 @@ def _stored(stream: str) -> list[tuple]:
         return cursor.fetchall()
 
 
+def _count_text_builds(monkeypatch) -> list[int]:
+    """One entry per COPY text built on demand (a COPY that failed falls back to the text)."""
+    built: list[int] = []
+    maker = services._text_maker
+    monkeypatch.setattr(services, "_text_maker", lambda *a: lambda made=maker(*a): built.append(1) or made())
+    return built
+
+
 @pytest.mark.django_db(transaction=True)
 def test_binary_and_text_copy_store_the_same_quotes(monkeypatch, redis_clean):
     monkeypatch.setattr(services, "STREAM_CHUNK", 40)  # several streamed chunks
     built = []
     real = services._quote_rows_binary
     monkeypatch.setattr(services, "_quote_rows_binary", lambda *a: built.append(a) or real(*a))
-    # A COPY that fails falls back to the text (built on demand): it must not have been needed.
-    texts_built = []
-    maker = services._text_maker
-    monkeypatch.setattr(services, "_text_maker", lambda *a: lambda made=maker(*a): texts_built.append(1) or made())
+    # The text fallback must not have been needed.
+    texts_built = _count_text_builds(monkeypatch)
     # Five quote shapes repeat (the sixth, with an exponent, only in the last chunks), over midnight.
     records = _rows(100, DAY - 30 * 997_003, awkward=False) + _rows(30, DAY + 200 * 997_003)
     records = [(seq, recv, payload) for seq, (_s, recv, payload) in enumerate(records, 1)]
@@ -108,12 +114,9 @@ def test_binary_and_text_copy_store_the_same_trades(monkeypatch, redis_clean):
     built = []
     real = services._trade_rows_binary
     monkeypatch.setattr(services, "_trade_rows_binary", lambda *a: built.append(real(*a)) or built[-1])
-    texts_built = []
-    maker = services._text_maker
-    monkeypatch.setattr(services, "_text_maker", lambda *a: lambda made=maker(*a): texts_built.append(1) or made())
+    texts_built = _count_text_builds(monkeypatch)
     # Over midnight; ids cross from 7 to 8 digits in the third chunk (that chunk goes as text).
     records = _trade_rows(130, DAY - 30 * 997_003, 9_999_900)
-    records = [(seq, recv, payload) for seq, (_s, recv, payload) in enumerate(records, 1)]
 
     fast = IngestPipeline(known_symbols={"BTCUSDT"}).ingest(stream="tbinary", fmt="tardis-trades", records=records, detect=False)
     assert sum(rows is not None for rows in built) >= 2 and any(rows is None for rows in built)

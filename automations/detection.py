@@ -84,16 +84,15 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
-import psycopg
 from celery import current_app
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from redis.exceptions import NoScriptError
 
 from automations.features import TRADE_COLUMNS, compute_features
 from automations.models import Automation, L2Snapshot, Signal
 from automations.regime import regime_allowed, tag_regime
-from automations.services import RoutedSignal, signal_create, signal_transition, signals_create_routed
+from automations.services import RoutedSignal, prepared_rows, signal_create, signal_transition, signals_create_routed
 from automations.snapshots import snapshot_build
 from automations.strategies import Intent, MarketWindow, Strategy, get_strategy
 from ingestion import selectors as market
@@ -409,11 +408,7 @@ _STATES_SQL = (
 
 def _states_and_done(ids: list[int], market_ts_ns: list[int]) -> tuple[dict[int, dict[str, Any]], set[tuple[int, int, str]]]:
     """The automations' gating state by id, and the (automation, market time, side) keys of their existing signals."""
-    connection.ensure_connection()
-    # Django's error classes (an IntegrityError is one whatever the cursor), as its own cursors raise them.
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(_STATES_SQL, {"ids": ids, "ts": market_ts_ns}, prepare=True)
-        rows = cursor.fetchall()
+    rows = prepared_rows(_STATES_SQL, {"ids": ids, "ts": market_ts_ns})
     states = {row[0]: dict(zip(_STATE_FIELDS, row[:5], strict=True)) for row in rows}
     done = {(row[0], ts, side) for row in rows for ts, side in zip(row[5], row[6], strict=True)}
     return states, done

@@ -475,8 +475,8 @@ def _snapshot_doc(snapshot: L2Snapshot) -> dict[str, Any]:
     }
 
 
-def _execute_prepared(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
-    """One statement with server-side binding and a plan prepared once per connection; its first row.
+def prepared_rows(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One statement with server-side binding and a plan prepared once per connection; its rows.
 
     Django's cursors bind on the client (every array element quoted in
     Python, the statement planned on every call); a plain psycopg cursor on
@@ -486,7 +486,7 @@ def _execute_prepared(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
     # Django's error classes (a duplicate raises django.db.IntegrityError), as its own cursors raise them.
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
-        return cursor.fetchone()
+        return cursor.fetchall()
 
 
 # No savepoint: the rows are part of the caller's transaction and fail with it.
@@ -535,7 +535,7 @@ def _signals_create_routed(
         "count_automatic": count_automatic,
         "commit_mode": None if synchronous_commit else "off",
     }
-    signal_ids, snapshot_ids, numbers, _commit_mode = _execute_prepared(_CREATE_ROUTED_SQL, params)
+    [(signal_ids, snapshot_ids, numbers, _commit_mode)] = prepared_rows(_CREATE_ROUTED_SQL, params)
     for snapshot, pk in zip(snaps, snapshot_ids or [], strict=True):
         snapshot.pk = pk
         snapshot._state.adding, snapshot._state.db = False, connection.alias

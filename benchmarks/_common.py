@@ -16,3 +16,11 @@ def percentile(values: list[float], q: float) -> float:
     """The nearest-rank ``q`` quantile of ``values`` (0 <= q <= 1)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def local_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, or None when it is not on this host (no /proc entry)."""
+    try:
+        return cpu_ms(pid) / 1e3
+    except OSError:
+        return None

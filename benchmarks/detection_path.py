@@ -60,6 +60,7 @@ from automations import detection  # noqa: E402
 from automations.models import Automation  # noqa: E402
 from automations.strategies import get_strategy  # noqa: E402
 from automations.tasks import detect_symbol_task, detect_symbols_task  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from trading import redis_keys  # noqa: E402
 from trading.redis_client import redis_client  # noqa: E402
 
@@ -392,11 +393,8 @@ def ingest_child(stream: str, label: str, n_symbols: int, seconds: float) -> Non
 
 def backend_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a local process (the PostgreSQL backend serving this connection)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0  # A remote database: not measured.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu_s = _common.local_cpu_s(pid)
+    return 0.0 if cpu_s is None else cpu_s  # None: a remote database, not measured.
 
 
 def consume(queue: str, child: subprocess.Popen | None) -> dict:

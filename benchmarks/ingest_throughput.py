@@ -84,6 +84,7 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from ingestion.clock import ClockEstimator  # noqa: E402
 from ingestion.parsers import iter_file_records, parse  # noqa: E402
 from ingestion.services import IngestPipeline, IngestResult, _clock_update  # noqa: E402
@@ -126,11 +127,7 @@ def backend_cpu_s() -> float | None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         pid = cursor.fetchone()[0]
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _common.local_cpu_s(pid)
 
 
 def cleanup(stream: str) -> None:

@@ -76,6 +76,7 @@ django.setup()
 from django.db import connection, connections  # noqa: E402
 
 from automations.models import Automation  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from risk.models import RiskState  # noqa: E402
 from risk.services import pretrade_check, risk_limit_set, signal_rate_check  # noqa: E402
 
@@ -124,12 +125,7 @@ def _reset(automation_ids: list[int]) -> None:
 
 
 def _backend_cpu_s(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None  # The server runs elsewhere.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _common.local_cpu_s(pid)  # None: the server runs elsewhere.
 
 
 def _worker(automation_id: int, calls: int, synchronous: bool, pace_s: float, barrier, out) -> None:  # type: ignore[no-untyped-def]

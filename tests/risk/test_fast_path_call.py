@@ -10,15 +10,12 @@ from django.db import DEFAULT_DB_ALIAS, DataError, connection, connections, tran
 
 from automations.models import Automation
 from risk.models import RiskState
-from risk.services import _fast_path_call, order_closed, pretrade_check
+from risk.services import _fast_path_call, order_closed
 from tests.risk.conftest import make_automation
+from tests.risk.test_global_row import _check
 
 pytestmark = [pytest.mark.usefixtures("celery_eager")]
 D = Decimal
-
-
-def _check(automation_id: int) -> bool:
-    return pretrade_check(automation_id=automation_id, side="buy", quantity=D(1), limit_price=D(100), mid=D(100)) == []
 
 
 @pytest.mark.django_db(transaction=True)

@@ -17,13 +17,12 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from risk.models import RiskState
-from risk.selectors import LIMIT_FIELDS
 from risk.services import _signal_rate_check_locked, _today, risk_limit_set, signal_rate_check
 from tests.risk.conftest import make_automation
+from tests.risk.test_pretrade_fast_path import NO_LIMITS, _set_state
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("celery_eager")]
 D = Decimal
-NO_LIMITS = dict.fromkeys(LIMIT_FIELDS)
 COMPARED = ("trading_day", "open_orders", "daily_realized_pnl", "daily_peak_pnl", "consecutive_losses",
             "slippage_breaches_today", "signal_times", "order_times", "tripped")
 
@@ -53,16 +52,6 @@ def _cases(now_s: float) -> list[Case]:
              {"trading_day": yesterday, "daily_realized_pnl": D("-50"), "daily_peak_pnl": D("20"),
               "slippage_breaches_today": 3, "consecutive_losses": 2, "open_orders": 1}),
     ]
-
-
-def _set_state(automation_id: int | None, values: dict[str, Any]) -> None:
-    scope = {"automation_id": automation_id} if automation_id else {"automation__isnull": True}
-    base = {
-        "open_orders": 0, "daily_realized_pnl": D(0), "daily_peak_pnl": D(0), "consecutive_losses": 0,
-        "slippage_breaches_today": 0, "order_times": [], "signal_times": [], "tripped": False,
-        "trading_day": timezone.now().date(),
-    }
-    RiskState.objects.filter(**scope).update(**{**base, **values})
 
 
 def _rows(automation_id: int) -> list[tuple[Any, ...]]:

@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 import pytest
+import redis.connection
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -158,8 +159,18 @@ def test_detection_is_asked_after_the_quote_is_published_in_one_round_trip(instr
     assert [args for _name, args in sent] == [[["SIM-A"]]]
     assert json.loads(redis_clean.get(redis_keys.quote("SIM-A")))["bid"] == "100.3"
     assert redis_clean.exists(redis_keys.detect_pending("SIM-A")) == 1
-    # Coalesced while the pass is pending; the pipeline's other commands still go.
-    pipeline.ingest(stream="small-detect", fmt="sim", records=[(2, T0 + 2_000_000, sim_quote(2, bid="100.4"))])
+    # Coalesced while the pass is pending; the pipeline's other commands still go, in one round trip.
+    round_trips: list[int] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting_send(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        round_trips.append(1)
+        return send(self, command, check_health)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting_send)
+        pipeline.ingest(stream="small-detect", fmt="sim", records=[(2, T0 + 2_000_000, sim_quote(2, bid="100.4"))])
+    assert len(round_trips) == 1
     assert len(sent) == 1
     assert json.loads(redis_clean.get(redis_keys.quote("SIM-A")))["bid"] == "100.4"
     assert request_detection([]) == []

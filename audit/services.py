@@ -36,8 +36,9 @@ def audit_event_hash(*, prev_hash: str, at_iso: str, actor_id: int | None, actor
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _event_fields(*, kind: str, actor: Any, actor_label: str, subject: models.Model | None, subject_type: str,
-                  subject_id: str | int, reason: str, data: dict[str, Any] | None) -> dict[str, Any]:
+def _event_fields(*, kind: str, actor: Any = None, actor_label: str = "", subject: models.Model | None = None,
+                  subject_type: str = "", subject_id: str | int = "", reason: str = "",
+                  data: dict[str, Any] | None = None) -> dict[str, Any]:
     if subject is not None:
         subject_type = subject._meta.label_lower
         subject_id = subject.pk
@@ -148,11 +149,7 @@ def audit_events_record(events: list[dict[str, Any]], *, head: str | None = None
     """
     if not events:
         return []
-    fields = [
-        _event_fields(**{"actor": None, "actor_label": "", "subject": None, "subject_type": "", "subject_id": "",
-                         "reason": "", "data": None, **event})
-        for event in events
-    ]
+    fields = [_event_fields(**event) for event in events]
     with connection.cursor() as cursor:
         prev_hash = head or _chain_head_cached() or _chain_lock_and_head(cursor)
         rows: list[tuple[Any, ...]] = []
@@ -225,8 +222,7 @@ def audit_event_record_autonomous(**kwargs: Any) -> bool:
     recorded in the caller's transaction instead and an error is logged.
     Returns True when the event was committed independently.
     """
-    f = _event_fields(**{"subject": None, "subject_type": "", "subject_id": "", "reason": "", "data": None,
-                         "actor": None, "actor_label": "", **kwargs})
+    f = _event_fields(**kwargs)
     user = f["user"]
     if connection.in_atomic_block and _holds_chain_lock():
         # Our own open transaction holds the chain lock: a second connection

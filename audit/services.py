@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from audit.history import acting_as, current_label, current_user
 from audit.models import AuditEvent, RoleAssignment
+from trading.permissions import user_roles_forget
 
 logger = logging.getLogger(__name__)
 
@@ -331,8 +332,13 @@ def _managed_roles() -> Iterator[None]:
 
 
 def user_groups_changed(sender: Any, instance: Any, action: str, reverse: bool, pk_set: Any, **kwargs: Any) -> None:
-    """m2m_changed receiver on ``User.groups``: a membership change outside the role services."""
-    if _roles_managed.get() or action not in ("post_add", "post_remove", "post_clear"):
+    """m2m_changed receiver on ``User.groups``: a membership change outside the role services is audited and
+    alerted; any change makes a user object forget the roles it cached (``trading.permissions.user_roles``)."""
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    if not reverse:
+        user_roles_forget(instance)
+    if _roles_managed.get():
         return
     label = "auth.group" if reverse else "auth.user"
     audit_event_record(

@@ -32,6 +32,11 @@ def user_roles(user: Any) -> set[str]:
     return roles
 
 
+def user_roles_forget(user: Any) -> None:
+    """Drop the roles ``user_roles`` cached on this user object (its group membership changed)."""
+    user.__dict__.pop("_fp_roles", None)
+
+
 class VerifiedRole(BasePermission):
     """Signed in, OTP-verified, and holding one of ``roles`` (any role by default)."""
 

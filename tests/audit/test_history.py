@@ -82,3 +82,21 @@ def test_it_versions_role_grants_with_who_and_why(make_user):
     assert record.history_user_id == make_user.root.pk
     assert record.history_change_reason == "test setup: cora is compliance"
     assert list(user.groups.values_list("name", flat=True)) == ["compliance"]
+
+
+def test_a_user_objects_cached_roles_follow_a_grant_a_revoke_and_an_unmanaged_change(make_user, alerts):
+    from django.contrib.auth.models import Group
+
+    from audit.services import role_assign, role_revoke
+    from trading.permissions import user_roles
+
+    user = make_user("tom", "trader")
+    assert user_roles(user) == {"trader"}  # cached on this object from here on
+    role_assign(user=user, role="risk_officer", reason="covering the desk", actor=make_user.root)
+    assert user_roles(user) == {"trader", "risk_officer"}
+    role_revoke(user=user, role="trader", reason="no longer trades", actor=make_user.root)
+    assert user_roles(user) == {"risk_officer"}
+    user.groups.clear()  # outside the role services: audited and alerted, and forgotten here too
+    assert user_roles(user) == set()
+    user.groups.add(Group.objects.get(name="viewer"))
+    assert user_roles(user) == {"viewer"}

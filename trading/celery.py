@@ -12,6 +12,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "trading.settings")
 
 app = Celery("trading")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@app.on_after_configure.connect(weak=False)
+def _conf_flatten(sender: Celery, source: object, **_kwargs: object) -> None:
+    """Every Celery setting resolved once into the configuration's first layer.
+
+    Celery reads its settings on every send and every task (routes, serializer,
+    retry policy, ...). A key that ``CELERY_*`` in Django's settings does not
+    set falls through that layer to Celery's defaults, and Django's
+    ``LazySettings`` answers each such miss by raising ``AttributeError`` in
+    Python: about a quarter of ``send_task``'s CPU. Resolved once here (a
+    Django setting read at start-up, as Celery reads them anyway), later
+    lookups stop at the first layer. ``app.conf.x = ...`` still overrides.
+    """
+    source.update({key: source[key] for key in source.maps[-1]})
 app.autodiscover_tasks()
 
 from trading.queues import TASK_ROUTES, Queue  # noqa: E402
@@ -28,7 +43,9 @@ app.conf.beat_schedule = {
     "ticks-prune": {"task": "ingestion.tasks.ticks_prune_task", "schedule": crontab(minute=35, hour=0)},
 }
 
-# Heartbeats for worker processes: a thread started when the worker is ready.
+# Signal handlers: full GC collections skip the workers' long-lived heap (gc_tuning);
+# heartbeats for worker processes, a thread started when the worker is ready.
+import trading.gc_tuning  # noqa: E402,F401
 import trading.heartbeat  # noqa: E402,F401
 
 

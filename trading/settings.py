@@ -272,6 +272,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # CONN_MAX_AGE, a connection that saw errors and fails its health check).
 CELERY_DB_REUSE_MAX = _int("CELERY_DB_REUSE_MAX", 1_000_000)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Workers freeze their long-lived heap so full GC collections stop scanning it (trading/gc_tuning.py).
+WORKER_GC_FREEZE = _bool("WORKER_GC_FREEZE", True)
 
 # Runtime.
 RAW_STORE_DIR = Path(os.environ.get("RAW_STORE_DIR", VAR_DIR / "raw"))

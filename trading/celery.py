@@ -45,7 +45,7 @@ app.conf.beat_schedule = {
 
 # Signal handlers: full GC collections skip the workers' long-lived heap (gc_tuning);
 # heartbeats for worker processes, a thread started when the worker is ready.
-import trading.gc_tuning  # noqa: E402,F401
+import trading.gc_tuning  # noqa: E402
 import trading.heartbeat  # noqa: E402,F401
 
 

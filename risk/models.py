@@ -72,6 +72,39 @@ class RiskState(models.Model):
         return f"risk state: {self.automation or 'global'}"
 
 
+class GlobalSlot(models.Model):
+    """One share of a global count limit, claimed by pre-trade checks without waiting for each other.
+
+    A global open-order or orders-per-minute limit of M is split into up to
+    ``risk.services.GLOBAL_SLOT_STRIPES`` rows whose ``capacity`` adds up to
+    M. A check claims a row with room (``FOR UPDATE SKIP LOCKED``), a release
+    frees a unit of any row; the rows' ``used`` (open orders) or the entries
+    of ``times`` within the last minute (orders per minute) add up to the
+    global count. Row ``n = 0`` of the open orders (capacity 0) holds what
+    exceeds a limit set below the count of the moment. Written only through
+    ``risk.services`` and the SQL functions of ``risk/0010``; rebuilt when
+    the limit changes. See ``risk.services.pretrade_check``.
+    """
+
+    class Kind(models.TextChoices):
+        OPEN_ORDERS = "open_orders", "Open orders"
+        ORDER_RATE = "order_rate", "Orders per minute"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    n = models.PositiveIntegerField()
+    capacity = models.PositiveIntegerField()
+    used = models.IntegerField(default=0)
+    times = ArrayField(models.FloatField(), default=list, blank=True, help_text="Epoch seconds of orders in the last minute.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "n"], name="risk_global_slot_one_per_kind_n"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} slot {self.n}: {self.used}/{self.capacity}"
+
+
 class BreakerTrip(models.Model):
     """One breach that stopped an automation (or everything, ``automation`` null).
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 
 from risk import rules
-from risk.models import Alert, BreakerTrip, KillSwitch, RiskLimit, RiskState
+from risk.models import Alert, BreakerTrip, GlobalSlot, KillSwitch, RiskLimit, RiskState
 
 RISK_OFFICER_GROUP = "risk_officer"
 TRADER_GROUP = "trader"
@@ -75,6 +75,24 @@ def alerts_recent(*, limit: int = 50) -> QuerySet[Alert]:
 
 def risk_states() -> QuerySet[RiskState]:
     return RiskState.objects.select_related("automation").order_by("automation_id")
+
+
+def global_open_orders() -> int:
+    """The global open-order count: the sum of the automations' counts (each written under its row's lock).
+
+    The global risk-state row does not keep it (see ``risk.services.pretrade_check``).
+    """
+    return RiskState.objects.filter(automation__isnull=False).aggregate(n=Sum("open_orders"))["n"] or 0
+
+
+def global_slots_taken() -> int | None:
+    """The open orders the global slots count (the excess row included), or None without a global open-order limit.
+
+    Equal to ``global_open_orders()`` whenever no check or release is in flight.
+    """
+    if not GlobalSlot.objects.filter(kind=GlobalSlot.Kind.OPEN_ORDERS).exists():
+        return None
+    return GlobalSlot.objects.filter(kind=GlobalSlot.Kind.OPEN_ORDERS).aggregate(n=Sum("used"))["n"] or 0
 
 
 def user_in_group(user: Any, group: str) -> bool:

@@ -11,6 +11,10 @@ Locking rules (every path follows them, so no two paths can deadlock each other)
    automation's row, after a pre-trade check that left the global row alone,
    go on to lock the global row, e.g. to book a closed order, without
    deadlocking against a path that holds the global row.)
+1a. ``GlobalSlot`` rows come after both: a path waits for a slot only while
+   holding at most the two risk-state rows, and locks several slots in
+   ``(kind, n)`` order. Claiming or freeing a slot with ``SKIP LOCKED``
+   never waits, so the fast path may do it with its automation's row held.
 2. ``Automation`` rows are only written after the risk-state rows are held.
    A caller of ``pretrade_check``/``order_closed`` must not lock the
    automation row ``FOR UPDATE`` before calling them (a plain read or the
@@ -45,7 +49,7 @@ from audit.services import audit_event_record
 from automations.models import Automation, Signal, SignalTransition
 from ingestion.types import Side
 from risk import rules
-from risk.models import Alert, BreakerTrip, KillSwitch, RiskLimit, RiskState
+from risk.models import Alert, BreakerTrip, GlobalSlot, KillSwitch, RiskLimit, RiskState
 from risk.selectors import (
     LIMIT_FIELDS,
     LIMIT_SETTING_FIELDS,
@@ -128,10 +132,14 @@ def _fmt(value: Decimal | int | float) -> str:
 # ``risk_limit_set`` takes it exclusively to change a global stateful limit.
 # See ``pretrade_check`` for why.
 COUNTING_BARRIER_KEY = -4191232955067919317
-# Global limits whose state lives on the global row (counts of orders, the
-# day's record): while none is set, the pre-trade fast path neither locks nor
-# writes that row. Changing one of them takes the counting barrier exclusively.
-GLOBAL_STATEFUL_LIMITS = ("max_open_orders", "max_orders_per_minute", *TRAILING_LIMITS)
+# Global count limits kept in ``GlobalSlot`` rows rather than on the global
+# row: changing one takes the counting barrier exclusively and rebuilds its
+# slots. The global trailing limits need neither: a check only reads them.
+GLOBAL_SLOT_LIMITS = ("max_open_orders", "max_orders_per_minute")
+# How many slot rows a global count limit is split into (fewer when the limit
+# is smaller): enough that concurrent checks find one not held by another.
+# Migration risk/0010 repeats the number.
+GLOBAL_SLOT_STRIPES = 16
 
 
 def _fast_path_call(sql: str, params: list[Any]) -> bool:
@@ -225,7 +233,7 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
         raise DomainError("no limit to change", code="invalid", status_code=400)
     user, label = _actor_parts(actor)
     automation_id = automation.pk if automation is not None else None
-    counting_change = automation_id is None and any(name in GLOBAL_STATEFUL_LIMITS for name in values)
+    counting_change = automation_id is None and any(name in GLOBAL_SLOT_LIMITS for name in values)
     if counting_change:
         # The counting barrier, exclusively: waits for every check in flight
         # and holds new ones until this commits (see pretrade_check).
@@ -253,8 +261,8 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
     row.full_clean(exclude=["automation"])
     row.save()
     row.refresh_from_db()
-    if counting_change and row.max_open_orders is not None:
-        _global_open_orders_rebuild()
+    if counting_change:
+        _global_slots_rebuild()
     after = {name: getattr(row, name) for name in values}
     audit_event_record(
         kind=AuditEvent.Kind.LIMIT_CHANGE,
@@ -267,20 +275,67 @@ def risk_limit_set(*, automation: Automation | None = None, actor: Any, reason: 
     return row
 
 
-def _global_open_orders_rebuild() -> None:
-    """Set the global open-order count to the sum of the automations' counts.
+def _global_slots_rebuild() -> None:
+    """Rebuild the slots of the global count limits as they are now set (``risk_global_slots_rebuild``).
 
     Run under the counting barrier held exclusively: no check or release is
-    in flight, and each automation's count is exact (every reservation and
-    release writes it under that row's lock), while the global count is kept
-    only while a global open-order limit is set (see ``pretrade_check``).
+    in flight. The open-order slots start from the sum of the automations'
+    counts (exact: every reservation and release writes the automation's row
+    under its lock), what exceeds a limit set below it on the excess row;
+    the order-rate slots keep the order times of the last minute.
     """
-    table = RiskState._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET open_orders = (SELECT coalesce(sum(a.open_orders), 0) FROM {table} AS a "  # noqa: S608
-            "WHERE a.automation_id IS NOT NULL) WHERE automation_id IS NULL"
-        )
+        cursor.execute("SELECT risk_global_slots_rebuild(%s, %s)", [GLOBAL_SLOT_STRIPES, timezone.now().timestamp()])
+
+
+@dataclass
+class _Slots:
+    """The global count slots, locked: their rows and the counts they add up to."""
+
+    rows: list[tuple[int, str, int, int, int, list[float]]]
+    open_orders: int
+    order_times: list[float]
+
+
+_SLOT_COLUMNS = "id, kind, n, capacity, used, times"
+
+
+def _global_slots_lock(limits: rules.LimitSet, now_s: float) -> _Slots | None:
+    """Lock every slot (waiting for checks and releases in flight) and count them; None without a global count limit.
+
+    After the wait the rows are the committed truth: the global open-order
+    count and the order times of the last minute, exact.
+    """
+    if limits.max_open_orders is None and limits.max_orders_per_minute is None:
+        return None
+    table = GlobalSlot._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_SLOT_COLUMNS} FROM {table} ORDER BY kind, n FOR UPDATE")  # noqa: S608
+        rows = [(*row[:5], _float_list(row[5])) for row in cursor.fetchall()]
+    return _Slots(
+        rows=rows,
+        open_orders=sum(row[4] for row in rows if row[1] == GlobalSlot.Kind.OPEN_ORDERS),
+        order_times=sorted(t for row in rows if row[1] == GlobalSlot.Kind.ORDER_RATE for t in row[5]
+                           if t > now_s - ORDER_WINDOW_S),
+    )
+
+
+def _global_slots_claim(slots: _Slots, limits: rules.LimitSet, now_s: float) -> None:
+    """Take one unit of each global count limit, on slots this transaction holds (the reference path's pass)."""
+    table = GlobalSlot._meta.db_table
+    claims: list[tuple[str, list[Any]]] = []
+    if limits.max_open_orders is not None:
+        # A pass means the count (with any excess) is below the limit, so some slot has room.
+        slot = next(r for r in slots.rows if r[1] == GlobalSlot.Kind.OPEN_ORDERS and r[2] > 0 and r[4] < r[3])
+        claims.append((f"UPDATE {table} SET used = used + 1 WHERE id = %s", [slot[0]]))  # noqa: S608
+    if limits.max_orders_per_minute is not None:
+        slot = next(r for r in slots.rows if r[1] == GlobalSlot.Kind.ORDER_RATE
+                    and sum(t > now_s - ORDER_WINDOW_S for t in r[5]) < r[3])
+        claims.append((f"UPDATE {table} SET times = risk_window_push(times, %s, %s, capacity) WHERE id = %s",  # noqa: S608
+                       [now_s, ORDER_WINDOW_S, slot[0]]))
+    with connection.cursor() as cursor:
+        for sql, params in claims:
+            cursor.execute(sql, params)
 
 
 # ---------------------------------------------------------------------------
@@ -305,6 +360,13 @@ class _Locked:
     automation_limit_row: dict[str, Any] | None
     automation_status: str | None
     kill_switch_on: bool
+    # This transaction passed a fast-path check that read the global trailing limits' state unlocked.
+    global_read_unlocked: bool = False
+
+
+# The transaction-local setting ``risk_pretrade_reserve`` turns on when it passed a check on the
+# global trailing limits' state read without a lock (migration risk/0010).
+_UNLOCKED_READ_SETTING = "risk.global_read_unlocked"
 
 
 def _lock_sql() -> str:
@@ -327,7 +389,8 @@ def _lock_sql() -> str:
         f"(SELECT 1 FROM {state} AS x WHERE x.automation_id = %s))) ORDER BY st.automation_id IS NULL, st.id "
         f"FOR UPDATE OF st) "
         f"SELECT {state_cols}, {limit_cols}, a.status, "
-        f"EXISTS (SELECT 1 FROM {switch} k WHERE k.id = 1 AND k.engaged) "
+        f"EXISTS (SELECT 1 FROM {switch} k WHERE k.id = 1 AND k.engaged), "
+        f"current_setting('{_UNLOCKED_READ_SETTING}', true) = 'on' "
         f"FROM s LEFT JOIN {limit} l ON l.automation_id IS NOT DISTINCT FROM s.automation_id "
         f"LEFT JOIN {automation} a ON a.id = s.automation_id ORDER BY s.id"
     )
@@ -376,13 +439,14 @@ def _risk_lock(automation_id: int | None, now: datetime) -> _Locked:
         limit_values = row[n_state:n_state + n_limit]
         limit_row = None if limit_values[-1] is None else dict(zip(LIMIT_SETTING_FIELDS, limit_values, strict=False))
         limits = rules.LimitSet(**{n: limit_row[n] for n in LIMIT_FIELDS}) if limit_row else rules.LimitSet()
-        result.kill_switch_on = bool(row[-1])
+        result.kill_switch_on = bool(row[-2])
+        result.global_read_unlocked = bool(row[-1])
         if state.automation_id is None:
             result.global_row, result.global_limits = state, limits
         else:
             result.automation_row, result.automation_limits = state, limits
             result.automation_limit_row = limit_row
-            result.automation_status = row[-2]
+            result.automation_status = row[-3]
     return result
 
 
@@ -653,22 +717,31 @@ def commits_make_durable() -> None:
 def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor_label: str) -> list[rules.Breach]:
     """The reference check, in Python under the row locks; runs when the fast path did not pass.
 
-    Steps, all under the risk-state row locks (global, then the automation):
+    Steps, all under the risk-state row locks (the automation's, then the
+    global one) and, with a global count limit set, every global slot:
 
     1. Roll the trading day over and prune the orders-per-minute window.
-    2. Refuse without tripping when the kill switch is on, a breaker is
+    2. Lock the global slots, waiting for the checks and releases in flight
+       that hold any: the global open-order count and order times are then
+       the committed truth.
+    3. Refuse without tripping when the kill switch is on, a breaker is
        already tripped, or the automation is not active.
-    3. Evaluate the global and the automation's limits with ``risk.rules``.
-    4. On any breach: trip the breaker(s) and return the breaches; the caller
+    4. Evaluate the global and the automation's limits with ``risk.rules``.
+    5. On any breach: trip the breaker(s) and return the breaches; the caller
        marks the order rejected with the messages (and commits).
-    5. Otherwise reserve: ``open_orders += 1`` and the order time, on both rows.
+    6. Otherwise reserve: ``open_orders += 1`` and the order time on the
+       automation's row, a unit of each global count limit on its slots.
+       The global row is not written.
     """
     now = timezone.now()
+    now_s = now.timestamp()
     locked = _risk_lock(automation_id, now)
     global_row, automation_row = locked.global_row, locked.automation_row
     assert automation_row is not None
     _state_refresh(global_row, now)
     _state_refresh(automation_row, now)
+    global_limits, automation_limits = locked.global_limits, locked.automation_limits
+    slots = _global_slots_lock(global_limits, now_s)
 
     refusal: rules.Breach | None = None
     if locked.kill_switch_on:
@@ -682,14 +755,13 @@ def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor
         if status != Automation.Status.ACTIVE:
             refusal = rules.Breach(REFUSAL_NOT_ACTIVE, 0, 0, f"the automation is {status or 'missing'}, not active")
     if refusal is not None:
-        _state_save(global_row, automation_row)
+        _state_save(automation_row)
         return [refusal]
 
-    global_limits, automation_limits = locked.global_limits, locked.automation_limits
-    global_breaches = rules.check_order(global_limits, _rules_state(global_row), order)
+    global_breaches = rules.check_order(global_limits, _global_rules_state(global_row, slots), order)
     automation_breaches = rules.check_order(automation_limits, _rules_state(automation_row), order)
     if global_breaches or automation_breaches:
-        _state_save(global_row, automation_row)
+        _state_save(automation_row)
         if global_breaches:
             breaker_trip(automation_id=None, breaches=global_breaches, actor_label=actor_label, state=global_row)
         if automation_breaches:
@@ -698,13 +770,26 @@ def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor
             )
         return _globalize(global_breaches) + automation_breaches
 
-    now_s = now.timestamp()
-    for row, limits in ((global_row, global_limits), (automation_row, automation_limits)):
-        row.open_orders += 1
-        row.order_times.append(now_s)
-        _window_trim(row, signal_limit=limits.max_signals_per_hour, order_limit=limits.max_orders_per_minute)
-    _state_save(global_row, automation_row)
+    automation_row.open_orders += 1
+    automation_row.order_times.append(now_s)
+    _window_trim(automation_row, signal_limit=automation_limits.max_signals_per_hour,
+                 order_limit=automation_limits.max_orders_per_minute)
+    _state_save(automation_row)
+    if slots is not None:
+        _global_slots_claim(slots, global_limits, now_s)
     return []
+
+
+def _global_rules_state(global_row: RiskState, slots: _Slots | None) -> rules.RiskState:
+    """The global scope's state for ``risk.rules``: the day's record from the global row, the counts from the slots.
+
+    Without a global count limit the counts are not kept anywhere global and
+    no global limit reads them.
+    """
+    state = _rules_state(global_row)
+    if slots is None:
+        return replace(state, open_orders=0, orders_last_minute=0)
+    return replace(state, open_orders=slots.open_orders, orders_last_minute=len(slots.order_times))
 
 
 def signal_rate_check(*, automation: Automation | int, actor_label: str = "worker-detect") -> rules.Breach | None:
@@ -733,17 +818,17 @@ _fast_paths: list[bool] = []
 
 
 def _fast_paths_ready() -> bool:
-    """Whether the database has the fast paths this code expects (migration risk/0008); asked once per process.
+    """Whether the database has the fast paths this code expects (migration risk/0010); asked once per process.
 
     Code that runs before ``migrate`` (a rolling deploy, a database migrated
     by an older checkout) takes the locked paths instead: a missing
     ``risk_signal_record`` would fail every signal's transaction, and the
-    ``risk_pretrade_reserve`` of 0007 locks the global row before the
-    automation's, the reverse of this code's lock order.
+    ``risk_pretrade_reserve`` of 0009 counts global open orders on the
+    global row rather than on the global slots this code reads.
     """
     if not _fast_paths:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT to_regprocedure('risk_signal_record(bigint, date, double precision)') IS NOT NULL")
+            cursor.execute("SELECT to_regprocedure('risk_global_slot_release()') IS NOT NULL")
             (ready,) = cursor.fetchone()
         if not ready:
             logger.warning("risk migrations are behind (run migrate): the risk checks take the locked paths")
@@ -793,10 +878,19 @@ def order_closed(
     """Release an order's reservation and book its realized PnL.
 
     Call once per order when it reaches a final state (filled, cancelled,
-    rejected after reservation, failed). Books the PnL on the global and the
-    automation's day, updates the peak, the losing streak and the slippage
-    breach count, then re-checks the day's limits (loss, drawdown, losing
-    streak, slippage breaches); a breach trips the breaker. Returns the breaches.
+    rejected after reservation, failed). Frees the order's unit of the
+    automation's open-order count and, with a global open-order limit set,
+    of the global slots; books the PnL on the global and the automation's
+    day, updates the peak, the losing streak and the slippage breach count,
+    then re-checks the day's limits (loss, drawdown, losing streak, slippage
+    breaches); a breach trips the breaker. Returns the breaches.
+
+    When a pre-trade check earlier in this same transaction passed on the
+    global trailing limits read without a lock, and the global row (locked
+    now) would refuse that check, a booking committed in between overtook
+    it: the transaction fails with a serialization failure (SQLSTATE 40001)
+    and is to be retried, so a check and a loss booked in one transaction
+    stop exactly at the limit (see ``pretrade_check``).
     """
     pnl = Decimal(realized_pnl)
     now = timezone.now()
@@ -805,9 +899,16 @@ def order_closed(
     assert automation_row is not None
     tripped: list[rules.Breach] = []
     global_limits, automation_limits = locked.global_limits, locked.automation_limits
+    _state_refresh(global_row, now)
+    _state_refresh(automation_row, now)
+    if locked.global_read_unlocked:
+        _unlocked_read_confirm(global_row, global_limits)
+    if automation_row.open_orders > 0:
+        automation_row.open_orders -= 1
+        if global_limits.max_open_orders is not None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT risk_global_slot_release()")
     for row in (global_row, automation_row):
-        _state_refresh(row, now)
-        row.open_orders = max(0, row.open_orders - 1)
         after = rules.apply_fill_pnl(_rules_state(row), pnl)
         row.daily_realized_pnl = after.daily_realized_pnl
         row.daily_peak_pnl = after.daily_peak_pnl
@@ -826,6 +927,26 @@ def order_closed(
             breaker_trip(automation_id=scope_id, breaches=breaches, actor_label=actor_label, state=row)
             tripped.extend(_globalize(breaches) if scope_id is None else breaches)
     return tripped
+
+
+def _unlocked_read_confirm(global_row: RiskState, global_limits: rules.LimitSet) -> None:
+    """Hold a fast-path pass on the global trailing limits, read unlocked earlier in this transaction, to the locked row.
+
+    The global row is locked now and not yet booked by this call: if its
+    trailing limits still let an order pass, the check is as if made now;
+    if not, a booking that committed after the check's read overtook it, and
+    the transaction must not book on top of it (it fails, to be retried).
+    """
+    trailing = rules.LimitSet(**{name: getattr(global_limits, name) for name in TRAILING_LIMITS})
+    empty = rules.OrderCheck(quantity=Decimal(1), limit_price=None, side=Side.BUY, mid=None)
+    with connection.cursor() as cursor:
+        if rules.check_order(trailing, _rules_state(global_row), empty):
+            cursor.execute(
+                "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'serialization_failure', MESSAGE = 'a pre-trade check in "
+                "this transaction read the global day before a booking that committed since; retry the transaction'; "
+                "END $$"
+            )
+        cursor.execute("SELECT set_config(%s, '', true)", [_UNLOCKED_READ_SETTING])
 
 
 # ---------------------------------------------------------------------------

@@ -21,9 +21,11 @@ from django.utils import timezone
 from automations.models import Automation
 from ingestion.types import Side
 from risk import rules
-from risk.models import BreakerTrip, KillSwitch, RiskState
+from risk.models import BreakerTrip, GlobalSlot, KillSwitch, RiskState
 from risk.selectors import LIMIT_FIELDS
 from risk.services import (
+    _global_rules_state,
+    _global_slots_lock,
     _risk_lock,
     _rules_state,
     _state_refresh,
@@ -91,7 +93,26 @@ def _cases() -> list[Case]:
     ]
 
 
+def _set_global_counts(open_orders: int = 0, order_times: list[float] | None = None) -> None:
+    """Put a global open-order count and order times on the global slots (as checks would have left them)."""
+    left = open_orders
+    for slot in GlobalSlot.objects.filter(kind=GlobalSlot.Kind.OPEN_ORDERS, n__gt=0).order_by("n"):
+        slot.used, left = min(slot.capacity, left), left - min(slot.capacity, left)
+        slot.save(update_fields=["used"])
+    GlobalSlot.objects.filter(kind=GlobalSlot.Kind.OPEN_ORDERS, n=0).update(used=left)
+    rate = list(GlobalSlot.objects.filter(kind=GlobalSlot.Kind.ORDER_RATE).order_by("n"))
+    for slot in rate:
+        slot.times = []
+    for i, t in enumerate(sorted(order_times or []) if rate else []):
+        rate[i % len(rate)].times.append(t)
+    for slot in rate:
+        slot.save(update_fields=["times"])
+
+
 def _set_state(automation_id: int | None, values: dict[str, Any]) -> None:
+    if automation_id is None:
+        # The global counts live on the global slots (the global row's are no longer read by the checks).
+        _set_global_counts(values.get("open_orders", 0), values.get("order_times", []))
     scope = {"automation_id": automation_id} if automation_id else {"automation__isnull": True}
     base = {
         "open_orders": 0,
@@ -118,7 +139,11 @@ def _reference_passes(automation_id: int, order: rules.OrderCheck, now: Any) -> 
             and not locked.global_row.tripped
             and not locked.automation_row.tripped
             and locked.automation_status == Automation.Status.ACTIVE
-            and not rules.check_order(locked.global_limits, _rules_state(locked.global_row), order)
+            and not rules.check_order(
+                locked.global_limits,
+                _global_rules_state(locked.global_row, _global_slots_lock(locked.global_limits, now.timestamp())),
+                order,
+            )
             and not rules.check_order(locked.automation_limits, _rules_state(locked.automation_row), order)
         )
         transaction.set_rollback(True)

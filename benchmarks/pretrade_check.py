@@ -77,7 +77,7 @@ from django.db import connection, connections  # noqa: E402
 
 from automations.models import Automation  # noqa: E402
 from benchmarks import _common  # noqa: E402
-from risk.models import RiskState  # noqa: E402
+from risk.models import GlobalSlot, RiskState  # noqa: E402
 from risk.services import pretrade_check, risk_limit_set, signal_rate_check  # noqa: E402
 
 CALLS = int(os.environ.get("BENCH_CALLS", "300"))
@@ -122,6 +122,7 @@ def _reset(automation_ids: list[int]) -> None:
     # high and the rows are reset before each case so every call passes.
     RiskState.objects.filter(automation_id__in=automation_ids).delete()
     RiskState.objects.filter(automation__isnull=True).update(open_orders=0, order_times=[], tripped=False)
+    GlobalSlot.objects.update(used=0, times=[])
 
 
 def _backend_cpu_s(pid: int) -> float | None:

@@ -30,7 +30,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -290,52 +290,83 @@ def _global_slots_rebuild() -> None:
 
 @dataclass
 class _Slots:
-    """The global count slots, locked: their rows and the counts they add up to."""
+    """What the locked path took of the global count limits: the counts ``risk.rules`` sees and the slots claimed."""
 
-    rows: list[tuple[int, str, int, int, int, list[float]]]
-    open_orders: int
-    order_times: list[float]
-
-
-_SLOT_COLUMNS = "id, kind, n, capacity, used, times"
+    open_orders: int = 0
+    order_times: list[float] = field(default_factory=list)
+    claimed: list[tuple[str, int]] = field(default_factory=list)
 
 
-def _global_slots_lock(limits: rules.LimitSet, now_s: float) -> _Slots | None:
-    """Lock every slot (waiting for checks and releases in flight) and count them; None without a global count limit.
+def _global_slots_lock(kind: str, now_s: float) -> tuple[int, list[float], int | None]:
+    """Lock every slot of ``kind`` (waiting for the checks and releases in flight) and count them exactly.
 
-    After the wait the rows are the committed truth: the global open-order
-    count and the order times of the last minute, exact.
+    Returns the count (open orders, the excess row included; or orders in
+    the last minute), those order times, and a slot with room (None when
+    the count is at the limit).
     """
-    if limits.max_open_orders is None and limits.max_orders_per_minute is None:
+    table = GlobalSlot._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT n, id, capacity, used, times FROM {table} WHERE kind = %s ORDER BY n FOR UPDATE",  # noqa: S608
+                       [kind])
+        rows = cursor.fetchall()
+    if kind == GlobalSlot.Kind.OPEN_ORDERS:
+        free = next((r[1] for r in rows if r[0] > 0 and r[3] < r[2]), None)
+        total = sum(r[3] for r in rows)
+        return total, [], free if total < sum(r[2] for r in rows) else None
+    recent = [[t for t in _float_list(r[4]) if t > now_s - ORDER_WINDOW_S] for r in rows]
+    free = next((r[1] for r, times in zip(rows, recent, strict=True) if len(times) < r[2]), None)
+    return sum(len(times) for times in recent), sorted(t for times in recent for t in times), free
+
+
+def _global_slots_take(limits: rules.LimitSet, now_s: float) -> _Slots | None:
+    """Claim a unit of each global count limit for the locked path, or count exactly why it cannot be had.
+
+    Per kind (open orders, then orders per minute, the slots' lock order):
+    first a claim that does not wait (``risk_global_slot_claim``, the fast
+    path's); a claimed slot proves the count below the limit, and ``rules``
+    is given 0. Otherwise every slot of the kind is locked and counted, and
+    a slot with room, if the count leaves one, is claimed. Locking every
+    slot only when the quick claim fails keeps a locked check from making
+    concurrent checks miss a free slot. ``_global_slots_undo`` gives the
+    claims back when the check refuses. None without a global count limit.
+    """
+    kinds = [(GlobalSlot.Kind.OPEN_ORDERS, limits.max_open_orders), (GlobalSlot.Kind.ORDER_RATE, limits.max_orders_per_minute)]
+    if all(limit is None for _, limit in kinds):
         return None
+    taken = _Slots()
     table = GlobalSlot._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_SLOT_COLUMNS} FROM {table} ORDER BY kind, n FOR UPDATE")  # noqa: S608
-        rows = [(*row[:5], _float_list(row[5])) for row in cursor.fetchall()]
-    return _Slots(
-        rows=rows,
-        open_orders=sum(row[4] for row in rows if row[1] == GlobalSlot.Kind.OPEN_ORDERS),
-        order_times=sorted(t for row in rows if row[1] == GlobalSlot.Kind.ORDER_RATE for t in row[5]
-                           if t > now_s - ORDER_WINDOW_S),
-    )
+        for kind, limit in kinds:
+            if limit is None:
+                continue
+            cursor.execute("SELECT risk_global_slot_claim(%s, %s)", [kind, now_s])
+            (slot_id,) = cursor.fetchone()
+            if slot_id is None:
+                count, times, slot_id = _global_slots_lock(kind, now_s)
+                if kind == GlobalSlot.Kind.OPEN_ORDERS:
+                    taken.open_orders = count
+                else:
+                    taken.order_times = times
+                if slot_id is not None:
+                    sql = (f"UPDATE {table} SET used = used + 1 WHERE id = %s" if kind == GlobalSlot.Kind.OPEN_ORDERS  # noqa: S608
+                           else f"UPDATE {table} SET times = risk_window_push(times, %s, 60.0, capacity) WHERE id = %s")  # noqa: S608
+                    cursor.execute(sql, [slot_id] if kind == GlobalSlot.Kind.OPEN_ORDERS else [now_s, slot_id])
+            if slot_id is not None:
+                taken.claimed.append((kind, slot_id))
+    return taken
 
 
-def _global_slots_claim(slots: _Slots, limits: rules.LimitSet, now_s: float) -> None:
-    """Take one unit of each global count limit, on slots this transaction holds (the reference path's pass)."""
+def _global_slots_undo(slots: _Slots | None) -> None:
+    """Give back the slots ``_global_slots_take`` claimed (a refusal); this transaction still holds them."""
+    if slots is None or not slots.claimed:
+        return
     table = GlobalSlot._meta.db_table
-    claims: list[tuple[str, list[Any]]] = []
-    if limits.max_open_orders is not None:
-        # A pass means the count (with any excess) is below the limit, so some slot has room.
-        slot = next(r for r in slots.rows if r[1] == GlobalSlot.Kind.OPEN_ORDERS and r[2] > 0 and r[4] < r[3])
-        claims.append((f"UPDATE {table} SET used = used + 1 WHERE id = %s", [slot[0]]))  # noqa: S608
-    if limits.max_orders_per_minute is not None:
-        slot = next(r for r in slots.rows if r[1] == GlobalSlot.Kind.ORDER_RATE
-                    and sum(t > now_s - ORDER_WINDOW_S for t in r[5]) < r[3])
-        claims.append((f"UPDATE {table} SET times = risk_window_push(times, %s, %s, capacity) WHERE id = %s",  # noqa: S608
-                       [now_s, ORDER_WINDOW_S, slot[0]]))
     with connection.cursor() as cursor:
-        for sql, params in claims:
-            cursor.execute(sql, params)
+        for kind, slot_id in slots.claimed:
+            # A claim of the order rate appended this order's time and dropped only entries older than a minute.
+            sql = (f"UPDATE {table} SET used = used - 1 WHERE id = %s" if kind == GlobalSlot.Kind.OPEN_ORDERS  # noqa: S608
+                   else f"UPDATE {table} SET times = times[1:cardinality(times) - 1] WHERE id = %s")  # noqa: S608
+            cursor.execute(sql, [slot_id])
 
 
 # ---------------------------------------------------------------------------
@@ -721,9 +752,10 @@ def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor
     global one) and, with a global count limit set, every global slot:
 
     1. Roll the trading day over and prune the orders-per-minute window.
-    2. Lock the global slots, waiting for the checks and releases in flight
-       that hold any: the global open-order count and order times are then
-       the committed truth.
+    2. Take a unit of each global count limit (``_global_slots_take``): a
+       slot claimed without waiting, or, when none is free, every slot of
+       the kind locked (waiting for the checks and releases in flight that
+       hold any) and counted: the committed truth.
     3. Refuse without tripping when the kill switch is on, a breaker is
        already tripped, or the automation is not active.
     4. Evaluate the global and the automation's limits with ``risk.rules``.
@@ -741,7 +773,7 @@ def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor
     _state_refresh(global_row, now)
     _state_refresh(automation_row, now)
     global_limits, automation_limits = locked.global_limits, locked.automation_limits
-    slots = _global_slots_lock(global_limits, now_s)
+    slots = _global_slots_take(global_limits, now_s)
 
     refusal: rules.Breach | None = None
     if locked.kill_switch_on:
@@ -755,12 +787,14 @@ def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor
         if status != Automation.Status.ACTIVE:
             refusal = rules.Breach(REFUSAL_NOT_ACTIVE, 0, 0, f"the automation is {status or 'missing'}, not active")
     if refusal is not None:
+        _global_slots_undo(slots)
         _state_save(automation_row)
         return [refusal]
 
     global_breaches = rules.check_order(global_limits, _global_rules_state(global_row, slots), order)
     automation_breaches = rules.check_order(automation_limits, _rules_state(automation_row), order)
     if global_breaches or automation_breaches:
+        _global_slots_undo(slots)
         _state_save(automation_row)
         if global_breaches:
             breaker_trip(automation_id=None, breaches=global_breaches, actor_label=actor_label, state=global_row)
@@ -775,8 +809,6 @@ def _pretrade_check_locked(*, automation_id: int, order: rules.OrderCheck, actor
     _window_trim(automation_row, signal_limit=automation_limits.max_signals_per_hour,
                  order_limit=automation_limits.max_orders_per_minute)
     _state_save(automation_row)
-    if slots is not None:
-        _global_slots_claim(slots, global_limits, now_s)
     return []
 
 
@@ -784,7 +816,8 @@ def _global_rules_state(global_row: RiskState, slots: _Slots | None) -> rules.Ri
     """The global scope's state for ``risk.rules``: the day's record from the global row, the counts from the slots.
 
     Without a global count limit the counts are not kept anywhere global and
-    no global limit reads them.
+    no global limit reads them; a kind whose slot was claimed counts 0 (it
+    is known to be below its limit).
     """
     state = _rules_state(global_row)
     if slots is None:
@@ -818,7 +851,7 @@ _fast_paths: list[bool] = []
 
 
 def _fast_paths_ready() -> bool:
-    """Whether the database has the fast paths this code expects (migration risk/0010); asked once per process.
+    """Whether the database has the fast paths this code expects (migration risk/0011); asked once per process.
 
     Code that runs before ``migrate`` (a rolling deploy, a database migrated
     by an older checkout) takes the locked paths instead: a missing
@@ -828,7 +861,7 @@ def _fast_paths_ready() -> bool:
     """
     if not _fast_paths:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT to_regprocedure('risk_global_slot_release()') IS NOT NULL")
+            cursor.execute("SELECT to_regprocedure('risk_global_slot_claim(text, double precision)') IS NOT NULL")
             (ready,) = cursor.fetchone()
         if not ready:
             logger.warning("risk migrations are behind (run migrate): the risk checks take the locked paths")

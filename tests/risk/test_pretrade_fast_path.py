@@ -25,7 +25,7 @@ from risk.models import BreakerTrip, GlobalSlot, KillSwitch, RiskState
 from risk.selectors import LIMIT_FIELDS
 from risk.services import (
     _global_rules_state,
-    _global_slots_lock,
+    _global_slots_take,
     _risk_lock,
     _rules_state,
     _state_refresh,
@@ -141,7 +141,7 @@ def _reference_passes(automation_id: int, order: rules.OrderCheck, now: Any) -> 
             and locked.automation_status == Automation.Status.ACTIVE
             and not rules.check_order(
                 locked.global_limits,
-                _global_rules_state(locked.global_row, _global_slots_lock(locked.global_limits, now.timestamp())),
+                _global_rules_state(locked.global_row, _global_slots_take(locked.global_limits, now.timestamp())),
                 order,
             )
             and not rules.check_order(locked.automation_limits, _rules_state(locked.automation_row), order)

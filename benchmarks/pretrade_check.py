@@ -12,11 +12,15 @@ no order times (a set limit of M keeps M: that cost grows with M).
 Two configurations of the global limits (``BENCH_CONFIGS``, default both):
 
 - ``global_size_only``: global quantity, notional and collar limits only.
-  No global limit keeps state on the global row, so the fast path locks and
-  writes only the automation's row (see ``pretrade_check``).
-- ``global_stateful``: every global limit set (open orders, daily loss, ...):
-  every check locks and writes the global row too, so all checks, of every
-  automation, queue on that one row.
+  The fast path locks and writes only the automation's row.
+- ``global_stateful``: every global limit set but the order rate (open
+  orders, daily loss, drawdown, losing streak, slippage breaches, sizes),
+  the configuration desks use. The check reads the global row without a
+  lock and claims one global open-order slot (``risk.models.GlobalSlot``)
+  with ``FOR UPDATE SKIP LOCKED``: checks of different automations wait for
+  nothing of each other's (see ``pretrade_check``). Before the slots
+  (risk/0010) every check locked and wrote the one global row and held it
+  to commit, so all checks of all automations queued on it.
 
 The cases, per configuration and commit mode:
 
@@ -42,7 +46,8 @@ Two commit modes (``BENCH_MODES``, default both):
   may use when it runs ``commits_make_durable()`` before any broker call
   (see the docstring of ``pretrade_check``).
 
-Figures are per-call wall times in milliseconds (median, p99), the aggregate
+Figures are per-call wall times in milliseconds (median, p99; printed per
+case on stderr as a table, the whole report as JSON on stdout), the aggregate
 checks per second, and the CPU each check costs: the worker process's own
 (``client_cpu_ms``) and its PostgreSQL backend's (``backend_cpu_ms``, read
 from /proc, so only when the server runs on this machine). In a closed loop
@@ -243,7 +248,23 @@ def main() -> None:
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     report["target"] = "p99 < 2 ms at 8 workers"
     _reset([a.pk for a in own])
+    _table(report)
     print(json.dumps(report))
+
+
+def _table(report: dict[str, object]) -> None:
+    """Median and p99 per case, with the CPU per check, one line each (stderr, so stdout stays one JSON object)."""
+    lines = [f"load average before {report['load_average_before']}, after {report['load_average']}",
+             f"{'case':<58} {'median_ms':>9} {'p99_ms':>8} {'client_cpu':>10} {'backend_cpu':>11}"]
+    for group, cases in report.items():
+        if not isinstance(cases, dict):
+            continue
+        for name, figures in (cases.items() if "median_ms" not in cases else [("", cases)]):
+            label = f"{group}/{name}" if name else group
+            backend = figures.get("backend_cpu_ms")
+            lines.append(f"{label:<58} {figures['median_ms']:>9.3f} {figures['p99_ms']:>8.3f} "
+                         f"{figures['client_cpu_ms']:>10.3f} {'-' if backend is None else f'{backend:.3f}':>11}")
+    print("\n".join(lines), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -607,61 +607,78 @@ def pretrade_check(
     Two paths, each atomic on its own:
 
     1. The fast path, one statement: ``risk_pretrade_reserve`` (migrations
-       ``risk/0005`` to ``0009``), called as a server-side prepared statement.
-       It takes the counting barrier (shared), then, if the kill switch is
-       off, neither scope is tripped, the automation is active and no limit
-       of either scope would refuse the order, reserves it (one more open
-       order, its time in the order-rate window) and answers true. Which
-       rows it locks and writes depends on the global limits:
-
-       a. No global *stateful* limit (``GLOBAL_STATEFUL_LIMITS``: open
-          orders, orders per minute, daily loss, drawdown, losing streak,
-          slippage breaches), i.e. the global scope has at most size limits
-          (quantity, notional, collar): one UPDATE of the automation's row
-          only, its row lock being the lock. Checks of different automations
-          share no row and do not wait for each other.
-       b. Otherwise: both rows locked (the automation's first, then the
-          global one) and reserved on both, as before.
-
-       The check and the counter update are one statement under the row
-       lock(s), so N racing workers cannot pass a limit of M < N. It decides
-       only "passes"; anything else answers false and changes nothing.
+       ``risk/0005`` to ``0010``), called as a server-side prepared statement.
+       After the counting barrier (shared) it runs one UPDATE of the
+       automation's row that checks every limit of that scope, the global
+       size limits, the global trailing limits (daily loss, drawdown, losing
+       streak, slippage breaches) on the global row *read without a lock*,
+       both trip flags, the kill switch and the automation's status, and
+       reserves on that row (one more open order, its time in the window).
+       Then, for each global count limit set (open orders, orders per
+       minute), it claims one global slot (``GlobalSlot``) with ``FOR UPDATE
+       SKIP LOCKED``. It never locks or writes the global row, so checks of
+       different automations wait for nothing of each other's. When no slot
+       is found it undoes its reservation and answers false; it decides
+       only "passes".
     2. Otherwise the locked path (``_pretrade_check_locked``), the reference:
-       the same rows locked in a transaction, evaluated with ``risk.rules``,
-       a refusal with a readable reason per breach, the breaker tripped. It
-       may still pass (the state moved on in between), then it reserves.
+       the automation's and the global row locked, the slots taken (a claim
+       that does not wait, else every slot of the kind locked, waiting for
+       the transactions in flight that hold any, and counted), evaluated
+       with ``risk.rules``, a refusal with a readable reason per breach, the
+       breaker tripped. It may still pass (the state moved on, or a slot was
+       only held), then it reserves on the automation's row and the slots.
 
-    Why case (a) is exact. A global limit decision reads the global row's
-    state; in case (a) no global limit reads any state, so what the check
-    reads of the global row is its ``tripped`` flag alone, a plain read like
-    the kill switch and the automation's status (a check racing a trip that
-    commits in the same instant may pass, as with the kill switch; counted
-    limits are never overshot). The global row's counters are kept by the
-    paths that lock it: ``order_closed`` always books PnL, losses and
-    slippage breaches on it, so the trailing limits see the true day
-    whenever they are set. The one counter case (a) does not keep is the
-    global open-order count (and the global order-rate window, which, as for
-    any scope whose rate limit is unset, keeps nothing). Every automation's
-    own count stays exact (written under its row lock), and the global count
-    is their sum. So when a global stateful limit is set, ``risk_limit_set``
-    takes the counting barrier exclusively, which waits for every check in
-    flight (each holds the barrier shared until it commits) and holds back
-    new ones until it commits, then rebuilds the global count from the
-    automations' counts. The fast path reads the limits after taking the
-    barrier (its statement's snapshot follows the barrier's wait), so it
-    never reserves on the automation's row alone under a global limit it
-    did not see. (The locked path counts on the global row itself; like any
-    check that races a limit change, it may decide with the limits of the
-    instant before.) Trade-off: setting or clearing a
-    global stateful limit waits for the checks in flight and briefly stops
-    new ones; a global orders-per-minute limit starts counting when it is
-    set. ``tests/risk/test_global_row.py`` holds all of this, including a
-    limit set while checks race.
+    Why it is exact.
 
-    Lock order (no deadlock between any two paths): the counting barrier,
-    then the automation's row, then the global row. A transaction that
-    reserved in case (a) holds only its automation's row and can go on to
-    book a closed order (which locks the global row) in the same transaction.
+    - Per-automation limits: the automation's row is locked by the UPDATE
+      (as before); N racing checks of one automation cannot pass a limit
+      of M < N.
+    - Global count limits: a limit of M is split into up to
+      ``GLOBAL_SLOT_STRIPES`` slots whose capacities add up to M. A check
+      claims a unit of a slot with room, ``order_closed`` frees a unit of
+      any slot that holds one, each under that slot's row lock; the slots'
+      counts add up to the committed global count (M at most, plus the
+      excess row when a limit was set below the count of the moment; while
+      that row holds anything no slot is claimable by the fast path, and
+      releases empty it first). So a claim succeeds only while the count is
+      below M. A claim that finds no slot has not decided: slots with room
+      may be held by transactions in flight. The locked path then waits for
+      them and counts what they committed, so no check is refused (and no
+      breaker tripped) because another transaction held a slot. The locked
+      path locks every slot only when its own quick claim fails, so one
+      refusal does not make concurrent checks miss free slots in turn.
+    - Global trailing limits: a check writes nothing they depend on; only
+      bookings (``order_closed``, which locks the global row) move them. A
+      check that reads the committed global row without a lock is
+      linearized before any booking it did not see. A transaction that
+      booked first holds the global row's lock and sees its own booking. A
+      transaction that checks *and then* books (a test's trade, not the
+      execute path, which books in a later transaction) is marked by the
+      fast path (``risk.global_read_unlocked``); its booking re-checks the
+      trailing limits on the locked global row and fails the transaction
+      with a serialization failure (40001, to retry) when a booking that
+      committed in between would have refused the check.
+    - The tripped flags, like the kill switch and the automation's status,
+      are plain reads: a check racing a trip that commits in the same
+      instant may pass; counted limits are never overshot.
+    - Limit changes: ``risk_limit_set`` takes the counting barrier
+      exclusively to change a global count limit (each check and release
+      holds it shared until it commits), then rebuilds the slots from the
+      automations' open-order counts (exact: each is written under its row
+      lock) and the last minute's order times. The fast path reads the
+      limits after the barrier, so it claims on the slots of the limit it
+      saw. Trade-off: such a change waits for the checks in flight and
+      briefly holds new ones back.
+
+    The global row is written only by bookings, trips and resets; its
+    ``open_orders`` and ``order_times`` columns are no longer kept (the
+    true global count is ``risk.selectors.global_open_orders``).
+
+    Lock order (no deadlock between any two single-check transactions): the
+    counting barrier, the automation's row, the global row, the slots in
+    ``(kind, n)`` order. Claims and releases with ``SKIP LOCKED`` never
+    wait. A transaction that reserves twice, or reserves and releases, may
+    in a rare race with a locked check end in a deadlock error (retry).
 
     The fast path's SQL repeats the boundaries of ``risk.rules.check_order``
     (the backtester's arithmetic) for the passing outcome only; every refusal
@@ -671,17 +688,17 @@ def pretrade_check(
 
     Why not a Redis script as the atomic primitive: it would be cheaper per
     check, but the daily-loss and drawdown limits are exact only because the
-    check and the booking of a closed order's PnL (``order_closed``) take the
-    same row locks, in the same transaction when the caller books right away;
-    a counter in Redis next to PnL booked in PostgreSQL could let a check see
+    check reads, and the booking of a closed order's PnL (``order_closed``)
+    writes, the same committed global row in the same database; a counter in Redis next to PnL booked in PostgreSQL could let a check see
     the day before a loss that is already committed. Rebuilding Redis counters
     from the database would also need the order table, which risk must not
     read (layer contract), and a lost Redis would have to refuse all trading.
 
     Commit mode (``synchronous_commit``). With the default (True) the
     transaction the check runs in commits as usual: its commit waits for the
-    WAL flush (fsync) while the risk-state rows are still locked, so parallel
-    checks queue behind each other's flush. That is the bound on throughput
+    WAL flush (fsync) while the automation's row and its slots are still
+    locked, so parallel checks of one automation queue behind each other's
+    flush (checks of different automations flush together). That is the bound on throughput
     and on latency with many workers. ``synchronous_commit=False`` sets
     ``synchronous_commit = off`` for that transaction when the fast path
     reserves: the commit returns before the flush and releases the locks at

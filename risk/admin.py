@@ -19,7 +19,7 @@ from audit.admin_tools import (
     date_range_filter,
     register_history,
 )
-from risk.models import Alert, BreakerTrip, GlobalSlot, KillSwitch, RiskLimit, RiskState
+from risk.models import Alert, BreakerTrip, KillSwitch, RiskLimit, RiskState
 from risk.selectors import global_open_orders, user_is_risk_officer
 
 _LIMIT_FIELDS = ("max_signals_per_hour", "max_daily_loss", "max_drawdown", "max_open_orders", "max_order_qty",
@@ -140,13 +140,6 @@ class RiskStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def open_orders_now(self, obj: RiskState) -> int:
         # The global row does not keep the global count (the global slots do): the automations' sum is the truth.
         return global_open_orders() if obj.automation_id is None else obj.open_orders
-
-
-@admin.register(GlobalSlot)
-class GlobalSlotAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("kind", "n", "capacity", "used", "times")
-    list_filter = ("kind",)
-    ordering = ("kind", "n")
 
 
 register_history(admin.site, RiskLimit)

@@ -110,7 +110,9 @@ class Signal(models.Model):
         BUY = "buy", "Buy"
         SELL = "sell", "Sell"
 
-    automation = models.ForeignKey(Automation, on_delete=models.PROTECT, related_name="signals")
+    # No single-column indexes on automation or status: signal_automation_created and signal_status_expiry
+    # lead with them and serve every filter on them; each index is a write per signal on the detect path.
+    automation = models.ForeignKey(Automation, on_delete=models.PROTECT, related_name="signals", db_index=False)
     symbol = models.CharField(max_length=32)
     side = models.CharField(max_length=4, choices=Side.choices)
     quantity = models.DecimalField(max_digits=30, decimal_places=12)
@@ -118,7 +120,7 @@ class Signal(models.Model):
     reason = models.TextField()
     features = models.JSONField(default=dict, blank=True)
     regime = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.NEW)
     status_reason = models.TextField(blank=True)
     needs_approval = models.BooleanField(default=False)
     bid = models.DecimalField(max_digits=30, decimal_places=12, null=True, blank=True)

@@ -86,6 +86,7 @@ from ingestion.rawstore import CorruptTailError, RawStore, RawWriter
 from ingestion.types import BookUpdate, QuoteTick, TradeTick
 from ingestion.validation import Validator, reason_code
 from trading import redis_keys
+from trading.db import prepared_rows
 from trading.queues import ALERT_RAISE_TASK, DETECT_SYMBOLS_TASK, INGEST_BATCH_TASK
 from trading.redis_client import redis_client
 
@@ -834,9 +835,10 @@ class IngestPipeline:
         counts = ", ".join(f"(SELECT count(*) FROM t{k})" for k in range(len(pieces))) or "0"  # noqa: S608
         sql = f"WITH {', '.join(ctes)} SELECT {counts}"
         try:
-            with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                stored = cursor.fetchone()
+            # Prepared once per connection: a live tick's statement text repeats, and its parse and plan cost
+            # more than the insert.
+            with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                [stored] = prepared_rows(sql, params)
         except (DataError, IntegrityError, ProgrammingError) as exc:
             logger.info("small ingest batch of %s went the checked way: %s", stream, exc)
             if isinstance(exc, ProgrammingError):

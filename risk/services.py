@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -42,7 +41,6 @@ from django.core.mail import send_mail
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
-from psycopg import pq
 
 from audit.models import AuditEvent
 from audit.services import audit_event_record
@@ -149,10 +147,11 @@ def _fast_path_call(sql: str, params: list[Any]) -> bool:
     block the statement joins the caller's transaction; outside one it
     commits by itself), without the per-call cost of Django's cursor wrapper
     and of parsing and planning the statement again: the checks run once per
-    order and once per signal. When a transaction is open, or none is needed
-    (autocommit), the statement goes straight to libpq; otherwise (Django
-    has started an atomic block that has not sent a statement yet) through a
-    psycopg cursor, which opens the transaction first.
+    order and once per signal. A plain psycopg cursor with ``prepare=True``:
+    psycopg names and caches the statement per connection, and prepares it
+    again after it drops its statements (``DEALLOCATE ALL`` on a rollback),
+    which statements prepared under names of our own would not survive.
+    (Preparing needs ``OPTIONS["prepare_threshold"]``: see settings.)
     """
     # One look-up of this thread's wrapper: each attribute of the
     # ``connection`` proxy is another thread-local look-up.
@@ -160,56 +159,10 @@ def _fast_path_call(sql: str, params: list[Any]) -> bool:
     db.close_if_health_check_failed()
     db.ensure_connection()
     db.validate_no_broken_transaction()
-    raw = db.connection
-    pgconn = raw.pgconn
-    status = pgconn.transaction_status
-    with db.wrap_database_errors:
-        if status == pq.TransactionStatus.INTRANS or (status == pq.TransactionStatus.IDLE and raw.autocommit):
-            return _libpq_call(raw, sql, params)
-        cursor = psycopg.Cursor(raw)
-        try:
-            cursor.execute(sql, params, prepare=True)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
+    with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        row = cursor.fetchone()
     return bool(row and row[0])
-
-
-def _libpq_call(raw: psycopg.Connection, sql: str, params: list[Any]) -> bool:
-    pgconn = raw.pgconn
-    # Prepared once per session, under a name of our own beside psycopg's
-    # own prepared statements. The names live on the psycopg connection (one
-    # session): a pooled Django connection may hand out another one next time.
-    prepared: dict[str, bytes] | None = getattr(raw, "_fp_risk_prepared", None)
-    if prepared is None:
-        prepared = {}
-        raw._fp_risk_prepared = prepared  # type: ignore[attr-defined]
-    name = prepared.get(sql)
-    if name is None:
-        name = f"fp_risk_{len(prepared)}".encode()
-        numbered = iter(range(1, len(params) + 1))
-        result = pgconn.prepare(name, re.sub("%s", lambda _m: f"${next(numbered)}", sql).encode())
-        if result.status != pq.ExecStatus.COMMAND_OK:
-            raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
-        prepared[sql] = name
-    result = pgconn.exec_prepared(name, [_libpq_text(value) for value in params])
-    if result.status != pq.ExecStatus.TUPLES_OK:
-        raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
-    return result.get_value(0, 0) == b"t"
-
-
-def _libpq_text(value: Any) -> bytes | None:
-    """A parameter in PostgreSQL's text format (every placeholder of the risk functions is cast explicitly)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return b"t" if value else b"f"
-    if isinstance(value, float):
-        # repr is the shortest string that reads back as the same double.
-        return repr(value).encode()
-    if isinstance(value, date):
-        return value.isoformat().encode()
-    return str(value).encode()
 
 
 # ---------------------------------------------------------------------------

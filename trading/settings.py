@@ -149,6 +149,14 @@ def _database_from_url(url: str) -> dict:
         config["HOST"] = unquote(config["HOST"])
     options = config.setdefault("OPTIONS", {})
     options.setdefault("connect_timeout", 5)
+    # Server-side prepared statements for the plain psycopg cursors of the hot paths
+    # (``trading.db.prepared_rows``, ``execute(..., prepare=True)``): Django turns them off by
+    # default (prepare_threshold None, for transaction-pooling proxies such as PgBouncer, which
+    # this deployment does not use), and then psycopg ignores ``prepare=True`` and PostgreSQL
+    # parses and plans every such statement again. Django's own cursors bind on the client and
+    # are never prepared either way. DATABASE_PREPARE_THRESHOLD=none turns it off behind such a proxy.
+    prepare = os.environ.get("DATABASE_PREPARE_THRESHOLD", "5").strip().lower()
+    options.setdefault("prepare_threshold", None if prepare == "none" else int(prepare))
     pool_size = _int("DATABASE_POOL_SIZE", 0)
     if pool_size > 0:
         # The ASGI web process (trading.asgi sets this): Django runs each request's sync code in

@@ -89,3 +89,24 @@ def test_prepared_statements_are_kept_per_session_when_the_wrapper_changes_conne
     finally:
         db.connection = first
         second.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_fast_path_survives_a_rollback_that_drops_the_prepared_statements() -> None:
+    """psycopg answers a rollback with ``DEALLOCATE ALL``: the next call prepares its statement again."""
+    sql = "SELECT %s::integer = 4 AND 'fast path rollback test' <> ''"
+
+    def prepared() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                           ["%fast path rollback test%"])
+            return cursor.fetchone()[0]
+
+    assert _fast_path_call(sql, [4])
+    assert prepared() == 1
+    with pytest.raises(RuntimeError), transaction.atomic():
+        assert _fast_path_call(sql, [4])
+        raise RuntimeError("rolled back")
+    assert _fast_path_call(sql, [4])
+    assert _fast_path_call(sql, [4])
+    assert prepared() == 1

@@ -22,7 +22,8 @@ from trading.permissions import user_roles_forget
 logger = logging.getLogger(__name__)
 
 GENESIS_HASH = "0" * 64
-# One advisory lock serialises appends to the chain across every process.
+# One advisory lock serialises appends to the chain across every process (audit migration 0008's
+# audit_chain_lock_head() takes the same key, written out there).
 _CHAIN_LOCK_KEY = 0x46505F4155444954  # "FP_AUDIT"
 ALERT_RAISE_TASK = "risk.tasks.alert_raise_task"
 
@@ -88,7 +89,6 @@ def audit_event_record(
 
 
 _TABLE = AuditEvent._meta.db_table
-_HEAD_SQL = f"SELECT hash FROM {_TABLE} ORDER BY id DESC LIMIT 1"  # noqa: S608 - model table name
 _INSERT_MANY_SQL_HEAD = (f"INSERT INTO {_TABLE} (at, actor_id, actor_label, kind, subject_type, "  # noqa: S608 - model table
                          "subject_id, reason, data, prev_hash, hash) VALUES ")
 _INSERT_MANY_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)"
@@ -111,8 +111,8 @@ def _chain_append(cursor: Any, f: dict[str, Any], *, prev_hash: str | None = Non
     """Append event fields ``f`` to the chain on ``cursor``'s open transaction: (id, at, prev_hash, hash).
 
     Without ``prev_hash`` (the head this transaction already holds), take the
-    chain lock, then read the head in a statement of its own, so its snapshot
-    sees the event the previous holder committed.
+    chain lock and read the head after it (``audit_chain_lock_head()``), so
+    the read sees the event the previous holder committed.
     """
     if prev_hash is None:
         prev_hash = _chain_lock_and_head(cursor)
@@ -121,17 +121,20 @@ def _chain_append(cursor: Any, f: dict[str, Any], *, prev_hash: str | None = Non
     return cursor.fetchone()[0], row[0], prev_hash, row[9]
 
 
-# For a caller that sends the chain lock and the head's read with statements of its own (``audit_events_record``'s ``head=``).
-AUDIT_CHAIN_LOCK_SQL = f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})"
-AUDIT_CHAIN_HEAD_SQL = f"SELECT coalesce(({_HEAD_SQL}), '{GENESIS_HASH}')"
+# The chain lock, then the chain's head (GENESIS_HASH on an empty chain), as one SQL expression (audit migration
+# 0008): a PL/pgSQL function, VOLATILE, whose read of the head is a statement of its own after the lock is held,
+# so it takes a snapshot of its own, newer than the calling statement's: it sees the event the lock's previous
+# holder committed while this transaction waited (a read in the calling statement itself might not, and would
+# fork the chain). A caller may select it inside a statement it sends anyway and pass the result to
+# ``audit_events_record(head=...)``; the lock is the transaction's until it ends, like every append's.
+AUDIT_CHAIN_LOCK_HEAD = "audit_chain_lock_head()"
+AUDIT_CHAIN_LOCK_HEAD_SQL = f"SELECT {AUDIT_CHAIN_LOCK_HEAD}"
 
 
 def _chain_lock_and_head(cursor: Any) -> str:
-    """Take the chain lock, then read the head in a statement of its own (its snapshot sees the last commit)."""
-    cursor.execute(AUDIT_CHAIN_LOCK_SQL)
-    cursor.execute(_HEAD_SQL)
-    row = cursor.fetchone()
-    return row[0] if row else GENESIS_HASH
+    """Take the chain lock, then read the head: one round trip."""
+    cursor.execute(AUDIT_CHAIN_LOCK_HEAD_SQL)
+    return cursor.fetchone()[0]
 
 
 # No savepoint, like audit_event_record's.
@@ -144,9 +147,8 @@ def audit_events_record(events: list[dict[str, Any]], *, head: str | None = None
     same chaining, each its own ``at``), with one round trip for the rows.
 
     ``head``: the chain's head as the caller read it in this transaction
-    with ``AUDIT_CHAIN_HEAD_SQL``, in a statement of its own after
-    ``AUDIT_CHAIN_LOCK_SQL`` (both may ride in the round trip of the
-    caller's own statements); the lock and the read are then not repeated.
+    with ``AUDIT_CHAIN_LOCK_HEAD`` (which also took the chain lock), inside
+    a statement of its own; the lock and the read are then not repeated.
     """
     if not events:
         return []

@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from audit.history import acting_as
 from audit.models import AuditEvent
-from audit.services import AUDIT_CHAIN_HEAD_SQL, AUDIT_CHAIN_LOCK_SQL, audit_event_record, audit_events_record
+from audit.services import AUDIT_CHAIN_LOCK_HEAD, AUDIT_CHAIN_LOCK_HEAD_SQL, audit_event_record, audit_events_record
 from automations.models import Automation, L2Snapshot, Signal, SignalTransition
 from automations.regime import validate_allowed_regimes
 from automations.selectors import signal_payload
@@ -195,9 +195,8 @@ def _signal_transition(*, signal: Signal, to_status: str, actor_label: str, reas
         locked.automation = signal.automation
     move = signal_move_prepare(signal=locked, to_status=to_status, actor_label=actor_label, reason=reason, actor=actor)
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        cursor.execute(f"{move.sql}; {AUDIT_CHAIN_LOCK_SQL}; {AUDIT_CHAIN_HEAD_SQL}", move.params)
+        cursor.execute(f"{move.sql}; {AUDIT_CHAIN_LOCK_HEAD_SQL}", move.params)
         (seq,) = cursor.fetchone()
-        cursor.cursor.nextset()
         cursor.cursor.nextset()
         (head,) = cursor.fetchone()
         event, message = move.applied(seq)
@@ -339,8 +338,9 @@ def signals_create_routed(
     signal) and two numbered pushes on commit. The push numbers, the signals'
     new L2 snapshots (a context's ``snapshot`` may be an unsaved
     ``L2Snapshot``), the Signal rows and the transitions are written by ONE
-    prepared statement; the audit events are appended in order by ONE
-    ``audit_events_record`` call. The signals are new rows nobody else can
+    prepared statement, which then takes the audit chain's lock and reads its
+    head (``AUDIT_CHAIN_LOCK_HEAD``); the audit events are appended in order
+    by ONE ``audit_events_record`` call. The signals are new rows nobody else can
     hold, so no row lock is needed.
 
     ``count_automatic``: the same statement adds each automation's number of
@@ -416,17 +416,26 @@ WITH seq AS (
                                (2, %(new)s::text, i.status, i.d->>'status_reason', i.moved_seq))
         AS x(k, from_status, to_status, reason, seq)
     ORDER BY i.ord, x.k
+    RETURNING 1
 ), counted AS (
     UPDATE {Automation._meta.db_table} AS a SET automatic_trade_count = a.automatic_trade_count + c.n
     FROM (SELECT automation_id, count(*) AS n FROM input WHERE %(count_automatic)s::bool AND status = %(queued)s::text
           GROUP BY automation_id) AS c
     WHERE a.id = c.automation_id
+    RETURNING 1
 ), commit_mode AS (
     SELECT set_config('synchronous_commit', coalesce(%(commit_mode)s::text, current_setting('synchronous_commit')), true)
         AS mode
+), head AS (
+    -- The audit chain's lock and head, taken once every row above is written: its FROM reads the
+    -- transitions (which read the signals, which read the snapshots) and the counters to the end
+    -- first. Row locks before the chain lock, as every other writer takes them (a worker waiting on
+    -- an automation's row or on another's duplicate signal must not hold the chain meanwhile), and
+    -- the chain held for the least time: from here to the commit.
+    SELECT {AUDIT_CHAIN_LOCK_HEAD} AS hash FROM (SELECT count(*) FROM tr) AS t, (SELECT count(*) FROM counted) AS c
 )
 SELECT (SELECT array_agg(id ORDER BY id) FROM sig), (SELECT ids FROM snap_ids), (SELECT ns FROM seq),
-       (SELECT mode FROM commit_mode)
+       (SELECT mode FROM commit_mode), (SELECT hash FROM head)
 """  # noqa: S608 - the models' own tables and columns.
 
 
@@ -535,7 +544,7 @@ def _signals_create_routed(
         "count_automatic": count_automatic,
         "commit_mode": None if synchronous_commit else "off",
     }
-    [(signal_ids, snapshot_ids, numbers, _commit_mode)] = prepared_rows(_CREATE_ROUTED_SQL, params)
+    [(signal_ids, snapshot_ids, numbers, _commit_mode, head)] = prepared_rows(_CREATE_ROUTED_SQL, params)
     for snapshot, pk in zip(snaps, snapshot_ids or [], strict=True):
         snapshot.pk = pk
         snapshot._state.adding, snapshot._state.db = False, connection.alias
@@ -572,7 +581,7 @@ def _signals_create_routed(
                 )
             )
             messages.append({"type": "signal", "seq": seq, "signal": payload})
-    audit_events_record(events)
+    audit_events_record(events, head=head)
     for message in messages:
         transaction.on_commit(partial(signal_push, message))
     return rows

@@ -58,8 +58,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import (
-    AUDIT_CHAIN_HEAD_SQL,
-    AUDIT_CHAIN_LOCK_SQL,
+    AUDIT_CHAIN_LOCK_HEAD_SQL,
     audit_event_record,
     audit_event_record_autonomous,
     audit_events_record,
@@ -608,7 +607,7 @@ def _signal_move_write(move: SignalMove, before_sql: str = "", before_params: li
                        ) -> tuple[Any, int, str]:
     """One round trip: ``before_sql`` (one statement; its first row comes back), the signal's move (its push
     number comes back) and the audit chain's lock and head (for ``audit_events_record(head=...)``)."""
-    sql = f"{move.sql}; {AUDIT_CHAIN_LOCK_SQL}; {AUDIT_CHAIN_HEAD_SQL}"
+    sql = f"{move.sql}; {AUDIT_CHAIN_LOCK_HEAD_SQL}"
     with connection.cursor() as cursor:
         if before_sql:
             cursor.execute(f"{before_sql}; {sql}", [*(before_params or []), *move.params])
@@ -618,7 +617,6 @@ def _signal_move_write(move: SignalMove, before_sql: str = "", before_params: li
             cursor.execute(sql, move.params)
             first = None
         (seq,) = cursor.fetchone()
-        cursor.cursor.nextset()
         cursor.cursor.nextset()
         (head,) = cursor.fetchone()
     return first, seq, head

@@ -18,9 +18,10 @@ exactly as the per-call ones shared the pool.
 The ack emulation keeps kombu's keys, values and restore path (the unacked
 hash and index, restored after the visibility timeout or at shutdown); only
 its two per-task writes, the record before the task runs and its removal on
-ack, are each one atomic script call instead of a MULTI/EXEC pipeline. A
-worker killed mid-task therefore leaves exactly what kombu's own leaves, and
-the task comes back the same way. Redis must allow EVAL/EVALSHA (scripting).
+ack, are each one atomic script call instead of a MULTI/EXEC pipeline, and the
+record's reply is read only when the ack comes (see ``QoS``). A worker killed
+mid-task therefore leaves exactly what kombu's own leaves, and the task comes
+back the same way. Redis must allow EVAL/EVALSHA (scripting).
 
 Selected by ``CELERY_BROKER_TRANSPORT`` in ``trading.settings`` when the
 broker URL is a Redis one; an explicit transport wins over the URL's scheme in
@@ -46,17 +47,46 @@ UNACKED_REMOVE = "redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's Redis QoS; the record written before a task runs and removed by its ack cost one call each."""
+    """kombu's Redis QoS; the record written before a task runs and removed by its ack cost one call each.
+
+    The record before the task is sent without waiting for Redis's reply: the
+    task starts one round trip sooner, and the reply is read (and an error
+    raised) before anything else touches the record: the ack, a reject, a
+    restore. Sent means in the kernel's socket buffer, which the kernel still
+    delivers if this process is killed right after, so a worker killed during
+    the task leaves the record exactly as before, and the task comes back.
+    """
+
+    _pending: Any = None  # The connection an append went out on, its reply not read yet.
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        self._settle_pending()
         delivery = message.delivery_info
         payload = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        self.channel.unacked_script(UNACKED_ADD, delivery_tag, time(), payload)
+        self._pending = self.channel.unacked_send(UNACKED_ADD, delivery_tag, time(), payload)
         virtual.QoS.append(self, message, delivery_tag)
 
+    def _settle_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.channel.unacked_settle(pending)
+
     def ack(self, delivery_tag: str) -> None:
+        self._settle_pending()
         self.channel.unacked_script(UNACKED_REMOVE, delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._settle_pending()
+        super().reject(delivery_tag, requeue=requeue)
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        self._settle_pending()
+        super().restore_by_tag(tag, client=client, leftmost=leftmost)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        self._settle_pending()
+        super().restore_unacked(client=client)
 
 
 class Channel(kombu_redis.Channel):
@@ -78,6 +108,33 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not self.pool:
             client = self._sync_client = super()._create_client()
         return client
+
+    def unacked_send(self, source: str, *args: object) -> Any:
+        """Send one unacked-record script (EVAL: no NOSCRIPT to recover from later) without reading its reply.
+
+        Returns the connection it went out on, checked out of the channel's pool
+        until ``unacked_settle`` reads the reply and returns it.
+        """
+        prefix = self.global_keyprefix or ""
+        connection = self.pool.get_connection()
+        try:
+            connection.send_command("EVAL", source, 2, prefix + self.unacked_index_key, prefix + self.unacked_key, *args)
+        except BaseException:
+            self.pool.release(connection)
+            raise
+        return connection
+
+    def unacked_settle(self, connection: Any) -> None:
+        """Read the reply of ``unacked_send`` (raising its error, as a waited-for call would) and return the connection."""
+        try:
+            reply = connection.read_response()
+        except BaseException:
+            connection.disconnect()  # Its reply may still be in flight: never hand it out again as is.
+            raise
+        finally:
+            self.pool.release(connection)
+        if isinstance(reply, redis.ResponseError):
+            raise reply
 
     def unacked_script(self, source: str, *args: object) -> Any:
         """Run one of the unacked-record scripts on the unacked index and hash.

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 from django.conf import settings
 from kombu import Connection
@@ -182,3 +183,27 @@ def test_a_task_of_a_worker_killed_mid_task_is_redelivered_to_the_next_worker(pr
     assert [int(pid) for pid in client.lrange(f"{key}:done", 0, -1)] == [second.pid]
     assert _wait(lambda: client.hlen(f"{prefix}unacked") == 0, 5)
     assert client.zcard(f"{prefix}unacked_index") == 0
+
+
+def test_the_record_goes_out_before_the_task_and_its_error_is_raised_by_the_ack(prefix):
+    with Connection(settings.CELERY_BROKER_URL, transport="trading.kombu_redis:Transport",
+                    transport_options={"global_keyprefix": prefix}) as conn:
+        qos = conn.default_channel.qos
+        qos.append(_Message("m1"), "tag-1")
+        assert qos._pending is not None  # Sent, its reply not read: the task would start now.
+        # The record is in Redis all the same (read on another connection).
+        assert _wait(lambda: _keys(prefix)[1] == [b"tag-1"], 2)
+        qos.ack("tag-1")
+        assert qos._pending is None and _keys(prefix) == ({}, [])
+
+        # A record Redis refuses (the unacked hash is not a hash): the error comes out at the ack, not lost.
+        redis_client().set(f"{prefix}unacked", "not a hash")
+        qos.append(_Message("m2"), "tag-2")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            qos.ack("tag-2")
+        assert qos._pending is None
+        # The channel's pool is still usable afterwards.
+        redis_client().delete(f"{prefix}unacked")
+        qos.append(_Message("m3"), "tag-3")
+        qos.ack("tag-3")
+        assert _keys(prefix) == ({}, [b"tag-2"])  # tag-2's index entry was written before the HSET failed.

@@ -55,6 +55,11 @@ class Order(models.Model):
 
 class Fill(models.Model):
     order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="fills")
+    # The order's automation, copied so the automation's latest fills (its position, its slippage window) are
+    # an index range (``fill_automation_latest``) instead of a join over every order it ever had. Set by
+    # ``save`` from the order; the execute worker's own insert sets it too. Null only on rows older than it.
+    automation = models.ForeignKey(Automation, on_delete=models.PROTECT, related_name="+", null=True, blank=True,
+                                   db_index=False)
     price = models.DecimalField(max_digits=30, decimal_places=12)
     quantity = models.DecimalField(max_digits=30, decimal_places=12)
     fee = models.DecimalField(max_digits=30, decimal_places=12, default=0)
@@ -74,9 +79,15 @@ class Fill(models.Model):
             models.UniqueConstraint(fields=["order", "broker_fill_id"], name="fill_once_per_broker_fill"),
             models.CheckConstraint(condition=models.Q(quantity__gt=0), name="fill_quantity_positive"),
         ]
+        indexes = [models.Index(fields=["automation", "-id"], name="fill_automation_latest")]
 
     def __str__(self) -> str:
         return f"fill {self.broker_fill_id}: {self.quantity} @ {self.price}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.automation_id is None and self.order_id is not None:
+            self.automation_id = self.order.automation_id
+        super().save(*args, **kwargs)
 
 
 class Approval(models.Model):

@@ -59,15 +59,16 @@ def slippage_gap(automation_id: int, *, window: int = SLIPPAGE_WINDOW_FILLS,
 
     One hand-written statement that also does the sums (the execute worker runs it after every filled order):
     in float8, over the fills newest first, the same operations in the same order as the Python it replaced.
+    The fills are a range of the index ``fill_automation_latest``: the cost does not grow with the
+    automation's history (a join over all its orders did, ~4 ms at 2,000 orders).
     """
-    fill, order, automation = Fill._meta.db_table, Order._meta.db_table, Automation._meta.db_table
+    fill, automation = Fill._meta.db_table, Automation._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*), sum(w), sum(w * r), sum(w * m), min(name) FROM ("  # noqa: S608 - model table names
             f'SELECT f."quantity"::float8 AS w, f."realized_slippage_bps" AS r, f."modelled_slippage_bps" AS m, '
-            f'a."name" AS name FROM "{fill}" f JOIN "{order}" o ON o."id" = f."order_id" '
-            f'JOIN "{automation}" a ON a."id" = o."automation_id" '
-            'WHERE o."automation_id" = %s AND f."realized_slippage_bps" IS NOT NULL '
+            f'a."name" AS name FROM "{fill}" f JOIN "{automation}" a ON a."id" = f."automation_id" '
+            'WHERE f."automation_id" = %s AND f."realized_slippage_bps" IS NOT NULL '
             'AND f."modelled_slippage_bps" IS NOT NULL ORDER BY f."id" DESC LIMIT %s) AS last_fills',
             [automation_id, window],
         )

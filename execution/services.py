@@ -794,7 +794,8 @@ def _automation_position(automation_id: int) -> Position:
     column existed are replayed once, in booking (id) order.
     """
     fills = Fill.objects.filter(order__automation_id=automation_id)
-    latest = fills.order_by("-id").values_list("position_after", "avg_price_after").first()
+    latest = (Fill.objects.filter(automation_id=automation_id).order_by("-id")
+              .values_list("position_after", "avg_price_after").first())
     if latest is None:
         return Position()
     if latest[0] is not None and latest[1] is not None:
@@ -824,8 +825,9 @@ def _settle_read_sql(with_position: bool) -> str:
         sql += (
             f'; SELECT pg_advisory_xact_lock({_POSITION_LOCK_BASE} + o."automation_id") '  # noqa: S608
             f'FROM "{order}" o WHERE o."id" = %(order)s; '
-            f'SELECT f."position_after", f."avg_price_after" FROM "{fill}" f JOIN "{order}" o ON o."id" = f."order_id" '
-            f'WHERE o."automation_id" = (SELECT "automation_id" FROM "{order}" WHERE "id" = %(order)s) '
+            # The automation's latest fill: one entry of the index fill_automation_latest (automation, id desc).
+            f'SELECT f."position_after", f."avg_price_after" FROM "{fill}" f '
+            f'WHERE f."automation_id" = (SELECT "automation_id" FROM "{order}" WHERE "id" = %(order)s) '
             'ORDER BY f."id" DESC LIMIT 1'
         )
     return sql
@@ -891,7 +893,7 @@ def order_settle(*, order_id: int, broker_order: BrokerOrder, answered_at: datet
                 realized = None
                 if order.arrival_mid:
                     realized = float(slippage_bps(Side(order.side), f.price, Decimal(order.arrival_mid)))
-                fills.append(Fill(order=order, price=f.price, quantity=f.quantity, fee=f.fee, filled_at=f.filled_at,
+                fills.append(Fill(order=order, automation_id=order.automation_id, price=f.price, quantity=f.quantity, fee=f.fee, filled_at=f.filled_at,
                                   broker_fill_id=f.fill_id, modelled_slippage_bps=order.modelled_slippage_bps,
                                   realized_slippage_bps=realized, realized_pnl=pnl,
                                   position_after=position.quantity, avg_price_after=position.avg_price))

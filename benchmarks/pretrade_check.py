@@ -246,6 +246,7 @@ def main() -> None:
             }
         report[f"{config}/signal_rate_check_1_worker"] = _signal_case(own[0].pk)
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    report["host_speed_ms"] = _common.host_speed_ms()
     report["target"] = "p99 < 2 ms at 8 workers"
     _reset([a.pk for a in own])
     _table(report)
@@ -254,7 +255,8 @@ def main() -> None:
 
 def _table(report: dict[str, object]) -> None:
     """Median and p99 per case, with the CPU per check, one line each (stderr, so stdout stays one JSON object)."""
-    lines = [f"load average before {report['load_average_before']}, after {report['load_average']}",
+    lines = [f"load average before {report['load_average_before']}, after {report['load_average']}; "
+             f"host speed {report['host_speed_ms']} ms (benchmarks/_common.host_speed_ms)",
              f"{'case':<58} {'median_ms':>9} {'p99_ms':>8} {'client_cpu':>10} {'backend_cpu':>11}"]
     for group, cases in report.items():
         if not isinstance(cases, dict):

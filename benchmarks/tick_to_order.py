@@ -198,6 +198,7 @@ def main() -> None:
                                    for q, a, b in zip(QUEUES, cpu0, cpu1, strict=True)},
         **({"stages_from_worker_logs_ms": _stages(logs, sorted(sent))} if STAGES else {}),
         "load_average_1m": os.getloadavg()[0],
+        "host_speed_ms": _common.host_speed_ms(),
         "target": "p99 < 20 ms on the embedded stack",
     }))
 

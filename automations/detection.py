@@ -92,11 +92,12 @@ from redis.exceptions import NoScriptError
 from automations.features import TRADE_COLUMNS, compute_features
 from automations.models import Automation, L2Snapshot, Signal
 from automations.regime import regime_allowed, tag_regime
-from automations.services import RoutedSignal, prepared_rows, signal_create, signal_transition, signals_create_routed
+from automations.services import RoutedSignal, signal_create, signal_transition, signals_create_routed
 from automations.snapshots import snapshot_build
 from automations.strategies import Intent, MarketWindow, Strategy, get_strategy
 from ingestion import selectors as market
 from trading import redis_keys
+from trading.db import prepared_rows
 from trading.queues import ORDER_EXECUTE_TASK
 from trading.redis_client import redis_client
 

@@ -32,7 +32,6 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-import psycopg
 from celery import current_app
 from django.db import connection, transaction
 from django.db.models import Q
@@ -46,6 +45,7 @@ from automations.regime import validate_allowed_regimes
 from automations.selectors import signal_payload
 from automations.strategies import InvalidParameters, UnknownStrategy, get_strategy
 from trading.api import DomainError
+from trading.db import prepared_rows
 from trading.push import push
 from trading.queues import ALERT_RAISE_TASK
 
@@ -482,20 +482,6 @@ def _snapshot_doc(snapshot: L2Snapshot) -> dict[str, Any]:
         "sha256": snapshot.sha256,
         "storage": snapshot.storage,
     }
-
-
-def prepared_rows(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """One statement with server-side binding and a plan prepared once per connection; its rows.
-
-    Django's cursors bind on the client (every array element quoted in
-    Python, the statement planned on every call); a plain psycopg cursor on
-    the same connection runs in the same transaction.
-    """
-    connection.ensure_connection()
-    # Django's error classes (a duplicate raises django.db.IntegrityError), as its own cursors raise them.
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall()
 
 
 # No savepoint: the rows are part of the caller's transaction and fail with it.

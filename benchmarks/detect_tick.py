@@ -96,27 +96,7 @@ psycopg.Cursor.execute = _counting_execute  # type: ignore[method-assign]
 psycopg._connection_base.BaseConnection._exec_command = _counting_exec_command  # type: ignore[method-assign]
 
 
-def _count_direct_libpq() -> None:
-    """Count risk's statements sent straight through libpq (no psycopg cursor), when it has them."""
-    try:
-        from risk import services as risk_services
-    except ImportError:
-        return
-    direct = getattr(risk_services, "_libpq_call", None)
-    if direct is None:
-        return
-
-    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-        # Whatever its signature: the statement is its one str argument.
-        sql = next((a for a in (*args, *kwargs.values()) if isinstance(a, str)), "?")
-        _statements.append("(libpq) " + " ".join(sql.split())[:140])
-        return direct(*args, **kwargs)
-
-    risk_services._libpq_call = counting
-
-
 def main() -> None:
-    _count_direct_libpq()
     parser = argparse.ArgumentParser()
     parser.add_argument("--ticks", type=int, default=int(os.environ.get("BENCH_TICKS", "200")))
     parser.add_argument("--warmup", type=int, default=20)

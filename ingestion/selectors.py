@@ -45,6 +45,7 @@ from django.db import connection
 
 from ingestion.types import BookSnapshot, QuoteTick
 from trading import redis_keys
+from trading.db import prepared_rows
 from trading.redis_client import redis_client
 
 _QUOTE_COLUMNS = ["ts_ns", "bid", "ask", "bid_size", "ask_size"]
@@ -188,12 +189,10 @@ def _prepared_many(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list
     Each statement still runs on its own (its own snapshot under autocommit,
     in the caller's transaction otherwise); only the network waits are shared.
     """
+    if len(statements) == 1:
+        return [prepared_rows(*statements[0])]
     connection.ensure_connection()
     conn = connection.connection
-    if len(statements) == 1:
-        with psycopg.Cursor(conn) as cursor:
-            cursor.execute(statements[0][0], statements[0][1], prepare=True)
-            return [cursor.fetchall()]
     cursors = [psycopg.Cursor(conn) for _ in statements]
     try:
         # Leaving the pipeline block sends one Sync and reads every result.

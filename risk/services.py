@@ -34,11 +34,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 import requests
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, OperationalError, connection, connections, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -55,6 +54,7 @@ from risk.selectors import (
     user_may_engage_kill_switch,
 )
 from trading.api import DomainError
+from trading.db import prepared_rows
 from trading.queues import ORDERS_CANCEL_ALL_TASK
 
 logger = logging.getLogger(__name__)
@@ -147,22 +147,13 @@ def _fast_path_call(sql: str, params: list[Any]) -> bool:
     block the statement joins the caller's transaction; outside one it
     commits by itself), without the per-call cost of Django's cursor wrapper
     and of parsing and planning the statement again: the checks run once per
-    order and once per signal. A plain psycopg cursor with ``prepare=True``:
-    psycopg names and caches the statement per connection, and prepares it
-    again after it drops its statements (``DEALLOCATE ALL`` on a rollback),
-    which statements prepared under names of our own would not survive.
-    (Preparing needs ``OPTIONS["prepare_threshold"]``: see settings.)
+    order and once per signal. ``trading.db.prepared_rows``: psycopg names
+    and caches the statement per connection, and prepares it again after it
+    drops its statements (``DEALLOCATE ALL`` on a rollback), which statements
+    prepared under names of our own would not survive.
     """
-    # One look-up of this thread's wrapper: each attribute of the
-    # ``connection`` proxy is another thread-local look-up.
-    db = connections[DEFAULT_DB_ALIAS]
-    db.close_if_health_check_failed()
-    db.ensure_connection()
-    db.validate_no_broken_transaction()
-    with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        row = cursor.fetchone()
-    return bool(row and row[0])
+    rows = prepared_rows(sql, params)
+    return bool(rows and rows[0][0])
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 
 
 def prepared_rows(sql: str, params: Any) -> list[tuple[Any, ...]]:
@@ -23,7 +23,12 @@ def prepared_rows(sql: str, params: Any) -> list[tuple[Any, ...]]:
     Django's default turns psycopg's prepared statements off, ``prepare=True``
     included.
     """
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    # What Django's own cursor does first: drop a connection that failed its health check, connect, and
+    # refuse to run inside an atomic block that already failed.
+    db = connections[DEFAULT_DB_ALIAS]  # One thread-local look-up instead of one per attribute.
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    db.validate_no_broken_transaction()
+    with db.wrap_database_errors, psycopg.Cursor(db.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchall() if cursor.description is not None else []

@@ -125,16 +125,17 @@ class Channel(kombu_redis.Channel):
         return connection
 
     def unacked_settle(self, connection: Any) -> None:
-        """Read the reply of ``unacked_send`` (raising its error, as a waited-for call would) and return the connection."""
+        """Read the reply of ``unacked_send`` (redis-py raises an error reply, as a waited-for call would) and
+        return the connection."""
         try:
-            reply = connection.read_response()
+            connection.read_response()
+        except redis.ResponseError:
+            raise  # A well-formed error reply: the connection is in step and goes back as it is.
         except BaseException:
             connection.disconnect()  # Its reply may still be in flight: never hand it out again as is.
             raise
         finally:
             self.pool.release(connection)
-        if isinstance(reply, redis.ResponseError):
-            raise reply
 
     def unacked_script(self, source: str, *args: object) -> Any:
         """Run one of the unacked-record scripts on the unacked index and hash.

@@ -30,11 +30,12 @@ def _rows(n: int, start_us: int, awkward: bool = True) -> list[tuple[int, int, b
     return out
 
 
-def _stored(stream: str) -> list[tuple]:
+def _stored(stream: str, table: str = "ingestion_quote",
+            columns: str = "bid, bid_size, ask, ask_size, bid::text, bid_size::text") -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT raw_seq, symbol, source_ts, recv_ts, bid, bid_size, ask, ask_size, bid::text, bid_size::text"
-            " FROM ingestion_quote WHERE raw_stream = %s ORDER BY raw_seq",
+            f"SELECT raw_seq, symbol, source_ts, recv_ts, {columns} FROM {table}"  # noqa: S608 - the test's own names
+            " WHERE raw_stream = %s ORDER BY raw_seq",
             [stream],
         )
         return cursor.fetchall()
@@ -99,13 +100,7 @@ def _trade_rows(n: int, start_us: int, first_id: int) -> list[tuple[int, int, by
 
 
 def _stored_trades(stream: str) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT raw_seq, symbol, source_ts, recv_ts, price, size, aggressor, trade_id"
-            " FROM ingestion_trade WHERE raw_stream = %s ORDER BY raw_seq",
-            [stream],
-        )
-        return cursor.fetchall()
+    return _stored(stream, "ingestion_trade", "price, size, aggressor, trade_id")
 
 
 @pytest.mark.django_db(transaction=True)
